@@ -1,0 +1,298 @@
+//! Class activation map methods. A method is a small pure function of a stage's activations `A`
+//! and the target score's gradient `G` (both C×H×W) returning a map at stage resolution; the
+//! post-processing every method shares (SPEC §2) lives here once, as in pytorch-grad-cam's
+//! `BaseCAM`.
+
+mod eigen;
+mod gradcam;
+mod gradcam_elementwise;
+mod gradcam_plus_plus;
+mod hirescam;
+mod layercam;
+mod xgradcam;
+
+use std::fmt;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+
+/// One image's activations (or gradients) at one stage: C planes of H×W, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chw {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl Chw {
+    pub fn new(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), channels * height * width, "Chw data does not match its shape");
+        Self { channels, height, width, data }
+    }
+
+    /// From a (1, C, H, W) or (C, H, W) tensor.
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        let (c, h, w) = match t.dims() {
+            [1, c, h, w] | [c, h, w] => (*c, *h, *w),
+            d => return Err(Error::Model(format!("expected a C×H×W activation, got shape {d:?}"))),
+        };
+        Ok(Self::new(c, h, w, t.flatten_all()?.to_vec1()?))
+    }
+
+    pub fn plane(&self) -> usize {
+        self.height * self.width
+    }
+
+    pub fn channel(&self, k: usize) -> &[f32] {
+        &self.data[k * self.plane()..(k + 1) * self.plane()]
+    }
+
+    pub fn channels_iter(&self) -> impl Iterator<Item = &[f32]> {
+        self.data.chunks_exact(self.plane().max(1))
+    }
+
+    /// Σ_ij of every channel.
+    pub fn channel_sums(&self) -> Vec<f32> {
+        self.channels_iter().map(|c| c.iter().sum()).collect()
+    }
+
+    /// Element-wise product with another tensor of the same shape.
+    pub fn mul(&self, other: &Chw) -> Chw {
+        assert_eq!(self.data.len(), other.data.len());
+        let data = self.data.iter().zip(&other.data).map(|(a, b)| a * b).collect();
+        Chw::new(self.channels, self.height, self.width, data)
+    }
+}
+
+/// Σ_k w_k A_k: the map of every channel-weighting method.
+pub fn weighted_sum(a: &Chw, weights: &[f32]) -> Vec<f32> {
+    let mut map = vec![0f32; a.plane()];
+    for (channel, &w) in a.channels_iter().zip(weights) {
+        if w != 0.0 {
+            map.iter_mut().zip(channel).for_each(|(m, v)| *m += w * v);
+        }
+    }
+    map
+}
+
+/// Σ_k f(G_k, A_k) per position: the map of every element-wise method.
+pub fn elementwise_sum(a: &Chw, g: &Chw, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    let mut map = vec![0f32; a.plane()];
+    for (ac, gc) in a.channels_iter().zip(g.channels_iter()) {
+        for ((m, &av), &gv) in map.iter_mut().zip(ac).zip(gc) {
+            *m += f(gv, av);
+        }
+    }
+    map
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    GradCam,
+    HiResCam,
+    GradCamElementwise,
+    GradCamPlusPlus,
+    XGradCam,
+    LayerCam,
+    EigenCam,
+    EigenGradCam,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::GradCam,
+        Method::HiResCam,
+        Method::GradCamElementwise,
+        Method::GradCamPlusPlus,
+        Method::XGradCam,
+        Method::LayerCam,
+        Method::EigenCam,
+        Method::EigenGradCam,
+    ];
+
+    /// The name on the command line and in file names (pytorch-grad-cam's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::HiResCam => "hirescam",
+            Method::GradCamElementwise => "gradcam-elementwise",
+            Method::GradCamPlusPlus => "gradcam++",
+            Method::XGradCam => "xgradcam",
+            Method::LayerCam => "layercam",
+            Method::EigenCam => "eigencam",
+            Method::EigenGradCam => "eigengradcam",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
+        let wanted = match wanted.as_str() {
+            "gradcampp" | "gradcam-plus-plus" | "gradcamplusplus" => "gradcam++",
+            "grad-cam" => "gradcam",
+            other => other,
+        };
+        Method::ALL.into_iter().find(|m| m.name() == wanted).ok_or_else(|| Error::UnknownMethod {
+            name: s.into(),
+            available: Method::ALL.map(Method::name).join(", "),
+        })
+    }
+
+    /// EigenCAM reads activations only; every other method needs the backward pass.
+    pub fn needs_gradient(self) -> bool {
+        self != Method::EigenCam
+    }
+
+    /// The map at stage resolution, before ReLU and normalisation.
+    pub fn stage_map(self, a: &Chw, g: &Chw) -> Vec<f32> {
+        match self {
+            Method::GradCam => gradcam::map(a, g),
+            Method::HiResCam => hirescam::map(a, g),
+            Method::GradCamElementwise => gradcam_elementwise::map(a, g),
+            Method::GradCamPlusPlus => gradcam_plus_plus::map(a, g),
+            Method::XGradCam => xgradcam::map(a, g),
+            Method::LayerCam => layercam::map(a, g),
+            Method::EigenCam => eigen::eigencam(a),
+            Method::EigenGradCam => eigen::eigengradcam(a, g),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// ReLU, then `(M − min) / (1e-7 + max(M − min))`, in place.
+pub fn relu_min_max(map: &mut [f32]) {
+    map.iter_mut().for_each(|v| *v = if v.is_nan() { 0.0 } else { v.max(0.0) });
+    min_max(map);
+}
+
+/// `(M − min) / (1e-7 + max(M − min))` in place, pytorch-grad-cam's `scale_cam_image`.
+pub fn min_max(map: &mut [f32]) {
+    let lo = map.iter().copied().fold(f32::INFINITY, f32::min);
+    if !lo.is_finite() {
+        return;
+    }
+    map.iter_mut().for_each(|v| *v -= lo);
+    let hi = map.iter().copied().fold(0f32, f32::max);
+    map.iter_mut().for_each(|v| *v /= 1e-7 + hi);
+}
+
+/// Bilinear resize with half-pixel centres and clamped borders, no antialiasing: OpenCV's
+/// `INTER_LINEAR` on float images, which the reference uses to bring maps to the input size.
+pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
+    assert_eq!(src.len(), h * w);
+    let taps = |out: usize, size: usize| -> Vec<(usize, usize, f32)> {
+        let scale = size as f64 / out as f64;
+        (0..out)
+            .map(|d| {
+                let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+                let mut s = f.floor() as isize;
+                let mut t = f - s as f32;
+                if s < 0 {
+                    s = 0;
+                    t = 0.0;
+                }
+                if s as usize >= size - 1 {
+                    s = size as isize - 1;
+                    t = 0.0;
+                }
+                let s = s as usize;
+                (s, (s + 1).min(size - 1), t)
+            })
+            .collect()
+    };
+    let (ys, xs) = (taps(out_h, h), taps(out_w, w));
+    let mut out = Vec::with_capacity(out_h * out_w);
+    for &(y0, y1, ty) in &ys {
+        for &(x0, x1, tx) in &xs {
+            let top = src[y0 * w + x0] * (1.0 - tx) + src[y0 * w + x1] * tx;
+            let bottom = src[y1 * w + x0] * (1.0 - tx) + src[y1 * w + x1] * tx;
+            out.push(top * (1.0 - ty) + bottom * ty);
+        }
+    }
+    out
+}
+
+/// A stage map brought to the input: ReLU, min-max at stage resolution, resize to size×size.
+pub fn finish(stage_map: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
+    let mut m = stage_map.to_vec();
+    relu_min_max(&mut m);
+    resize_bilinear(&m, h, w, size, size)
+}
+
+/// Several stages' finished maps combined the reference's way: ReLU, average, min-max.
+pub fn combine(maps: &[Vec<f32>]) -> Vec<f32> {
+    let n = maps.len().max(1) as f32;
+    let mut out = vec![0f32; maps.first().map_or(0, Vec::len)];
+    for m in maps {
+        out.iter_mut().zip(m).for_each(|(o, v)| *o += v.max(0.0) / n);
+    }
+    min_max(&mut out);
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Chw;
+
+    /// 2 channels × 2×2, values chosen so every method's arithmetic can be done by hand.
+    pub fn a() -> Chw {
+        Chw::new(2, 2, 2, vec![1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 0.0, 1.0])
+    }
+    pub fn g() -> Chw {
+        Chw::new(2, 2, 2, vec![1.0, -1.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0])
+    }
+    pub fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (x, y)) in got.iter().zip(want).enumerate() {
+            assert!((x - y).abs() < 1e-5, "position {i}: got {x}, want {y} (all: {got:?})");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in Method::ALL {
+            assert_eq!(Method::parse(m.name()).unwrap(), m);
+        }
+        assert_eq!(Method::parse("GradCAM_PlusPlus").unwrap(), Method::GradCamPlusPlus);
+        assert!(Method::parse("scorecamm").unwrap_err().to_string().contains("gradcam++"));
+    }
+
+    #[test]
+    fn min_max_follows_the_reference_epsilon() {
+        let mut m = vec![-2.0, 0.0, 1.0, 3.0];
+        relu_min_max(&mut m);
+        let d = 1e-7 + 3.0;
+        test_support::assert_close(&m, &[0.0, 0.0, 1.0 / d, 3.0 / d]);
+        let mut flat = vec![5.0; 4];
+        min_max(&mut flat);
+        assert_eq!(flat, [0.0; 4]);
+    }
+
+    #[test]
+    fn bilinear_resize_uses_half_pixel_centres() {
+        // 1×2 → 1×4: centres at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
+        let out = resize_bilinear(&[0.0, 1.0], 1, 2, 1, 4);
+        test_support::assert_close(&out, &[0.0, 0.25, 0.75, 1.0]);
+        // Same size is the identity.
+        let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(resize_bilinear(&src, 3, 4, 3, 4), src);
+    }
+
+    #[test]
+    fn combine_averages_then_rescales() {
+        let out = combine(&[vec![0.0, 1.0], vec![1.0, 1.0]]);
+        test_support::assert_close(&out, &[0.0, 1.0 / (1.0 + 1e-7)]);
+    }
+}

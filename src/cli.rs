@@ -1,0 +1,84 @@
+//! Command-line definitions. The flags of `explain` and `layers` are a contract other tools and
+//! tests rely on.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "camscope", version, about = "Class activation maps of every stage of a CNN, in the terminal")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Model card name (models/NAME.toml), card file, or weights file (.safetensors, .pth)
+    #[arg(short = 'm', long, default_value = "efficientnet-lite0")]
+    pub model: String,
+    /// Force the architecture instead of detecting it from the weights (e.g. resnet50)
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute a class activation map and write it as PNG / .npy / JSON, or show it
+    Explain(ExplainArgs),
+    /// List the model's stages with their output shapes
+    Layers {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time forward, backward to every stage and the maps (medians)
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Image (PNG, JPEG, WebP, BMP, GIF) or .npy tensor; the built-in sample if omitted
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam, eigengradcam
+    #[arg(short = 'M', long, default_value = "gradcam")]
+    pub method: String,
+    /// Stage name, or `all`; default: the last stage with spatial size > 1
+    #[arg(short = 'l', long)]
+    pub layer: Option<String>,
+    /// Target class: index or exact label; default: the top prediction
+    #[arg(short = 'c', long)]
+    pub class: Option<String>,
+    /// How many predictions to report
+    #[arg(short = 'k', long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Write the map(s) as f32 .npy (S×S, or L×S×S with --layer all)
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+    /// Write the overlay as PNG
+    #[arg(short = 'o', long)]
+    pub out: Option<PathBuf>,
+    /// Print a JSON report on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Colormap: jet, viridis, inferno, turbo
+    #[arg(long, default_value = "jet")]
+    pub colormap: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Models to time: a card name or weights file, or `resnet18`/`resnet50`/… for synthetic weights
+    #[arg(long, value_delimiter = ',', default_value = "efficientnet-lite0,resnet18,resnet50")]
+    pub models: Vec<String>,
+    /// Timed repetitions per measurement (the median is reported)
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,252 @@
+//! The headless pipeline behind `camscope explain`: load, preprocess, trace, map, and write what
+//! was asked for (PNG overlay, `.npy` maps, JSON report).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::cam::{self, Method};
+use crate::error::{Error, Result};
+use crate::model::card::{self, Model};
+use crate::model::Arch;
+use crate::preprocess::{self, ModelInput};
+use crate::render::{self, Colormap};
+use crate::trace::{Prediction, Trace};
+
+/// Which stages to explain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageChoice {
+    /// The last stage whose output is still spatial.
+    Default,
+    All,
+    Named(String),
+}
+
+impl StageChoice {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "all" => StageChoice::All,
+            name => StageChoice::Named(name.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExplainOptions {
+    pub image: Option<PathBuf>,
+    pub model: String,
+    pub arch: Option<Arch>,
+    pub method: Method,
+    pub stages: StageChoice,
+    pub class: Option<String>,
+    pub top_k: usize,
+    pub colormap: Colormap,
+}
+
+impl Default for ExplainOptions {
+    fn default() -> Self {
+        Self {
+            image: None,
+            model: card::DEFAULT_MODEL.into(),
+            arch: None,
+            method: Method::GradCam,
+            stages: StageChoice::Default,
+            class: None,
+            top_k: 5,
+            colormap: Colormap::Jet,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub load: f64,
+    pub preprocess: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub maps: f64,
+}
+
+/// Everything `explain` computed.
+pub struct Explanation {
+    pub model: String,
+    pub arch: Arch,
+    pub input_shape: Vec<usize>,
+    pub source: String,
+    pub top_k: Vec<Prediction>,
+    pub class: usize,
+    pub class_label: String,
+    pub method: Method,
+    pub stages: Vec<String>,
+    /// One S×S map in [0, 1] per stage, in stage order.
+    pub maps: Vec<Vec<f32>>,
+    pub size: usize,
+    pub view: RgbImage,
+    pub timings_ms: Timings,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    arch: String,
+    image: &'a str,
+    input: &'a [usize],
+    top_k: &'a [Prediction],
+    class: usize,
+    class_label: &'a str,
+    method: &'static str,
+    layers: &'a [String],
+    timings_ms: &'a Timings,
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Runs the whole pipeline.
+pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
+    let t = Instant::now();
+    let model = card::load(&opts.model, opts.arch)?;
+    let load = ms(t);
+    let t = Instant::now();
+    let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
+    let preprocess = ms(t);
+    explain_input(&model, &input, opts, Timings { load, preprocess, ..Timings::default() })
+}
+
+/// The part after loading, for callers that keep a model and an input around.
+pub fn explain_input(model: &Model, input: &ModelInput, opts: &ExplainOptions, mut timings: Timings) -> Result<Explanation> {
+    let network = &model.network;
+    let stages: Vec<usize> = match &opts.stages {
+        StageChoice::Named(name) => vec![network.stage_index(name)?],
+        StageChoice::All => (0..network.num_stages()).collect(),
+        StageChoice::Default => vec![],
+    };
+    let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
+
+    let t = Instant::now();
+    let trace = Trace::new(network, &input.tensor)?;
+    timings.forward = ms(t);
+    let stages = if stages.is_empty() {
+        let shapes: Vec<[usize; 3]> =
+            (0..network.num_stages()).map(|i| { let a = trace.activation(i); [a.channels, a.height, a.width] }).collect();
+        vec![network.default_stage(&shapes)]
+    } else {
+        stages
+    };
+    let class = class_arg.unwrap_or_else(|| trace.top_class());
+
+    let t = Instant::now();
+    let gradients = if opts.method.needs_gradient() { Some(trace.gradients(class)?) } else { None };
+    timings.backward = ms(t);
+
+    let size = input.view.width() as usize;
+    let t = Instant::now();
+    let maps: Vec<Vec<f32>> = stages
+        .iter()
+        .map(|&s| {
+            let a = trace.activation(s);
+            let zero;
+            let g = match &gradients {
+                Some(g) => &g[s],
+                None => {
+                    zero = cam::Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]);
+                    &zero
+                }
+            };
+            let raw = opts.method.stage_map(a, g);
+            cam::finish(&raw, a.height, a.width, size)
+        })
+        .collect();
+    timings.maps = ms(t);
+
+    Ok(Explanation {
+        model: model.name.clone(),
+        arch: network.arch,
+        input_shape: input.tensor.dims().to_vec(),
+        source: input.source.clone(),
+        top_k: trace.top_k(opts.top_k, &model.labels),
+        class,
+        class_label: model.label(class).to_string(),
+        method: opts.method,
+        stages: stages.iter().map(|&s| network.stage_name(s).to_string()).collect(),
+        maps,
+        size,
+        view: input.view.clone(),
+        timings_ms: timings,
+    })
+}
+
+impl Explanation {
+    pub fn json(&self) -> String {
+        let report = Report {
+            model: &self.model,
+            arch: self.arch.to_string(),
+            image: &self.source,
+            input: &self.input_shape,
+            top_k: &self.top_k,
+            class: self.class,
+            class_label: &self.class_label,
+            method: self.method.name(),
+            layers: &self.stages,
+            timings_ms: &self.timings_ms,
+        };
+        serde_json::to_string(&report).expect("report serialises")
+    }
+
+    /// The overlay of one stage, or for several stages a contact sheet of all of them.
+    pub fn overlay(&self, colormap: Colormap) -> RgbImage {
+        let tiles: Vec<RgbImage> = self.maps.iter().map(|m| render::overlay(&self.view, m, colormap, 0.5)).collect();
+        if tiles.len() == 1 {
+            return tiles.into_iter().next().expect("one tile");
+        }
+        let cols = (tiles.len() as f64).sqrt().ceil() as u32;
+        let rows = (tiles.len() as u32).div_ceil(cols);
+        let s = self.size as u32;
+        let mut sheet = RgbImage::new(cols * s, rows * s);
+        for (i, tile) in tiles.iter().enumerate() {
+            let (c, r) = (i as u32 % cols, i as u32 / cols);
+            image::imageops::replace(&mut sheet, tile, (c * s) as i64, (r * s) as i64);
+        }
+        sheet
+    }
+
+    /// The maps as f32 `.npy`: S×S for one stage, L×S×S for several.
+    pub fn write_npy(&self, path: &Path) -> Result<()> {
+        check_output_path(path)?;
+        let s = self.size;
+        let data: Vec<f32> = self.maps.iter().flatten().copied().collect();
+        let t = if self.maps.len() == 1 {
+            candle_core::Tensor::from_vec(data, (s, s), &candle_core::Device::Cpu)?
+        } else {
+            candle_core::Tensor::from_vec(data, (self.maps.len(), s, s), &candle_core::Device::Cpu)?
+        };
+        t.write_npy(path).map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
+    }
+
+    pub fn write_png(&self, path: &Path, colormap: Colormap) -> Result<()> {
+        check_output_path(path)?;
+        self.overlay(colormap)
+            .save_with_format(path, image::ImageFormat::Png)
+            .map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
+    }
+}
+
+/// An output path must not be a directory and its folder must exist; checked before any work.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    let err = |message: &str| Error::Output { path: path.into(), message: message.into() };
+    if path.as_os_str().is_empty() {
+        return Err(err("empty path"));
+    }
+    if path.is_dir() {
+        return Err(err("is a directory; give a file name"));
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => {
+            Err(err("the folder it should go in does not exist"))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,204 @@
+//! Model cards (`models/*.toml`): which architecture, which weights, how to preprocess, which
+//! labels. `--model` takes a card name, a card file or a bare weights file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::weights::WeightStore;
+use super::{Arch, Network};
+use crate::error::{Error, Result};
+
+/// Built into the binary so that it works from any directory with nothing else installed.
+const BUILTIN_CARD: &str = include_str!("../../models/efficientnet-lite0.toml");
+const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../../models/efficientnet_lite0.safetensors");
+const IMAGENET_LABELS: &str = include_str!("../../models/imagenet_classes.txt");
+pub const DEFAULT_MODEL: &str = "efficientnet-lite0";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Side of the square the network sees.
+    pub input_size: usize,
+    /// The shorter image side is resized to this before the centre crop.
+    pub resize: usize,
+    /// Per-channel mean and std, in pixel units (0..255).
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// What a checkpoint of `arch` was trained with, for weights that come without a card.
+    pub fn for_arch(arch: Arch) -> Self {
+        let size = arch.default_input_size();
+        match arch {
+            Arch::EfficientNetLite(_) => Preprocess {
+                input_size: size,
+                resize: (size as f64 / 0.875).round() as usize,
+                mean: [127.0; 3],
+                std: [128.0; 3],
+            },
+            Arch::ResNet(_) => Preprocess {
+                input_size: 224,
+                resize: 256,
+                mean: [123.675, 116.28, 103.53],
+                std: [58.395, 57.12, 57.375],
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Card {
+    name: String,
+    arch: Option<String>,
+    weights: PathBuf,
+    labels: Option<PathBuf>,
+    preprocess: Option<Preprocess>,
+}
+
+/// A network ready to run, with what it takes to feed it and read its output.
+pub struct Model {
+    pub name: String,
+    pub network: Network,
+    pub preprocess: Preprocess,
+    pub labels: Vec<String>,
+}
+
+impl Model {
+    pub fn label(&self, class: usize) -> &str {
+        &self.labels[class]
+    }
+
+    /// A class from an index (`243`) or an exact label (`bull mastiff`, any case).
+    pub fn parse_class(&self, s: &str) -> Result<usize> {
+        let n = self.labels.len();
+        if let Ok(i) = s.trim().parse::<usize>() {
+            return if i < n { Ok(i) } else { Err(Error::UnknownClass(s.into(), n - 1)) };
+        }
+        let wanted = s.trim().to_lowercase();
+        self.labels
+            .iter()
+            .position(|l| l.to_lowercase() == wanted)
+            .ok_or_else(|| Error::UnknownClass(s.into(), n - 1))
+    }
+}
+
+/// Folders searched for `NAME.toml`: ./models, then the models/ this binary was built from.
+fn card_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("models"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models")]
+}
+
+/// Resolves `--model` (a card name, a `.toml` card, or a weights file) and `--arch`.
+pub fn load(spec: &str, arch: Option<Arch>) -> Result<Model> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "toml") {
+            load_card(path, arch)
+        } else {
+            load_weights_file(path, arch)
+        };
+    }
+    if path.is_dir() {
+        return Err(Error::Model(format!("{spec} is a directory, not a model card or weights file")));
+    }
+    if let Some(card) = card_dirs().into_iter().map(|d| d.join(format!("{spec}.toml"))).find(|p| p.is_file()) {
+        return load_card(&card, arch);
+    }
+    if spec == DEFAULT_MODEL {
+        return load_builtin(arch);
+    }
+    let looks_like_path = spec.contains(['/', '\\']) || spec.contains('.');
+    Err(Error::Model(if looks_like_path {
+        format!("no such file: {spec}")
+    } else {
+        format!("unknown model '{spec}'; known: {}", known_cards().join(", "))
+    }))
+}
+
+fn known_cards() -> Vec<String> {
+    let mut names: Vec<String> = card_dirs()
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension()? != "toml" {
+                return None;
+            }
+            Some(p.file_stem()?.to_string_lossy().into_owned())
+        })
+        .chain([DEFAULT_MODEL.to_string()])
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn parse_card(text: &str, origin: &str) -> Result<Card> {
+    toml::from_str(text).map_err(|e| Error::Model(format!("model card {origin}: {}", e.message())))
+}
+
+fn load_builtin(arch: Option<Arch>) -> Result<Model> {
+    let card = parse_card(BUILTIN_CARD, "(built-in)")?;
+    let weights = WeightStore::from_safetensors_bytes("(built-in efficientnet_lite0.safetensors)", BUILTIN_WEIGHTS)?;
+    let arch = arch.or(card_arch(&card)?);
+    assemble(card.name, weights, arch, card.preprocess, None)
+}
+
+fn card_arch(card: &Card) -> Result<Option<Arch>> {
+    card.arch.as_deref().map(Arch::parse).transpose()
+}
+
+fn load_card(path: &Path, arch: Option<Arch>) -> Result<Model> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let card = parse_card(&text, &path.display().to_string())?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let weights = WeightStore::from_file(&dir.join(&card.weights))?;
+    let labels = card.labels.as_ref().map(|l| dir.join(l));
+    let arch = arch.or(card_arch(&card)?);
+    assemble(card.name, weights, arch, card.preprocess, labels.as_deref())
+}
+
+fn load_weights_file(path: &Path, arch: Option<Arch>) -> Result<Model> {
+    let weights = WeightStore::from_file(path)?;
+    let name = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    assemble(name, weights, arch, None, None)
+}
+
+fn assemble(
+    name: String,
+    weights: WeightStore,
+    arch: Option<Arch>,
+    preprocess: Option<Preprocess>,
+    labels: Option<&Path>,
+) -> Result<Model> {
+    let arch = match arch {
+        Some(a) => a,
+        None => Arch::detect(&weights)?,
+    };
+    let network = Network::load(arch, &weights)?;
+    let labels = match labels {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+        None if network.num_classes == 1000 => IMAGENET_LABELS.to_string(),
+        None => (0..network.num_classes).map(|i| format!("class {i}\n")).collect(),
+    };
+    let labels: Vec<String> = labels.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    if labels.len() != network.num_classes {
+        return Err(Error::Model(format!(
+            "{} labels for a network with {} classes",
+            labels.len(),
+            network.num_classes
+        )));
+    }
+    let preprocess = preprocess.unwrap_or_else(|| Preprocess::for_arch(arch));
+    Ok(Model { name, network, preprocess, labels })
+}
+
+/// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.
+pub fn synthetic(arch: Arch, seed: u64) -> Result<Model> {
+    let weights = WeightStore::synthetic(seed);
+    assemble(format!("{arch} (synthetic weights)"), weights, Some(arch), None, None)
+}

@@ -1,0 +1,239 @@
+//! EfficientNet-Lite0…4 with the original checkpoint's tensor names (`_blocks.N._depthwise_conv`).
+//!
+//! Lite differs from EfficientNet-B: no squeeze-excitation, ReLU6, and stem/head widths fixed (not
+//! scaled). Convolutions use TensorFlow "SAME" padding; BatchNorm eps is 1e-3 and is folded into
+//! each convolution at load time.
+
+use candle_core::{Result as CResult, Tensor};
+
+use super::ops::{global_avg_pool, Activation, BatchNorm, Conv2d, Linear, Padding};
+use super::weights::WeightStore;
+use super::{Arch, Layer, Network, Stage};
+use crate::error::{Error, Result};
+
+const BN_EPS: f64 = 1e-3;
+const STEM_CHANNELS: usize = 32;
+const HEAD_CHANNELS: usize = 1280;
+
+/// (repeats, kernel, stride, expand ratio, in, out) of the seven stages of EfficientNet-B0/Lite0.
+const BASE_STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    pub index: u8,
+    pub width: f64,
+    pub depth: f64,
+    pub input_size: usize,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant { index: 0, width: 1.0, depth: 1.0, input_size: 224 },
+        Variant { index: 1, width: 1.0, depth: 1.1, input_size: 240 },
+        Variant { index: 2, width: 1.1, depth: 1.2, input_size: 260 },
+        Variant { index: 3, width: 1.2, depth: 1.4, input_size: 280 },
+        Variant { index: 4, width: 1.4, depth: 1.8, input_size: 300 },
+    ];
+
+    pub fn get(index: u8) -> Variant {
+        Self::ALL[index as usize]
+    }
+
+    /// TF `round_filters` with divisor 8.
+    fn filters(&self, f: usize) -> usize {
+        let f = f as f64 * self.width;
+        let mut new = 8.max(((f + 4.0) as usize) / 8 * 8);
+        if (new as f64) < 0.9 * f {
+            new += 8;
+        }
+        new
+    }
+
+    /// Per-block arguments, with the first and last stages' repeats left unscaled (Lite).
+    pub fn blocks(&self) -> Vec<BlockArgs> {
+        let mut blocks = Vec::new();
+        for (i, &(repeats, kernel, stride, expand, cin, cout)) in BASE_STAGES.iter().enumerate() {
+            let repeats = if i == 0 || i == BASE_STAGES.len() - 1 {
+                repeats
+            } else {
+                (self.depth * repeats as f64).ceil() as usize
+            };
+            let (cin, cout) = (self.filters(cin), self.filters(cout));
+            for r in 0..repeats {
+                blocks.push(BlockArgs {
+                    kernel,
+                    stride: if r == 0 { stride } else { 1 },
+                    expand,
+                    in_channels: if r == 0 { cin } else { cout },
+                    out_channels: cout,
+                });
+            }
+        }
+        blocks
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BlockArgs {
+    pub kernel: usize,
+    pub stride: usize,
+    pub expand: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+}
+
+/// Picks the variant whose block count and channel widths match the checkpoint.
+pub fn detect(w: &WeightStore) -> Result<Arch> {
+    let count = (0..).take_while(|i| w.contains(&format!("_blocks.{i}._project_conv.weight"))).count();
+    let widths: Vec<Option<usize>> = (0..count)
+        .map(|i| w.shape_of(&format!("_blocks.{i}._project_conv.weight")).map(|s| s[0]))
+        .collect();
+    Variant::ALL
+        .iter()
+        .find(|v| {
+            let blocks = v.blocks();
+            blocks.len() == count && blocks.iter().zip(&widths).all(|(b, w)| Some(b.out_channels) == *w)
+        })
+        .map(|v| Arch::EfficientNetLite(v.index))
+        .ok_or_else(|| Error::Weights {
+            source_name: w.source_name().into(),
+            message: format!("EfficientNet-style tensors with {count} blocks match no EfficientNet-Lite0-4 layout"),
+        })
+}
+
+/// `{conv}.weight` followed by the BatchNorm `{bn}.*`, folded.
+fn conv_bn(
+    w: &WeightStore,
+    conv: &str,
+    bn: &str,
+    shape: [usize; 4],
+    stride: usize,
+    groups: usize,
+    act: Activation,
+) -> Result<Conv2d> {
+    let c = shape[0];
+    let weight = w.get(&format!("{conv}.weight"), &shape)?;
+    let norm = BatchNorm {
+        weight: w.get(&format!("{bn}.weight"), &[c])?,
+        bias: w.get(&format!("{bn}.bias"), &[c])?,
+        running_mean: w.get(&format!("{bn}.running_mean"), &[c])?,
+        running_var: w.get(&format!("{bn}.running_var"), &[c])?,
+        eps: BN_EPS,
+    };
+    Ok(Conv2d::folded(weight, None, &norm, stride, Padding::TfSame, groups, act)?)
+}
+
+struct ConvStage(Conv2d);
+
+impl Layer for ConvStage {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.0.forward(x)
+    }
+}
+
+/// Mobile inverted bottleneck: [expand 1×1] → depthwise k×k → project 1×1 (+ residual).
+struct MbConv {
+    expand: Option<Conv2d>,
+    depthwise: Conv2d,
+    project: Conv2d,
+    residual: bool,
+}
+
+impl MbConv {
+    fn new(w: &WeightStore, prefix: &str, a: &BlockArgs) -> Result<Self> {
+        let hidden = a.in_channels * a.expand;
+        let expand = (a.expand != 1)
+            .then(|| {
+                let shape = [hidden, a.in_channels, 1, 1];
+                conv_bn(w, &format!("{prefix}._expand_conv"), &format!("{prefix}._bn0"), shape, 1, 1, Activation::Relu6)
+            })
+            .transpose()?;
+        let depthwise = conv_bn(
+            w,
+            &format!("{prefix}._depthwise_conv"),
+            &format!("{prefix}._bn1"),
+            [hidden, 1, a.kernel, a.kernel],
+            a.stride,
+            hidden,
+            Activation::Relu6,
+        )?;
+        let project = conv_bn(
+            w,
+            &format!("{prefix}._project_conv"),
+            &format!("{prefix}._bn2"),
+            [a.out_channels, hidden, 1, 1],
+            1,
+            1,
+            Activation::Identity,
+        )?;
+        Ok(Self { expand, depthwise, project, residual: a.stride == 1 && a.in_channels == a.out_channels })
+    }
+}
+
+impl Layer for MbConv {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let h = match &self.expand {
+            Some(e) => e.forward(x)?,
+            None => x.clone(),
+        };
+        let y = self.project.forward(&self.depthwise.forward(&h)?)?;
+        if self.residual {
+            y.add(x)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// Global average pool + `_fc` (dropout is the identity at inference).
+struct Classifier(Linear);
+
+impl Layer for Classifier {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.0.forward(&global_avg_pool(x)?)
+    }
+}
+
+pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {
+    let mut stages = Vec::new();
+    let stem = conv_bn(w, "_conv_stem", "_bn0", [STEM_CHANNELS, 3, 3, 3], 2, 1, Activation::Relu6)?;
+    stages.push(Stage::new("_conv_stem", ConvStage(stem)));
+    let blocks = v.blocks();
+    for (i, args) in blocks.iter().enumerate() {
+        let name = format!("_blocks.{i}");
+        stages.push(Stage::new(name.clone(), MbConv::new(w, &name, args)?));
+    }
+    let last = blocks.last().map_or(STEM_CHANNELS, |b| b.out_channels);
+    let head = conv_bn(w, "_conv_head", "_bn1", [HEAD_CHANNELS, last, 1, 1], 1, 1, Activation::Relu6)?;
+    stages.push(Stage::new("_conv_head", ConvStage(head)));
+
+    let num_classes = w.shape_of("_fc.weight").map_or(1000, |s| s[0]);
+    let fc = Linear::new(
+        w.get("_fc.weight", &[num_classes, HEAD_CHANNELS])?,
+        Some(w.get("_fc.bias", &[num_classes])?),
+    )?;
+    Ok(Network::new(Arch::EfficientNetLite(v.index), stages, Classifier(fc), num_classes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lite_variants_have_the_published_block_counts() {
+        let counts: Vec<usize> = Variant::ALL.iter().map(|v| v.blocks().len()).collect();
+        assert_eq!(counts, [16, 21, 21, 24, 30]);
+        let lite0: Vec<usize> = Variant::get(0).blocks().iter().map(|b| b.out_channels).collect();
+        assert_eq!(lite0[..3], [16, 24, 24]);
+        assert_eq!(Variant::get(2).filters(40), 48);
+        assert_eq!(Variant::get(4).filters(320), 448);
+    }
+}

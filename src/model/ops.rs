@@ -1,0 +1,508 @@
+//! The operations models are built from, as thin layers over Candle.
+//!
+//! Models call only these functions, so faster kernels can replace what is underneath without
+//! touching a model file. On the CPU, convolution and max-pooling run our own kernels
+//! (`kernels.rs`) as Candle custom ops whose backward computes only the input gradient. On other
+//! devices they fall back to Candle's own ops with the same semantics.
+//!
+//! Gradient conventions follow PyTorch, since the reference maps come from it: ReLU passes no
+//! gradient at exactly 0, ReLU6 none at 0 or 6, max-pool routes to the first maximum of a window.
+
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D,
+};
+
+use super::kernels::{self, ConvGeometry, PoolGeometry};
+
+/// Non-linearity fused into a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Whether the gradient passes, judged from the activation's *output* (which is all the
+    /// backward pass keeps): for ReLU y > 0 ⇔ x > 0, for ReLU6 0 < y < 6 ⇔ 0 < x < 6.
+    #[inline]
+    fn passes(self, y: f32) -> bool {
+        match self {
+            Activation::Identity => true,
+            Activation::Relu => y > 0.0,
+            Activation::Relu6 => y > 0.0 && y < 6.0,
+        }
+    }
+}
+
+/// Padding of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// The same number of zeros on every side (PyTorch).
+    Symmetric(usize),
+    /// TensorFlow "SAME": out = ceil(n / stride), the odd pixel of padding goes after.
+    TfSame,
+}
+
+impl Padding {
+    /// (before, after, output size) along one axis.
+    fn resolve(self, size: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+        match self {
+            Padding::Symmetric(p) => (p, p, (size + 2 * p).saturating_sub(kernel) / stride + 1),
+            Padding::TfSame => {
+                let out = size.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(size);
+                (total / 2, total - total / 2, out)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConvParams {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out_channels: usize,
+    group_in: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    stride: usize,
+    padding: Padding,
+    groups: usize,
+    activation: Activation,
+}
+
+impl ConvParams {
+    fn geometry(&self, input: &Shape) -> Result<ConvGeometry> {
+        let (batch, in_channels, in_h, in_w) = input.dims4()?;
+        if in_channels != self.group_in * self.groups {
+            candle_core::bail!(
+                "convolution expects {} input channels, got {in_channels}",
+                self.group_in * self.groups
+            )
+        }
+        let (pad_top, _, out_h) = self.padding.resolve(in_h, self.kernel_h, self.stride);
+        let (pad_left, _, out_w) = self.padding.resolve(in_w, self.kernel_w, self.stride);
+        if in_h + 2 * pad_top + 1 < self.kernel_h || in_w + 2 * pad_left + 1 < self.kernel_w {
+            candle_core::bail!("input {in_h}×{in_w} is smaller than the {}×{} kernel", self.kernel_h, self.kernel_w)
+        }
+        Ok(ConvGeometry {
+            batch,
+            in_channels,
+            in_h,
+            in_w,
+            out_channels: self.out_channels,
+            kernel_h: self.kernel_h,
+            kernel_w: self.kernel_w,
+            stride: self.stride,
+            pad_top,
+            pad_left,
+            out_h,
+            out_w,
+            groups: self.groups,
+        })
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("camscope kernels need contiguous tensors"),
+    }
+}
+
+/// Forward of a convolution with bias and activation fused.
+struct ConvOp(Arc<ConvParams>);
+
+impl CustomOp1 for ConvOp {
+    fn name(&self) -> &'static str {
+        "camscope-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = &self.0;
+        let g = p.geometry(layout.shape())?;
+        let x = contiguous_f32(storage, layout)?;
+        let mut out = vec![0.0f32; g.output_len()];
+        kernels::conv2d_forward(&g, x, &p.weight, p.bias.as_deref(), &mut out);
+        if p.activation != Activation::Identity {
+            out.iter_mut().for_each(|v| *v = p.activation.apply(*v));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.out_channels, g.out_h, g.out_w))))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let op = ConvInputGradOp { params: self.0.clone(), input: arg.shape().clone() };
+        Ok(Some(grad_res.contiguous()?.apply_op2_no_bwd(&res.contiguous()?, &op)?))
+    }
+}
+
+/// Input gradient of [`ConvOp`]: masks the incoming gradient by the activation's derivative
+/// (read from the forward output), then convolves back. Never computes weight gradients.
+struct ConvInputGradOp {
+    params: Arc<ConvParams>,
+    input: Shape,
+}
+
+impl CustomOp2 for ConvInputGradOp {
+    fn name(&self) -> &'static str {
+        "camscope-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, grad: &CpuStorage, gl: &Layout, out: &CpuStorage, ol: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = &self.params;
+        let g = p.geometry(&self.input)?;
+        let grad = contiguous_f32(grad, gl)?;
+        let y = contiguous_f32(out, ol)?;
+        let masked: Vec<f32>;
+        let dy = if p.activation == Activation::Identity {
+            grad
+        } else {
+            masked = grad.iter().zip(y).map(|(&d, &y)| if p.activation.passes(y) { d } else { 0.0 }).collect();
+            &masked
+        };
+        let mut dx = vec![0.0f32; g.input_len()];
+        kernels::conv2d_backward_input(&g, dy, &p.weight, &mut dx);
+        Ok((CpuStorage::F32(dx), self.input.clone()))
+    }
+}
+
+/// A 2-D convolution with optional bias and a fused activation. BatchNorm is folded into it at
+/// load time (see [`Conv2d::folded`]), which keeps every stage boundary where it was.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    params: Arc<ConvParams>,
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// Eval-mode BatchNorm2d parameters.
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    /// (scale, shift) such that bn(x) = scale·x + shift per channel.
+    fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self.weight.div(&(self.running_var.affine(1.0, self.eps)?.sqrt()?))?;
+        let shift = self.bias.sub(&self.running_mean.mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+}
+
+impl Conv2d {
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (out_channels, group_in, kernel_h, kernel_w) = weight.dims4()?;
+        let weight = weight.to_dtype(DType::F32)?.contiguous()?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        let params = ConvParams {
+            weight: weight.flatten_all()?.to_vec1()?,
+            bias: bias.as_ref().map(|b| b.to_vec1()).transpose()?,
+            out_channels,
+            group_in,
+            kernel_h,
+            kernel_w,
+            stride,
+            padding,
+            groups,
+            activation,
+        };
+        Ok(Self { params: Arc::new(params), weight, bias })
+    }
+
+    /// conv followed by BatchNorm, as one convolution: w' = w·γ/σ, b' = β − μγ/σ (+ conv bias·γ/σ).
+    pub fn folded(
+        weight: Tensor,
+        conv_bias: Option<Tensor>,
+        bn: &BatchNorm,
+        stride: usize,
+        padding: Padding,
+        groups: usize,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (scale, shift) = bn.scale_shift()?;
+        let weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+        let bias = match conv_bias {
+            Some(b) => b.mul(&scale)?.add(&shift)?,
+            None => shift,
+        };
+        Self::new(weight, Some(bias), stride, padding, groups, activation)
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.params.out_channels
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            x.contiguous()?.apply_op1(ConvOp(self.params.clone()))
+        } else {
+            self.forward_candle(x)
+        }
+    }
+
+    /// The same computation with Candle's own ops, for devices our kernels do not cover.
+    fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        let p = &self.params;
+        let (_, _, h, w) = x.dims4()?;
+        let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
+        let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
+        let x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
+        let weight = self.weight.to_device(x.device())?;
+        let mut y = x.conv2d(&weight, 0, p.stride, 1, p.groups)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?)?;
+        }
+        match p.activation {
+            Activation::Identity => Ok(y),
+            Activation::Relu => relu(&y),
+            Activation::Relu6 => {
+                let pass = y.gt(0.0)?.mul(&y.lt(6.0)?)?.to_dtype(DType::F32)?.detach();
+                let top = y.ge(6.0)?.to_dtype(DType::F32)?.detach().affine(6.0, 0.0)?;
+                y.mul(&pass)?.add(&top)
+            }
+        }
+    }
+}
+
+/// ReLU with PyTorch's gradient (none at exactly 0): y = x·[x>0] with the mask held constant.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    let mask = x.gt(0.0)?.to_dtype(x.dtype())?.detach();
+    x.mul(&mask)
+}
+
+/// Max-pool with -∞ padding (PyTorch `MaxPool2d(kernel, stride, padding)`).
+#[derive(Debug, Clone, Copy)]
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl MaxPool2d {
+    fn geometry(&self, shape: &Shape) -> Result<PoolGeometry> {
+        let (n, c, in_h, in_w) = shape.dims4()?;
+        let out = |size: usize| (size + 2 * self.pad).saturating_sub(self.kernel) / self.stride + 1;
+        if self.pad >= self.kernel || in_h + 2 * self.pad < self.kernel || in_w + 2 * self.pad < self.kernel {
+            candle_core::bail!("max-pool {}×{} does not fit an input of {in_h}×{in_w}", self.kernel, self.kernel)
+        }
+        Ok(PoolGeometry {
+            planes: n * c,
+            in_h,
+            in_w,
+            kernel: self.kernel,
+            stride: self.stride,
+            pad: self.pad,
+            out_h: out(in_h),
+            out_w: out(in_w),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            x.contiguous()?.apply_op1(*self)
+        } else {
+            // Candle's pool has no padding and a wrong gradient when kernel ≠ stride (SPEC §7);
+            // off the CPU we pad with a very negative value and accept Candle's backward.
+            let p = self.pad;
+            let x = x.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
+            x.max_pool2d_with_stride(self.kernel, self.stride)
+        }
+    }
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "camscope-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(layout.shape())?;
+        let x = contiguous_f32(storage, layout)?;
+        let mut out = vec![0.0f32; g.planes * g.out_h * g.out_w];
+        kernels::max_pool2d_forward(&g, x, &mut out);
+        let (n, c, _, _) = layout.shape().dims4()?;
+        Ok((CpuStorage::F32(out), Shape::from((n, c, g.out_h, g.out_w))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolGradOp(*self))?))
+    }
+}
+
+struct MaxPoolGradOp(MaxPool2d);
+
+impl CustomOp2 for MaxPoolGradOp {
+    fn name(&self) -> &'static str {
+        "camscope-max-pool2d-grad"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, dy: &CpuStorage, dyl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geometry(xl.shape())?;
+        let mut dx = vec![0.0f32; xl.shape().elem_count()];
+        kernels::max_pool2d_backward(&g, contiguous_f32(x, xl)?, contiguous_f32(dy, dyl)?, &mut dx);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// (N, C, H, W) → (N, C): mean over positions.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}
+
+/// y = x·Wᵀ + b, PyTorch `nn.Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let weight_t = weight.to_dtype(DType::F32)?.t()?.contiguous()?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        Ok(Self { weight_t, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight_t.to_device(x.device())?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_device(x.device())?),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 20000) as f32 / 10000.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Our fused op against Candle's reference conv (explicit padding, bias, activation), forward
+    /// and input gradient, on odd sizes, strides, groups and asymmetric padding.
+    #[test]
+    fn conv_op_matches_candle_forward_and_backward() {
+        let cases = [
+            // (cin, h, w, cout, k, stride, groups, padding, activation)
+            (3, 17, 13, 8, 3, 2, 1, Padding::TfSame, Activation::Relu6),
+            (8, 9, 11, 8, 5, 2, 8, Padding::TfSame, Activation::Relu6),
+            (6, 7, 7, 6, 3, 1, 6, Padding::Symmetric(1), Activation::Identity),
+            (4, 10, 6, 12, 1, 1, 1, Padding::Symmetric(0), Activation::Relu),
+            (4, 9, 9, 6, 3, 2, 2, Padding::Symmetric(1), Activation::Relu),
+            (3, 15, 15, 5, 7, 2, 1, Padding::Symmetric(3), Activation::Identity),
+        ];
+        for (i, &(cin, h, w, cout, k, stride, groups, padding, act)) in cases.iter().enumerate() {
+            let seed = i as u64 * 10;
+            let x = rand(&[2, cin, h, w], seed);
+            let weight = rand(&[cout, cin / groups, k, k], seed + 1).affine(2.0, 0.0).unwrap();
+            let bias = rand(&[cout], seed + 2);
+            let conv = Conv2d::new(weight.clone(), Some(bias.clone()), stride, padding, groups, act).unwrap();
+
+            let xv = Var::from_tensor(&x).unwrap();
+            let ours = conv.forward(xv.as_tensor()).unwrap();
+            let reference = conv.forward_candle(xv.as_tensor()).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            assert!(max_diff(&ours, &reference) < 1e-4, "case {i} forward");
+
+            let dy = rand(ours.dims(), seed + 3);
+            let g_ours = ours.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = reference.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, b) = (g_ours.get(&xv).unwrap(), g_ref.get(&xv).unwrap());
+            assert!(max_diff(a, b) < 1e-4, "case {i} backward: {}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn tf_same_padding_is_asymmetric_on_stride_two() {
+        assert_eq!(Padding::TfSame.resolve(224, 3, 2), (0, 1, 112));
+        assert_eq!(Padding::TfSame.resolve(56, 5, 2), (1, 2, 28));
+        assert_eq!(Padding::TfSame.resolve(14, 5, 1), (2, 2, 14));
+    }
+
+    #[test]
+    fn folded_batch_norm_equals_conv_then_norm() {
+        let x = rand(&[1, 3, 6, 6], 1);
+        let w = rand(&[4, 3, 3, 3], 2);
+        let bn = BatchNorm {
+            weight: rand(&[4], 3),
+            bias: rand(&[4], 4),
+            running_mean: rand(&[4], 5),
+            running_var: rand(&[4], 6).abs().unwrap().affine(1.0, 0.5).unwrap(),
+            eps: 1e-3,
+        };
+        let folded = Conv2d::folded(w.clone(), None, &bn, 1, Padding::Symmetric(1), 1, Activation::Identity).unwrap();
+        let plain = Conv2d::new(w, None, 1, Padding::Symmetric(1), 1, Activation::Identity).unwrap();
+        let y = plain.forward(&x).unwrap();
+        let r = |t: &Tensor| t.reshape((1, 4, 1, 1)).unwrap();
+        let normed = y
+            .broadcast_sub(&r(&bn.running_mean))
+            .unwrap()
+            .broadcast_div(&r(&bn.running_var.affine(1.0, 1e-3).unwrap().sqrt().unwrap()))
+            .unwrap()
+            .broadcast_mul(&r(&bn.weight))
+            .unwrap()
+            .broadcast_add(&r(&bn.bias))
+            .unwrap();
+        assert!(max_diff(&folded.forward(&x).unwrap(), &normed) < 1e-5);
+    }
+
+    #[test]
+    fn relu_passes_no_gradient_at_zero() {
+        let x = Var::new(&[-1.0f32, 0.0, 2.0], &Device::Cpu).unwrap();
+        let g = relu(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(&x).unwrap().to_vec1::<f32>().unwrap(), [0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_first_maximum() {
+        let x = Var::from_tensor(&rand(&[1, 2, 7, 5], 9)).unwrap();
+        let pool = MaxPool2d { kernel: 3, stride: 2, pad: 1 };
+        let y = pool.forward(x.as_tensor()).unwrap();
+        assert_eq!(y.dims(), [1, 2, 4, 3]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        // Every output sends exactly 1 to one input.
+        let total: f32 = g.get(&x).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert_eq!(total, 24.0);
+    }
+}

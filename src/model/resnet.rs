@@ -1,0 +1,156 @@
+//! torchvision ResNet-18/34/50/101/152 (v1.5: the stride sits on the 3×3 convolution), with the
+//! state-dict names of `torchvision.models.resnetNN`. Stages are `maxpool` (the stem, ending with
+//! its 3×3/2 max-pool) and every residual block `layerL.i`.
+
+use candle_core::{Result as CResult, Tensor};
+
+use super::ops::{global_avg_pool, relu, Activation, BatchNorm, Conv2d, Linear, MaxPool2d, Padding};
+use super::weights::WeightStore;
+use super::{Arch, Layer, Network, Stage};
+use crate::error::{Error, Result};
+
+const BN_EPS: f64 = 1e-5;
+const WIDTHS: [usize; 4] = [64, 128, 256, 512];
+
+/// (depth, bottleneck, blocks per layer)
+const LAYOUTS: [(u16, bool, [usize; 4]); 5] = [
+    (18, false, [2, 2, 2, 2]),
+    (34, false, [3, 4, 6, 3]),
+    (50, true, [3, 4, 6, 3]),
+    (101, true, [3, 4, 23, 3]),
+    (152, true, [3, 8, 36, 3]),
+];
+
+fn layout(depth: u16) -> Result<(bool, [usize; 4])> {
+    LAYOUTS
+        .iter()
+        .find(|l| l.0 == depth)
+        .map(|l| (l.1, l.2))
+        .ok_or_else(|| Error::Model(format!("no ResNet-{depth} layout")))
+}
+
+pub fn detect(w: &WeightStore) -> Result<Arch> {
+    let bottleneck = w.contains("layer1.0.conv3.weight");
+    let counts: Vec<usize> = (1..=4)
+        .map(|l| (0..).take_while(|i| w.contains(&format!("layer{l}.{i}.conv1.weight"))).count())
+        .collect();
+    LAYOUTS
+        .iter()
+        .find(|l| l.1 == bottleneck && l.2[..] == counts[..])
+        .map(|l| Arch::ResNet(l.0))
+        .ok_or_else(|| Error::Weights {
+            source_name: w.source_name().into(),
+            message: format!(
+                "ResNet-style tensors with {} blocks {counts:?} match no torchvision ResNet",
+                if bottleneck { "bottleneck" } else { "basic" }
+            ),
+        })
+}
+
+fn conv_bn(
+    w: &WeightStore,
+    conv: &str,
+    bn: &str,
+    shape: [usize; 4],
+    stride: usize,
+    pad: usize,
+    act: Activation,
+) -> Result<Conv2d> {
+    let c = shape[0];
+    let weight = w.get(&format!("{conv}.weight"), &shape)?;
+    let norm = BatchNorm {
+        weight: w.get(&format!("{bn}.weight"), &[c])?,
+        bias: w.get(&format!("{bn}.bias"), &[c])?,
+        running_mean: w.get(&format!("{bn}.running_mean"), &[c])?,
+        running_var: w.get(&format!("{bn}.running_var"), &[c])?,
+        eps: BN_EPS,
+    };
+    Ok(Conv2d::folded(weight, None, &norm, stride, Padding::Symmetric(pad), 1, act)?)
+}
+
+/// conv1 7×7/2 + bn1 + ReLU + max-pool 3×3/2.
+struct Stem {
+    conv: Conv2d,
+    pool: MaxPool2d,
+}
+
+impl Layer for Stem {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.pool.forward(&self.conv.forward(x)?)
+    }
+}
+
+/// BasicBlock (two 3×3) or Bottleneck (1×1, 3×3, 1×1 ×4); ReLU after the residual add.
+struct Block {
+    convs: Vec<Conv2d>,
+    downsample: Option<Conv2d>,
+}
+
+impl Block {
+    fn new(w: &WeightStore, p: &str, bottleneck: bool, cin: usize, width: usize, stride: usize) -> Result<Self> {
+        let cout = if bottleneck { width * 4 } else { width };
+        let convs = if bottleneck {
+            vec![
+                conv_bn(w, &format!("{p}.conv1"), &format!("{p}.bn1"), [width, cin, 1, 1], 1, 0, Activation::Relu)?,
+                conv_bn(w, &format!("{p}.conv2"), &format!("{p}.bn2"), [width, width, 3, 3], stride, 1, Activation::Relu)?,
+                conv_bn(w, &format!("{p}.conv3"), &format!("{p}.bn3"), [cout, width, 1, 1], 1, 0, Activation::Identity)?,
+            ]
+        } else {
+            vec![
+                conv_bn(w, &format!("{p}.conv1"), &format!("{p}.bn1"), [width, cin, 3, 3], stride, 1, Activation::Relu)?,
+                conv_bn(w, &format!("{p}.conv2"), &format!("{p}.bn2"), [width, width, 3, 3], 1, 1, Activation::Identity)?,
+            ]
+        };
+        let downsample = (stride != 1 || cin != cout)
+            .then(|| {
+                let shape = [cout, cin, 1, 1];
+                conv_bn(w, &format!("{p}.downsample.0"), &format!("{p}.downsample.1"), shape, stride, 0, Activation::Identity)
+            })
+            .transpose()?;
+        Ok(Self { convs, downsample })
+    }
+}
+
+impl Layer for Block {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        let mut y = x.clone();
+        for conv in &self.convs {
+            y = conv.forward(&y)?;
+        }
+        let identity = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        relu(&y.add(&identity)?)
+    }
+}
+
+struct Classifier(Linear);
+
+impl Layer for Classifier {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        self.0.forward(&global_avg_pool(x)?)
+    }
+}
+
+pub fn build(depth: u16, w: &WeightStore) -> Result<Network> {
+    let (bottleneck, counts) = layout(depth)?;
+    let stem = Stem {
+        conv: conv_bn(w, "conv1", "bn1", [64, 3, 7, 7], 2, 3, Activation::Relu)?,
+        pool: MaxPool2d { kernel: 3, stride: 2, pad: 1 },
+    };
+    let mut stages = vec![Stage::new("maxpool", stem)];
+    let mut cin = 64;
+    for (l, (&width, &count)) in WIDTHS.iter().zip(&counts).enumerate() {
+        for i in 0..count {
+            let stride = if l > 0 && i == 0 { 2 } else { 1 };
+            let name = format!("layer{}.{i}", l + 1);
+            let block = Block::new(w, &name, bottleneck, cin, width, stride)?;
+            cin = if bottleneck { width * 4 } else { width };
+            stages.push(Stage::new(name, block));
+        }
+    }
+    let num_classes = w.shape_of("fc.weight").map_or(1000, |s| s[0]);
+    let fc = Linear::new(w.get("fc.weight", &[num_classes, cin])?, Some(w.get("fc.bias", &[num_classes])?))?;
+    Ok(Network::new(Arch::ResNet(depth), stages, Classifier(fc), num_classes))
+}

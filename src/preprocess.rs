@@ -1,0 +1,217 @@
+//! From a file on disk to the tensor the network sees, plus the RGB "input view" the heat map is
+//! drawn over. Images follow the model card exactly (decode, alpha on white, antialiased bilinear
+//! resize of the shorter side like PIL's `BILINEAR`, centre crop, normalise); `.npy` tensors are
+//! taken as they are.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use fast_image_resize as fir;
+use image::{DynamicImage, RgbImage};
+
+use crate::error::{Error, Result};
+use crate::model::card::Preprocess;
+
+/// Larger images are refused before decoding: a header can claim any size.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// The sample image (a bull mastiff above a tabby cat) used when no image is given.
+pub const SAMPLE_PNG: &[u8] = include_bytes!("../assets/both.png");
+pub const SAMPLE_NAME: &str = "(built-in sample both.png)";
+
+/// What the network is run on, and what a person is shown.
+pub struct ModelInput {
+    /// (1, 3, S, S) f32.
+    pub tensor: Tensor,
+    /// The S×S crop the tensor was made from (for `.npy`, the tensor de-normalised).
+    pub view: RgbImage,
+    /// Where it came from, for messages and reports.
+    pub source: String,
+}
+
+/// Loads an image or `.npy` file, or the built-in sample when `path` is `None`.
+pub fn load_input(path: Option<&Path>, pp: &Preprocess) -> Result<ModelInput> {
+    let Some(path) = path else {
+        let img = image::load_from_memory(SAMPLE_PNG).map_err(|e| Error::Image {
+            path: SAMPLE_NAME.into(),
+            message: e.to_string(),
+        })?;
+        return from_image(img, pp, SAMPLE_NAME.into());
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::Image { path: path.into(), message: "is a directory".into() });
+    }
+    if meta.len() == 0 {
+        return Err(Error::Image { path: path.into(), message: "the file is empty".into() });
+    }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+        return load_npy(path, pp);
+    }
+    let img = decode_image(path)?;
+    from_image(img, pp, path.display().to_string())
+}
+
+fn decode_image(path: &Path) -> Result<DynamicImage> {
+    let err = |message: String| Error::Image { path: path.into(), message };
+    let open = || {
+        image::ImageReader::open(path)
+            .map_err(|e| Error::io(path, e))?
+            .with_guessed_format()
+            .map_err(|e| Error::io(path, e))
+    };
+    let reader = open()?;
+    if reader.format().is_none() {
+        return Err(err("not a recognised image format (PNG, JPEG, WebP, BMP, GIF, …)".into()));
+    }
+    let (w, h) = reader.into_dimensions().map_err(|e| err(format!("cannot read the header: {e}")))?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(err(format!(
+            "{w}×{h} pixels is larger than the {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} camscope accepts"
+        )));
+    }
+    if w == 0 || h == 0 {
+        return Err(err(format!("{w}×{h} pixels: the image is empty")));
+    }
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| err(format!("cannot decode: {e}")))
+}
+
+/// RGB 8-bit, transparency composited on white.
+fn to_rgb_on_white(img: &DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba32f();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let on_white = |c: f32| ((c * a + (1.0 - a)) * 255.0).round().clamp(0.0, 255.0) as u8;
+        image::Rgb([on_white(r), on_white(g), on_white(b)])
+    })
+}
+
+/// Python's `round` (ties to even), which the reference preprocessing used.
+fn py_round(x: f64) -> usize {
+    x.round_ties_even().max(0.0) as usize
+}
+
+/// Resize so the shorter side is `pp.resize` (antialiased bilinear), then centre-crop.
+pub fn resize_and_crop(img: &RgbImage, pp: &Preprocess) -> Result<RgbImage> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let short = w.min(h) as f64;
+    let (nw, nh) = if w <= h {
+        (pp.resize, py_round(h as f64 * pp.resize as f64 / short).max(1))
+    } else {
+        (py_round(w as f64 * pp.resize as f64 / short).max(1), pp.resize)
+    };
+    let resized = if (nw, nh) == (w, h) {
+        img.clone()
+    } else {
+        let src = fir::images::Image::from_vec_u8(w as u32, h as u32, img.as_raw().clone(), fir::PixelType::U8x3)
+            .map_err(|e| Error::Model(format!("resize: {e}")))?;
+        let mut dst = fir::images::Image::new(nw as u32, nh as u32, fir::PixelType::U8x3);
+        let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+        fir::Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| Error::Model(format!("resize: {e}")))?;
+        RgbImage::from_raw(nw as u32, nh as u32, dst.into_vec()).expect("buffer matches its size")
+    };
+    let s = pp.input_size.min(nw).min(nh);
+    let left = py_round((nw - s) as f64 / 2.0) as u32;
+    let top = py_round((nh - s) as f64 / 2.0) as u32;
+    Ok(image::imageops::crop_imm(&resized, left, top, s as u32, s as u32).to_image())
+}
+
+/// (1, 3, S, S) tensor of (pixel − mean) / std.
+pub fn normalise(view: &RgbImage, pp: &Preprocess) -> Result<Tensor> {
+    let (w, h) = (view.width() as usize, view.height() as usize);
+    let mut data = vec![0f32; 3 * w * h];
+    for (i, p) in view.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * w * h + i] = (p.0[c] as f32 - pp.mean[c]) / pp.std[c];
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu)?)
+}
+
+fn from_image(img: DynamicImage, pp: &Preprocess, source: String) -> Result<ModelInput> {
+    let view = resize_and_crop(&to_rgb_on_white(&img), pp)?;
+    let tensor = normalise(&view, pp)?;
+    Ok(ModelInput { tensor, view, source })
+}
+
+fn load_npy(path: &Path, pp: &Preprocess) -> Result<ModelInput> {
+    let err = |message: String| Error::Input { path: path.into(), message };
+    let t = Tensor::read_npy(path).map_err(|e| err(format!("not a readable .npy file ({e})")))?;
+    let t = t.to_dtype(DType::F32)?;
+    let t = match t.dims() {
+        [3, h, w] => t.reshape((1, 3, *h, *w))?,
+        [1, 3, _, _] => t,
+        d => return Err(err(format!("shape {d:?}; expected 1×3×S×S or 3×S×S"))),
+    };
+    let (_, _, h, w) = t.dims4()?;
+    if h != w || h < 32 {
+        return Err(err(format!("shape {:?}; expected a square input of at least 32×32", t.dims())));
+    }
+    let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(err(format!("holds a non-finite value ({}) at flat index {i}", values[i])));
+    }
+    let plane = h * w;
+    let view = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        let px = |c: usize| (values[c * plane + i] * pp.std[c] + pp.mean[c]).round().clamp(0.0, 255.0) as u8;
+        image::Rgb([px(0), px(1), px(2)])
+    });
+    Ok(ModelInput { tensor: t, view, source: path.display().to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pp() -> Preprocess {
+        Preprocess { input_size: 8, resize: 10, mean: [127.0; 3], std: [128.0; 3] }
+    }
+
+    #[test]
+    fn python_rounding_is_ties_to_even() {
+        assert_eq!(py_round(0.5), 0);
+        assert_eq!(py_round(1.5), 2);
+        assert_eq!(py_round(2.5), 2);
+    }
+
+    #[test]
+    fn odd_aspect_ratios_crop_to_the_input_size() {
+        for (w, h) in [(1, 1), (300, 4), (4, 300), (10, 10), (13, 11)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([200, 10, 30]));
+            let view = resize_and_crop(&img, &pp()).unwrap();
+            assert_eq!(view.dimensions(), (8, 8), "{w}×{h}");
+            // A flat colour stays flat through an antialiased resize.
+            assert!(view.pixels().all(|p| p.0 == [200, 10, 30]));
+        }
+    }
+
+    #[test]
+    fn alpha_is_composited_on_white() {
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(2, 2, image::Rgba([0, 0, 0, 0])));
+        assert!(to_rgb_on_white(&img).pixels().all(|p| p.0 == [255, 255, 255]));
+        let half = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 0, 0, 128])));
+        assert_eq!(to_rgb_on_white(&half).get_pixel(0, 0).0, [127, 127, 127]);
+    }
+
+    #[test]
+    fn normalisation_is_channel_first() {
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgb([255, 127, 0]));
+        let t = normalise(&img, &pp()).unwrap();
+        assert_eq!(t.dims(), [1, 3, 1, 2]);
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, [1.0, -127.0 / 128.0, 0.0, -127.0 / 128.0, -127.0 / 128.0, -127.0 / 128.0]);
+    }
+}
