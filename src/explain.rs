@@ -144,22 +144,10 @@ pub fn explain_input(model: &Model, input: &ModelInput, opts: &ExplainOptions, m
 
     let size = input.view.width() as usize;
     let t = Instant::now();
-    let maps: Vec<Vec<f32>> = stages
+    let maps = stages
         .iter()
-        .map(|&s| {
-            let a = trace.activation(s);
-            let zero;
-            let g = match &gradients {
-                Some(g) => &g[s],
-                None => {
-                    zero = cam::Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]);
-                    &zero
-                }
-            };
-            let raw = opts.method.stage_map(a, g);
-            cam::finish(&raw, a.height, a.width, size)
-        })
-        .collect();
+        .map(|&s| trace.cam(opts.method, s, class, size))
+        .collect::<Result<Vec<_>>>()?;
     timings.maps = ms(t);
 
     Ok(Explanation {

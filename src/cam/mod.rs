@@ -13,6 +13,8 @@ mod xgradcam;
 
 use std::fmt;
 
+pub use eigen::projection as eigen_projection;
+
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
@@ -130,7 +132,7 @@ impl Method {
     pub fn parse(s: &str) -> Result<Self> {
         let wanted = s.trim().to_ascii_lowercase().replace('_', "-");
         let wanted = match wanted.as_str() {
-            "gradcampp" | "gradcam-plus-plus" | "gradcamplusplus" => "gradcam++",
+            "gradcampp" | "gradcam-plus-plus" | "gradcam-plusplus" | "gradcamplusplus" => "gradcam++",
             "grad-cam" => "gradcam",
             other => other,
         };
@@ -219,11 +221,15 @@ pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usi
     out
 }
 
-/// A stage map brought to the input: ReLU, min-max at stage resolution, resize to size×size.
+/// A stage map brought to the input: ReLU, min-max at stage resolution, resize to size×size,
+/// then min-max once more. The last step is the reference's layer aggregation, which runs even
+/// for a single stage: it lifts a peak that falls between stage pixels back to exactly 1.
 pub fn finish(stage_map: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
     let mut m = stage_map.to_vec();
     relu_min_max(&mut m);
-    resize_bilinear(&m, h, w, size, size)
+    let mut out = resize_bilinear(&m, h, w, size, size);
+    min_max(&mut out);
+    out
 }
 
 /// Several stages' finished maps combined the reference's way: ReLU, average, min-max.

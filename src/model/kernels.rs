@@ -547,20 +547,22 @@ mod tests {
         let g = PoolGeometry { planes: 1, in_h: 4, in_w: 4, kernel: 3, stride: 2, pad: 1, out_h: 2, out_w: 2 };
         #[rustfmt::skip]
         let x = [
-            -1.0, -2.0, -3.0, -4.0,
-            -5.0,  9.0, -7.0, -8.0,
+             9.0, -2.0, -3.0, -4.0,
+            -5.0, -6.0, -7.0, -8.0,
             -9.0, -1.0,  5.0,  5.0,
              0.0, -3.0,  5.0, -1.0,
         ];
         let mut out = [0.0; 4];
         max_pool2d_forward(&g, &x, &mut out);
-        // Padding never wins even though all values are negative.
-        assert_eq!(out, [9.0, 9.0, 9.0, 5.0]);
+        // The top-right window is all negative: the -∞ padding never wins.
+        assert_eq!(out, [9.0, -2.0, 0.0, 5.0]);
         let mut dx = [0.0; 16];
         max_pool2d_backward(&g, &x, &[1.0, 2.0, 3.0, 4.0], &mut dx);
         let mut expected = [0.0; 16];
-        expected[5] = 6.0; // three windows share the 9
-        expected[10] = 4.0; // first 5 in row-major order takes the tie
+        expected[0] = 1.0;
+        expected[1] = 2.0;
+        expected[12] = 3.0;
+        expected[10] = 4.0; // the first of three tied 5s in row-major order
         assert_eq!(dx, expected);
     }
 }
