@@ -96,7 +96,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!("median of {runs} runs, batch 1, gradcam at every stage");
-    println!("{:<34} {:>7} {:>10} {:>12} {:>9} {:>14}", "model", "threads", "forward", "backward", "maps", "all stages");
+    println!(
+        "{:<34} {:>7} {:>10} {:>12} {:>9} {:>14}",
+        "model", "threads", "forward", "backward", "maps", "all stages"
+    );
     for r in rows {
         println!(
             "{:<34} {:>7} {:>8.1}ms {:>10.1}ms {:>7.1}ms {:>12.1}ms",

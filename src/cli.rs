@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "camscope", version, about = "Class activation maps of every stage of a CNN, in the terminal")]
+#[command(
+    name = "camscope",
+    version,
+    about = "Class activation maps of every stage of a CNN, in the terminal"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::cam::{self, Method};
+use crate::cam::Method;
 use crate::error::{Error, Result};
 use crate::model::card::{self, Model};
 use crate::model::Arch;
@@ -117,7 +117,12 @@ pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
 }
 
 /// The part after loading, for callers that keep a model and an input around.
-pub fn explain_input(model: &Model, input: &ModelInput, opts: &ExplainOptions, mut timings: Timings) -> Result<Explanation> {
+pub fn explain_input(
+    model: &Model,
+    input: &ModelInput,
+    opts: &ExplainOptions,
+    mut timings: Timings,
+) -> Result<Explanation> {
     let network = &model.network;
     let stages: Vec<usize> = match &opts.stages {
         StageChoice::Named(name) => vec![network.stage_index(name)?],
@@ -130,8 +135,12 @@ pub fn explain_input(model: &Model, input: &ModelInput, opts: &ExplainOptions, m
     let trace = Trace::new(network, &input.tensor)?;
     timings.forward = ms(t);
     let stages = if stages.is_empty() {
-        let shapes: Vec<[usize; 3]> =
-            (0..network.num_stages()).map(|i| { let a = trace.activation(i); [a.channels, a.height, a.width] }).collect();
+        let shapes: Vec<[usize; 3]> = (0..network.num_stages())
+            .map(|i| {
+                let a = trace.activation(i);
+                [a.channels, a.height, a.width]
+            })
+            .collect();
         vec![network.default_stage(&shapes)]
     } else {
         stages
@@ -139,15 +148,15 @@ pub fn explain_input(model: &Model, input: &ModelInput, opts: &ExplainOptions, m
     let class = class_arg.unwrap_or_else(|| trace.top_class());
 
     let t = Instant::now();
-    let gradients = if opts.method.needs_gradient() { Some(trace.gradients(class)?) } else { None };
+    // Backward once here so its time is reported on its own; the maps below read the cache.
+    if opts.method.needs_gradient() {
+        trace.gradients(class)?;
+    }
     timings.backward = ms(t);
 
     let size = input.view.width() as usize;
     let t = Instant::now();
-    let maps = stages
-        .iter()
-        .map(|&s| trace.cam(opts.method, s, class, size))
-        .collect::<Result<Vec<_>>>()?;
+    let maps = stages.iter().map(|&s| trace.cam(opts.method, s, class, size)).collect::<Result<Vec<_>>>()?;
     timings.maps = ms(t);
 
     Ok(Explanation {
@@ -186,7 +195,8 @@ impl Explanation {
 
     /// The overlay of one stage, or for several stages a contact sheet of all of them.
     pub fn overlay(&self, colormap: Colormap) -> RgbImage {
-        let tiles: Vec<RgbImage> = self.maps.iter().map(|m| render::overlay(&self.view, m, colormap, 0.5)).collect();
+        let tiles: Vec<RgbImage> =
+            self.maps.iter().map(|m| render::overlay(&self.view, m, colormap, 0.5)).collect();
         if tiles.len() == 1 {
             return tiles.into_iter().next().expect("one tile");
         }

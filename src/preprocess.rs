@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use fast_image_resize as fir;
 use image::{DynamicImage, RgbImage};
 
 use crate::error::{Error, Result};
@@ -32,10 +31,8 @@ pub struct ModelInput {
 /// Loads an image or `.npy` file, or the built-in sample when `path` is `None`.
 pub fn load_input(path: Option<&Path>, pp: &Preprocess) -> Result<ModelInput> {
     let Some(path) = path else {
-        let img = image::load_from_memory(SAMPLE_PNG).map_err(|e| Error::Image {
-            path: SAMPLE_NAME.into(),
-            message: e.to_string(),
-        })?;
+        let img = image::load_from_memory(SAMPLE_PNG)
+            .map_err(|e| Error::Image { path: SAMPLE_NAME.into(), message: e.to_string() })?;
         return from_image(img, pp, SAMPLE_NAME.into());
     };
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
@@ -109,22 +106,95 @@ pub fn resize_and_crop(img: &RgbImage, pp: &Preprocess) -> Result<RgbImage> {
     } else {
         (py_round(w as f64 * pp.resize as f64 / short).max(1), pp.resize)
     };
-    let resized = if (nw, nh) == (w, h) {
-        img.clone()
-    } else {
-        let src = fir::images::Image::from_vec_u8(w as u32, h as u32, img.as_raw().clone(), fir::PixelType::U8x3)
-            .map_err(|e| Error::Model(format!("resize: {e}")))?;
-        let mut dst = fir::images::Image::new(nw as u32, nh as u32, fir::PixelType::U8x3);
-        let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
-        fir::Resizer::new()
-            .resize(&src, &mut dst, &options)
-            .map_err(|e| Error::Model(format!("resize: {e}")))?;
-        RgbImage::from_raw(nw as u32, nh as u32, dst.into_vec()).expect("buffer matches its size")
-    };
+    let resized = if (nw, nh) == (w, h) { img.clone() } else { resize_bilinear_like_pil(img, nw, nh) };
     let s = pp.input_size.min(nw).min(nh);
     let left = py_round((nw - s) as f64 / 2.0) as u32;
     let top = py_round((nh - s) as f64 / 2.0) as u32;
     Ok(image::imageops::crop_imm(&resized, left, top, s as u32, s as u32).to_image())
+}
+
+/// One output pixel's taps: the first input index and 22-bit fixed-point weights.
+struct Taps {
+    first: usize,
+    weights: Vec<i32>,
+}
+
+const PRECISION_BITS: u32 = 22;
+
+/// PIL's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear (triangle) filter: the
+/// support widens with the downscale factor, which is the antialiasing.
+fn pil_taps(in_size: usize, out_size: usize) -> Vec<Taps> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale;
+    (0..out_size)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            let first = ((center - support + 0.5) as i64).max(0) as usize;
+            let last = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (first..last)
+                .map(|i| {
+                    let x = ((i as f64 - center + 0.5) / filter_scale).abs();
+                    if x < 1.0 {
+                        1.0 - x
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let weights = raw
+                .iter()
+                .map(|w| {
+                    let w = if total != 0.0 { w / total } else { *w };
+                    let fixed = w * (1u32 << PRECISION_BITS) as f64;
+                    (if fixed < 0.0 { fixed - 0.5 } else { fixed + 0.5 }) as i32
+                })
+                .collect();
+            Taps { first, weights }
+        })
+        .collect()
+}
+
+#[inline]
+fn fixed_to_u8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// PIL's `Image.resize(BILINEAR)` on RGB, bit for bit: a horizontal then a vertical pass, each
+/// rounded to 8 bits. Written out rather than taken from a resize crate because the reference
+/// tensors were made with PIL, and the crates we tried differ from it by one grey level on ~15% of
+/// values, which is enough to reorder close predictions.
+pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let src = img.as_raw();
+    let round = 1i64 << (PRECISION_BITS - 1);
+    let xs = pil_taps(w, out_w);
+    let mut horizontal = vec![0u8; out_w * h * 3];
+    for y in 0..h {
+        let row = &src[y * w * 3..(y + 1) * w * 3];
+        for (x, t) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let acc = t
+                    .weights
+                    .iter()
+                    .enumerate()
+                    .fold(round, |acc, (k, &wt)| acc + row[(t.first + k) * 3 + c] as i64 * wt as i64);
+                horizontal[(y * out_w + x) * 3 + c] = fixed_to_u8(acc);
+            }
+        }
+    }
+    let ys = pil_taps(h, out_h);
+    let mut out = vec![0u8; out_w * out_h * 3];
+    for (y, t) in ys.iter().enumerate() {
+        for i in 0..out_w * 3 {
+            let acc = t.weights.iter().enumerate().fold(round, |acc, (k, &wt)| {
+                acc + horizontal[(t.first + k) * out_w * 3 + i] as i64 * wt as i64
+            });
+            out[y * out_w * 3 + i] = fixed_to_u8(acc);
+        }
+    }
+    RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer matches its size")
 }
 
 /// (1, 3, S, S) tensor of (pixel − mean) / std.

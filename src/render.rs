@@ -34,6 +34,7 @@ impl Colormap {
     }
 
     /// Colour of LUT entry `i` (0..=255) as RGB in [0, 1].
+    #[allow(clippy::excessive_precision)]
     pub fn rgb(self, i: u8) -> [f32; 3] {
         let x = i as f32 / 255.0;
         let poly = |c: &[[f32; 3]; 7]| -> [f32; 3] {

@@ -85,7 +85,12 @@ impl Trace {
         self.ranking()
             .into_iter()
             .take(k)
-            .map(|i| Prediction { index: i, label: labels[i].clone(), logit: self.logit_values[i], prob: probs[i] })
+            .map(|i| Prediction {
+                index: i,
+                label: labels[i].clone(),
+                logit: self.logit_values[i],
+                prob: probs[i],
+            })
             .collect()
     }
 

@@ -10,8 +10,16 @@ use common::*;
 
 /// Methods whose fixtures this engine must reproduce (perturbation methods and FullGrad are
 /// checked in their own tests once implemented).
-const GRADIENT_METHODS: [&str; 8] =
-    ["gradcam", "hirescam", "gradcam-elementwise", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam"];
+const GRADIENT_METHODS: [&str; 8] = [
+    "gradcam",
+    "hirescam",
+    "gradcam-elementwise",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+];
 
 fn load_model(case: &Case, weights_ext: &str) -> Model {
     match case.model.as_str() {
@@ -77,7 +85,11 @@ fn check_case(name: &str, weights_ext: &str) {
                 (m, r, d)
             };
             let (a, b) = (stats(ours), stats(other));
-            if a.1 >= b.1 { a } else { b }
+            if a.1 >= b.1 {
+                a
+            } else {
+                b
+            }
         } else {
             let (r, d) = (pearson(&ours, &reference), max_abs_diff(&ours, &reference));
             (ours, r, d)

@@ -136,7 +136,8 @@ mod tests {
         // exercise the two branches; each must match an explicit SVD-free check: X v ∝ top
         // eigenvector of XXᵀ.
         let x = Chw::new(3, 1, 4, vec![1.0, 0.0, 2.0, 5.0, 0.5, 1.0, 0.0, 2.0, 3.0, 1.0, 1.0, 0.0]);
-        let wide = Chw::new(12, 1, 4, x.data.iter().chain(&x.data).chain(&x.data).chain(&x.data).copied().collect());
+        let wide =
+            Chw::new(12, 1, 4, x.data.iter().chain(&x.data).chain(&x.data).chain(&x.data).copied().collect());
         let (a, b) = (projection(&x), projection(&wide));
         assert!(correlation(&a, &b) > 0.999_999, "{a:?} vs {b:?}");
         let mut y = x.data.clone();

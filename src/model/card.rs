@@ -103,7 +103,8 @@ pub fn load(spec: &str, arch: Option<Arch>) -> Result<Model> {
     if path.is_dir() {
         return Err(Error::Model(format!("{spec} is a directory, not a model card or weights file")));
     }
-    if let Some(card) = card_dirs().into_iter().map(|d| d.join(format!("{spec}.toml"))).find(|p| p.is_file()) {
+    if let Some(card) = card_dirs().into_iter().map(|d| d.join(format!("{spec}.toml"))).find(|p| p.is_file())
+    {
         return load_card(&card, arch);
     }
     if spec == DEFAULT_MODEL {
@@ -143,7 +144,8 @@ fn parse_card(text: &str, origin: &str) -> Result<Card> {
 
 fn load_builtin(arch: Option<Arch>) -> Result<Model> {
     let card = parse_card(BUILTIN_CARD, "(built-in)")?;
-    let weights = WeightStore::from_safetensors_bytes("(built-in efficientnet_lite0.safetensors)", BUILTIN_WEIGHTS)?;
+    let weights =
+        WeightStore::from_safetensors_bytes("(built-in efficientnet_lite0.safetensors)", BUILTIN_WEIGHTS)?;
     let arch = arch.or(card_arch(&card)?);
     assemble(card.name, weights, arch, card.preprocess, None)
 }
@@ -185,7 +187,8 @@ fn assemble(
         None if network.num_classes == 1000 => IMAGENET_LABELS.to_string(),
         None => (0..network.num_classes).map(|i| format!("class {i}\n")).collect(),
     };
-    let labels: Vec<String> = labels.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let labels: Vec<String> =
+        labels.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
     if labels.len() != network.num_classes {
         return Err(Error::Model(format!(
             "{} labels for a network with {} classes",

@@ -93,9 +93,8 @@ pub struct BlockArgs {
 /// Picks the variant whose block count and channel widths match the checkpoint.
 pub fn detect(w: &WeightStore) -> Result<Arch> {
     let count = (0..).take_while(|i| w.contains(&format!("_blocks.{i}._project_conv.weight"))).count();
-    let widths: Vec<Option<usize>> = (0..count)
-        .map(|i| w.shape_of(&format!("_blocks.{i}._project_conv.weight")).map(|s| s[0]))
-        .collect();
+    let widths: Vec<Option<usize>> =
+        (0..count).map(|i| w.shape_of(&format!("_blocks.{i}._project_conv.weight")).map(|s| s[0])).collect();
     Variant::ALL
         .iter()
         .find(|v| {
@@ -105,7 +104,9 @@ pub fn detect(w: &WeightStore) -> Result<Arch> {
         .map(|v| Arch::EfficientNetLite(v.index))
         .ok_or_else(|| Error::Weights {
             source_name: w.source_name().into(),
-            message: format!("EfficientNet-style tensors with {count} blocks match no EfficientNet-Lite0-4 layout"),
+            message: format!(
+                "EfficientNet-style tensors with {count} blocks match no EfficientNet-Lite0-4 layout"
+            ),
         })
 }
 
@@ -153,7 +154,15 @@ impl MbConv {
         let expand = (a.expand != 1)
             .then(|| {
                 let shape = [hidden, a.in_channels, 1, 1];
-                conv_bn(w, &format!("{prefix}._expand_conv"), &format!("{prefix}._bn0"), shape, 1, 1, Activation::Relu6)
+                conv_bn(
+                    w,
+                    &format!("{prefix}._expand_conv"),
+                    &format!("{prefix}._bn0"),
+                    shape,
+                    1,
+                    1,
+                    Activation::Relu6,
+                )
             })
             .transpose()?;
         let depthwise = conv_bn(

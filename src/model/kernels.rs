@@ -98,11 +98,7 @@ fn matmul(
     }
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every index the strides can reach inside the slices, and
     // `dst` does not alias `a` or `b` (it is a distinct `&mut`).
     unsafe {
@@ -149,55 +145,50 @@ fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
 fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
     let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
-    col.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(row, out)| {
-            let ci = row / (kh * kw);
-            let ky = (row / kw) % kh;
-            let kx = row % kw;
-            let src = &x_group[ci * g.in_plane()..(ci + 1) * g.in_plane()];
-            for oy in 0..g.out_h {
-                let dst = &mut out[oy * g.out_w..(oy + 1) * g.out_w];
-                match source_index(oy, ky, g.stride, g.pad_top, g.in_h) {
-                    None => dst.fill(0.0),
-                    Some(iy) => {
-                        let line = &src[iy * g.in_w..(iy + 1) * g.in_w];
-                        for (ox, d) in dst.iter_mut().enumerate() {
-                            *d = match source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
-                                Some(ix) => line[ix],
-                                None => 0.0,
-                            };
-                        }
+    col.par_chunks_mut(plane).enumerate().for_each(|(row, out)| {
+        let ci = row / (kh * kw);
+        let ky = (row / kw) % kh;
+        let kx = row % kw;
+        let src = &x_group[ci * g.in_plane()..(ci + 1) * g.in_plane()];
+        for oy in 0..g.out_h {
+            let dst = &mut out[oy * g.out_w..(oy + 1) * g.out_w];
+            match source_index(oy, ky, g.stride, g.pad_top, g.in_h) {
+                None => dst.fill(0.0),
+                Some(iy) => {
+                    let line = &src[iy * g.in_w..(iy + 1) * g.in_w];
+                    for (ox, d) in dst.iter_mut().enumerate() {
+                        *d = match source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
+                            Some(ix) => line[ix],
+                            None => 0.0,
+                        };
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Adds a (col_rows × out_plane) matrix back onto the input channels it was unfolded from.
 fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
     let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
-    dx_group
-        .par_chunks_mut(g.in_plane())
-        .enumerate()
-        .for_each(|(ci, dst)| {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let row = (ci * kh + ky) * kw + kx;
-                    let src = &col[row * plane..(row + 1) * plane];
-                    for oy in 0..g.out_h {
-                        let Some(iy) = source_index(oy, ky, g.stride, g.pad_top, g.in_h) else {
-                            continue;
-                        };
-                        for ox in 0..g.out_w {
-                            if let Some(ix) = source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
-                                dst[iy * g.in_w + ix] += src[oy * g.out_w + ox];
-                            }
+    dx_group.par_chunks_mut(g.in_plane()).enumerate().for_each(|(ci, dst)| {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
+                let src = &col[row * plane..(row + 1) * plane];
+                for oy in 0..g.out_h {
+                    let Some(iy) = source_index(oy, ky, g.stride, g.pad_top, g.in_h) else {
+                        continue;
+                    };
+                    for ox in 0..g.out_w {
+                        if let Some(ix) = source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
+                            dst[iy * g.in_w + ix] += src[oy * g.out_w + ox];
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// Output positions `[lo, hi)` along one axis for which kernel tap `k` reads inside the input.
@@ -205,78 +196,70 @@ fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
 fn valid_range(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
     // o*stride + k - pad in [0, size)  <=>  o >= ceil((pad-k)/stride), o*stride < size + pad - k
     let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
-    let hi = if size + pad > k {
-        ((size + pad - k).div_ceil(stride)).min(out)
-    } else {
-        0
-    };
+    let hi = if size + pad > k { ((size + pad - k).div_ceil(stride)).min(out) } else { 0 };
     (lo.min(hi), hi)
 }
 
 fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], out: &mut [f32]) {
     let (kh, kw) = (g.kernel_h, g.kernel_w);
-    out.par_chunks_mut(g.out_plane())
-        .enumerate()
-        .for_each(|(nc, dst)| {
-            let c = nc % g.out_channels;
-            let src = &x[nc * g.in_plane()..(nc + 1) * g.in_plane()];
-            let taps = &w[c * kh * kw..(c + 1) * kh * kw];
-            for ky in 0..kh {
-                let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
-                for kx in 0..kw {
-                    let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
-                    let wt = taps[ky * kw + kx];
-                    for oy in y0..y1 {
-                        let iy = oy * g.stride + ky - g.pad_top;
-                        let line = &src[iy * g.in_w..];
-                        let row = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
-                        if g.stride == 1 {
-                            let off = kx + x0 - g.pad_left;
-                            for (d, s) in row[x0..x1].iter_mut().zip(&line[off..off + (x1 - x0)]) {
-                                *d += wt * s;
-                            }
-                        } else {
-                            for (ox, d) in row.iter_mut().enumerate().take(x1).skip(x0) {
-                                *d += wt * line[ox * g.stride + kx - g.pad_left];
-                            }
+    out.par_chunks_mut(g.out_plane()).enumerate().for_each(|(nc, dst)| {
+        let c = nc % g.out_channels;
+        let src = &x[nc * g.in_plane()..(nc + 1) * g.in_plane()];
+        let taps = &w[c * kh * kw..(c + 1) * kh * kw];
+        for ky in 0..kh {
+            let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
+            for kx in 0..kw {
+                let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
+                let wt = taps[ky * kw + kx];
+                for oy in y0..y1 {
+                    let iy = oy * g.stride + ky - g.pad_top;
+                    let line = &src[iy * g.in_w..];
+                    let row = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
+                    if g.stride == 1 {
+                        let off = kx + x0 - g.pad_left;
+                        for (d, s) in row[x0..x1].iter_mut().zip(&line[off..off + (x1 - x0)]) {
+                            *d += wt * s;
+                        }
+                    } else {
+                        for (ox, d) in row.iter_mut().enumerate().take(x1).skip(x0) {
+                            *d += wt * line[ox * g.stride + kx - g.pad_left];
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 fn depthwise_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (kh, kw) = (g.kernel_h, g.kernel_w);
-    dx.par_chunks_mut(g.in_plane())
-        .enumerate()
-        .for_each(|(nc, dst)| {
-            let c = nc % g.in_channels;
-            let src = &dy[nc * g.out_plane()..(nc + 1) * g.out_plane()];
-            let taps = &w[c * kh * kw..(c + 1) * kh * kw];
-            for ky in 0..kh {
-                let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
-                for kx in 0..kw {
-                    let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
-                    let wt = taps[ky * kw + kx];
-                    for oy in y0..y1 {
-                        let iy = oy * g.stride + ky - g.pad_top;
-                        let grad_row = &src[oy * g.out_w..(oy + 1) * g.out_w];
-                        let line = &mut dst[iy * g.in_w..(iy + 1) * g.in_w];
-                        if g.stride == 1 {
-                            let off = kx + x0 - g.pad_left;
-                            for (d, s) in line[off..off + (x1 - x0)].iter_mut().zip(&grad_row[x0..x1]) {
-                                *d += wt * s;
-                            }
-                        } else {
-                            for (ox, s) in grad_row.iter().enumerate().take(x1).skip(x0) {
-                                line[ox * g.stride + kx - g.pad_left] += wt * s;
-                            }
+    dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(nc, dst)| {
+        let c = nc % g.in_channels;
+        let src = &dy[nc * g.out_plane()..(nc + 1) * g.out_plane()];
+        let taps = &w[c * kh * kw..(c + 1) * kh * kw];
+        for ky in 0..kh {
+            let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
+            for kx in 0..kw {
+                let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
+                let wt = taps[ky * kw + kx];
+                for oy in y0..y1 {
+                    let iy = oy * g.stride + ky - g.pad_top;
+                    let grad_row = &src[oy * g.out_w..(oy + 1) * g.out_w];
+                    let line = &mut dst[iy * g.in_w..(iy + 1) * g.in_w];
+                    if g.stride == 1 {
+                        let off = kx + x0 - g.pad_left;
+                        for (d, s) in line[off..off + (x1 - x0)].iter_mut().zip(&grad_row[x0..x1]) {
+                            *d += wt * s;
+                        }
+                    } else {
+                        for (ox, s) in grad_row.iter().enumerate().take(x1).skip(x0) {
+                            line[ox * g.stride + kx - g.pad_left] += wt * s;
                         }
                     }
                 }
             }
-        });
+        }
+    });
 }
 
 /// `out = conv(x, w) + bias`. `w` is (out_channels, in_channels/groups, kh, kw).
@@ -301,7 +284,20 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
                 };
                 let ws = &w[grp * go * rows..(grp + 1) * go * rows];
                 let dst = &mut out[(n * g.out_channels + grp * go) * plane..][..go * plane];
-                matmul(go, plane, rows, dst, false, ws, rows, 1, b, plane, 1, gemm_threads(go * plane * rows));
+                matmul(
+                    go,
+                    plane,
+                    rows,
+                    dst,
+                    false,
+                    ws,
+                    rows,
+                    1,
+                    b,
+                    plane,
+                    1,
+                    gemm_threads(go * plane * rows),
+                );
             }
         }
     }
@@ -430,7 +426,8 @@ mod tests {
                                     ) else {
                                         continue;
                                     };
-                                    let xv = x[((n * g.in_channels + grp * gi + ci) * g.in_h + iy) * g.in_w + ix];
+                                    let xv =
+                                        x[((n * g.in_channels + grp * gi + ci) * g.in_h + iy) * g.in_w + ix];
                                     let wv = w[((co * gi + ci) * g.kernel_h + ky) * g.kernel_w + kx];
                                     s += xv * wv;
                                 }
@@ -544,7 +541,8 @@ mod tests {
     #[test]
     fn max_pool_padded_forward_and_backward() {
         // 1 plane 4×4, kernel 3, stride 2, pad 1 (ResNet's stem pool) -> 2×2.
-        let g = PoolGeometry { planes: 1, in_h: 4, in_w: 4, kernel: 3, stride: 2, pad: 1, out_h: 2, out_w: 2 };
+        let g =
+            PoolGeometry { planes: 1, in_h: 4, in_w: 4, kernel: 3, stride: 2, pad: 1, out_h: 2, out_w: 2 };
         #[rustfmt::skip]
         let x = [
              9.0, -2.0, -3.0, -4.0,

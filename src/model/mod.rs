@@ -116,7 +116,9 @@ impl Network {
     /// Builds `arch` from `weights`, checking every tensor.
     pub fn load(arch: Arch, weights: &WeightStore) -> Result<Self> {
         let net = match arch {
-            Arch::EfficientNetLite(v) => efficientnet_lite::build(efficientnet_lite::Variant::get(v), weights)?,
+            Arch::EfficientNetLite(v) => {
+                efficientnet_lite::build(efficientnet_lite::Variant::get(v), weights)?
+            }
             Arch::ResNet(depth) => resnet::build(depth, weights)?,
         };
         weights.finish()?;

@@ -10,9 +10,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 use super::kernels::{self, ConvGeometry, PoolGeometry};
 
@@ -95,7 +93,11 @@ impl ConvParams {
         let (pad_top, _, out_h) = self.padding.resolve(in_h, self.kernel_h, self.stride);
         let (pad_left, _, out_w) = self.padding.resolve(in_w, self.kernel_w, self.stride);
         if in_h + 2 * pad_top + 1 < self.kernel_h || in_w + 2 * pad_left + 1 < self.kernel_w {
-            candle_core::bail!("input {in_h}×{in_w} is smaller than the {}×{} kernel", self.kernel_h, self.kernel_w)
+            candle_core::bail!(
+                "input {in_h}×{in_w} is smaller than the {}×{} kernel",
+                self.kernel_h,
+                self.kernel_w
+            )
         }
         Ok(ConvGeometry {
             batch,
@@ -161,7 +163,13 @@ impl CustomOp2 for ConvInputGradOp {
         "camscope-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, grad: &CpuStorage, gl: &Layout, out: &CpuStorage, ol: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        gl: &Layout,
+        out: &CpuStorage,
+        ol: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let p = &self.params;
         let g = p.geometry(&self.input)?;
         let grad = contiguous_f32(grad, gl)?;
@@ -170,7 +178,8 @@ impl CustomOp2 for ConvInputGradOp {
         let dy = if p.activation == Activation::Identity {
             grad
         } else {
-            masked = grad.iter().zip(y).map(|(&d, &y)| if p.activation.passes(y) { d } else { 0.0 }).collect();
+            masked =
+                grad.iter().zip(y).map(|(&d, &y)| if p.activation.passes(y) { d } else { 0.0 }).collect();
             &masked
         };
         let mut dx = vec![0.0f32; g.input_len()];
@@ -307,7 +316,11 @@ impl MaxPool2d {
         let (n, c, in_h, in_w) = shape.dims4()?;
         let out = |size: usize| (size + 2 * self.pad).saturating_sub(self.kernel) / self.stride + 1;
         if self.pad >= self.kernel || in_h + 2 * self.pad < self.kernel || in_w + 2 * self.pad < self.kernel {
-            candle_core::bail!("max-pool {}×{} does not fit an input of {in_h}×{in_w}", self.kernel, self.kernel)
+            candle_core::bail!(
+                "max-pool {}×{} does not fit an input of {in_h}×{in_w}",
+                self.kernel,
+                self.kernel
+            )
         }
         Ok(PoolGeometry {
             planes: n * c,
@@ -360,7 +373,13 @@ impl CustomOp2 for MaxPoolGradOp {
         "camscope-max-pool2d-grad"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, dy: &CpuStorage, dyl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        dy: &CpuStorage,
+        dyl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.0.geometry(xl.shape())?;
         let mut dx = vec![0.0f32; xl.shape().elem_count()];
         kernels::max_pool2d_backward(&g, contiguous_f32(x, xl)?, contiguous_f32(dy, dyl)?, &mut dx);
@@ -471,7 +490,8 @@ mod tests {
             running_var: rand(&[4], 6).abs().unwrap().affine(1.0, 0.5).unwrap(),
             eps: 1e-3,
         };
-        let folded = Conv2d::folded(w.clone(), None, &bn, 1, Padding::Symmetric(1), 1, Activation::Identity).unwrap();
+        let folded =
+            Conv2d::folded(w.clone(), None, &bn, 1, Padding::Symmetric(1), 1, Activation::Identity).unwrap();
         let plain = Conv2d::new(w, None, 1, Padding::Symmetric(1), 1, Activation::Identity).unwrap();
         let y = plain.forward(&x).unwrap();
         let r = |t: &Tensor| t.reshape((1, 4, 1, 1)).unwrap();

@@ -34,17 +34,15 @@ pub fn detect(w: &WeightStore) -> Result<Arch> {
     let counts: Vec<usize> = (1..=4)
         .map(|l| (0..).take_while(|i| w.contains(&format!("layer{l}.{i}.conv1.weight"))).count())
         .collect();
-    LAYOUTS
-        .iter()
-        .find(|l| l.1 == bottleneck && l.2[..] == counts[..])
-        .map(|l| Arch::ResNet(l.0))
-        .ok_or_else(|| Error::Weights {
+    LAYOUTS.iter().find(|l| l.1 == bottleneck && l.2[..] == counts[..]).map(|l| Arch::ResNet(l.0)).ok_or_else(
+        || Error::Weights {
             source_name: w.source_name().into(),
             message: format!(
                 "ResNet-style tensors with {} blocks {counts:?} match no torchvision ResNet",
                 if bottleneck { "bottleneck" } else { "basic" }
             ),
-        })
+        },
+    )
 }
 
 fn conv_bn(
@@ -87,24 +85,79 @@ struct Block {
 }
 
 impl Block {
-    fn new(w: &WeightStore, p: &str, bottleneck: bool, cin: usize, width: usize, stride: usize) -> Result<Self> {
+    fn new(
+        w: &WeightStore,
+        p: &str,
+        bottleneck: bool,
+        cin: usize,
+        width: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let cout = if bottleneck { width * 4 } else { width };
         let convs = if bottleneck {
             vec![
-                conv_bn(w, &format!("{p}.conv1"), &format!("{p}.bn1"), [width, cin, 1, 1], 1, 0, Activation::Relu)?,
-                conv_bn(w, &format!("{p}.conv2"), &format!("{p}.bn2"), [width, width, 3, 3], stride, 1, Activation::Relu)?,
-                conv_bn(w, &format!("{p}.conv3"), &format!("{p}.bn3"), [cout, width, 1, 1], 1, 0, Activation::Identity)?,
+                conv_bn(
+                    w,
+                    &format!("{p}.conv1"),
+                    &format!("{p}.bn1"),
+                    [width, cin, 1, 1],
+                    1,
+                    0,
+                    Activation::Relu,
+                )?,
+                conv_bn(
+                    w,
+                    &format!("{p}.conv2"),
+                    &format!("{p}.bn2"),
+                    [width, width, 3, 3],
+                    stride,
+                    1,
+                    Activation::Relu,
+                )?,
+                conv_bn(
+                    w,
+                    &format!("{p}.conv3"),
+                    &format!("{p}.bn3"),
+                    [cout, width, 1, 1],
+                    1,
+                    0,
+                    Activation::Identity,
+                )?,
             ]
         } else {
             vec![
-                conv_bn(w, &format!("{p}.conv1"), &format!("{p}.bn1"), [width, cin, 3, 3], stride, 1, Activation::Relu)?,
-                conv_bn(w, &format!("{p}.conv2"), &format!("{p}.bn2"), [width, width, 3, 3], 1, 1, Activation::Identity)?,
+                conv_bn(
+                    w,
+                    &format!("{p}.conv1"),
+                    &format!("{p}.bn1"),
+                    [width, cin, 3, 3],
+                    stride,
+                    1,
+                    Activation::Relu,
+                )?,
+                conv_bn(
+                    w,
+                    &format!("{p}.conv2"),
+                    &format!("{p}.bn2"),
+                    [width, width, 3, 3],
+                    1,
+                    1,
+                    Activation::Identity,
+                )?,
             ]
         };
         let downsample = (stride != 1 || cin != cout)
             .then(|| {
                 let shape = [cout, cin, 1, 1];
-                conv_bn(w, &format!("{p}.downsample.0"), &format!("{p}.downsample.1"), shape, stride, 0, Activation::Identity)
+                conv_bn(
+                    w,
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    shape,
+                    stride,
+                    0,
+                    Activation::Identity,
+                )
             })
             .transpose()?;
         Ok(Self { convs, downsample })

@@ -14,7 +14,9 @@ enum Source {
     Tensors(HashMap<String, Tensor>),
     /// Made-up deterministic values of whatever shape is asked for: benchmarks and tests of
     /// architectures whose real weights are not shipped.
-    Synthetic { seed: u64 },
+    Synthetic {
+        seed: u64,
+    },
 }
 
 pub struct WeightStore {
@@ -104,7 +106,10 @@ impl WeightStore {
                 if t.dims() != shape {
                     return Err(Error::Weights {
                         source_name: self.name.clone(),
-                        message: format!("tensor `{name}` has shape {:?}, the architecture expects {shape:?}", t.dims()),
+                        message: format!(
+                            "tensor `{name}` has shape {:?}, the architecture expects {shape:?}",
+                            t.dims()
+                        ),
                     });
                 }
                 t.to_dtype(DType::F32)?
@@ -151,7 +156,8 @@ fn read_pth(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
 fn synthetic_tensor(name: &str, shape: &[usize], seed: u64) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-    let mut state = name.bytes().fold(seed ^ 0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    let mut state =
+        name.bytes().fold(seed ^ 0xcbf29ce484222325, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
