@@ -5,15 +5,36 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// With no subcommand, opens the interactive debugger on IMAGE.
 #[derive(Debug, Parser)]
 #[command(
     name = "camscope",
     version,
-    about = "Class activation maps of every stage of a CNN, in the terminal"
+    about = "Class activation maps of every stage of a CNN, in the terminal",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub tui: TuiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Image (PNG, JPEG, WebP, BMP, GIF) or .npy tensor; the built-in sample if omitted
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Terminal graphics: auto, halfblocks, sixel, kitty, iterm2
+    #[arg(long, default_value = "auto")]
+    pub protocol: String,
+    /// UI theme: dark, light, high-contrast, or one from themes/
+    #[arg(long)]
+    pub theme: Option<String>,
+    /// Key bindings file (default: ~/.config/camscope/keys.toml if it exists)
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod tui;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -18,9 +19,10 @@ use cli::{Cli, Command, ExplainArgs, ModelArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Explain(args) => run_explain(args),
-        Command::Layers { model, json } => run_layers(&model, json),
-        Command::Bench(args) => bench::run(&args),
+        None => run_tui(cli.tui),
+        Some(Command::Explain(args)) => run_explain(args),
+        Some(Command::Layers { model, json }) => run_layers(&model, json),
+        Some(Command::Bench(args)) => bench::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +31,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_tui(args: cli::TuiArgs) -> Result<()> {
+    let opts = tui::TuiOptions {
+        image: args.image.clone(),
+        model: args.model.model.clone(),
+        arch: parse_arch(&args.model)?,
+        protocol: tui::parse_protocol(&args.protocol)?,
+        theme: args.theme.clone(),
+        keys: args.keys.clone(),
+    };
+    tui::run(&opts)
 }
 
 fn parse_arch(model: &ModelArgs) -> Result<Option<Arch>> {

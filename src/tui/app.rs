@@ -1,0 +1,480 @@
+//! The debugger's state and how actions change it. No drawing, no I/O, no computation: the
+//! runtime feeds actions and worker events in, asks which maps are missing, and draws.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use image::RgbImage;
+
+use camscope::cam::Method;
+use camscope::render;
+use camscope::trace::Prediction;
+
+use super::theme::Theme;
+use super::worker::{Event, MapKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Quit,
+    Cancel,
+    Help,
+    PrevStage,
+    NextStage,
+    Down,
+    Up,
+    ToggleFocus,
+    Select,
+    /// The n-th prediction (0-based) becomes the target.
+    Pick(usize),
+    Search,
+    NextMethod,
+    PrevMethod,
+    StageGrid,
+    MethodGrid,
+    CycleView,
+    OpacityUp,
+    OpacityDown,
+    NextTheme,
+    Save,
+}
+
+/// What the runtime must do after an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    CancelWork,
+    Save,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Predictions,
+    Stages,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screen {
+    Main,
+    /// Every stage for the current class and method.
+    StageGrid,
+    /// Every method at the current stage.
+    MethodGrid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ViewMode {
+    Overlay,
+    Heatmap,
+    Input,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    pub query: String,
+    pub selected: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Popup {
+    Help,
+    Search(Search),
+}
+
+/// What does not change while the app runs.
+pub struct ModelInfo {
+    pub model: String,
+    pub arch: String,
+    pub source: String,
+    pub stages: Vec<String>,
+    pub shapes: Vec<[usize; 3]>,
+    pub labels: Arc<Vec<String>>,
+    pub view: Arc<RgbImage>,
+}
+
+pub struct App {
+    pub info: ModelInfo,
+    pub predictions: Vec<Prediction>,
+    pub class: usize,
+    pub method: Method,
+    pub stage: usize,
+    pub focus: Focus,
+    pub prediction_cursor: usize,
+    pub screen: Screen,
+    pub popup: Option<Popup>,
+    pub view: ViewMode,
+    /// Weight of the heat map in the overlay (the reference uses 0.5).
+    pub opacity: f32,
+    pub themes: Vec<Theme>,
+    pub theme: usize,
+    /// First visible row of tiles in a grid.
+    pub grid_scroll: usize,
+    pub maps: HashMap<MapKey, Arc<Vec<f32>>>,
+    pub map_ms: HashMap<MapKey, f64>,
+    /// (done, total) of the work in flight.
+    pub progress: Option<(usize, usize)>,
+    /// Set by Esc during work: nothing is requested again until the user asks for something.
+    pub paused: bool,
+    pub status: Option<(String, bool)>,
+    /// (keys, what they do) for the help popup, from the key table in force.
+    pub keys_help: Vec<(String, String)>,
+    pub quit: bool,
+}
+
+pub const METHODS: [Method; 8] = Method::ALL;
+const OPACITY_STEP: f32 = 0.1;
+
+impl App {
+    pub fn new(
+        info: ModelInfo,
+        predictions: Vec<Prediction>,
+        stage: usize,
+        themes: Vec<Theme>,
+        theme: usize,
+    ) -> Self {
+        let class = predictions.first().map_or(0, |p| p.index);
+        Self {
+            info,
+            predictions,
+            class,
+            method: Method::GradCam,
+            stage,
+            focus: Focus::Predictions,
+            prediction_cursor: 0,
+            screen: Screen::Main,
+            popup: None,
+            view: ViewMode::Overlay,
+            opacity: 0.5,
+            themes,
+            theme,
+            grid_scroll: 0,
+            maps: HashMap::new(),
+            map_ms: HashMap::new(),
+            progress: None,
+            paused: false,
+            status: None,
+            keys_help: super::keymap::Keymap::new(None).map(|k| k.help()).unwrap_or_default(),
+            quit: false,
+        }
+    }
+
+    pub fn theme(&self) -> &Theme {
+        &self.themes[self.theme]
+    }
+
+    pub fn key(&self) -> MapKey {
+        MapKey { class: self.class, method: self.method, stage: self.stage }
+    }
+
+    /// The maps the current screen shows.
+    pub fn wanted(&self) -> Vec<MapKey> {
+        let (class, method, stage) = (self.class, self.method, self.stage);
+        match self.screen {
+            Screen::Main if self.view == ViewMode::Input => vec![],
+            Screen::Main => vec![self.key()],
+            Screen::StageGrid => {
+                (0..self.info.stages.len()).map(|stage| MapKey { class, method, stage }).collect()
+            }
+            Screen::MethodGrid => METHODS.iter().map(|&method| MapKey { class, method, stage }).collect(),
+        }
+    }
+
+    /// Wanted maps not yet computed, the current one first.
+    pub fn missing(&self) -> Vec<MapKey> {
+        if self.paused {
+            return vec![];
+        }
+        let current = self.key();
+        let mut missing: Vec<MapKey> =
+            self.wanted().into_iter().filter(|k| !self.maps.contains_key(k)).collect();
+        missing.sort_by_key(|k| *k != current);
+        missing
+    }
+
+    pub fn is_computing(&self) -> bool {
+        self.progress.is_some()
+    }
+
+    pub fn label(&self, class: usize) -> &str {
+        &self.info.labels[class]
+    }
+
+    /// Classes whose label contains the query (case-insensitive), in class order.
+    pub fn search_results(&self) -> Vec<usize> {
+        let Some(Popup::Search(s)) = &self.popup else { return vec![] };
+        let q = s.query.to_lowercase();
+        (0..self.info.labels.len()).filter(|&i| self.info.labels[i].to_lowercase().contains(&q)).collect()
+    }
+
+    fn set_class(&mut self, class: usize) {
+        self.class = class;
+        if let Some(i) = self.predictions.iter().position(|p| p.index == class) {
+            self.prediction_cursor = i;
+        }
+    }
+
+    fn step_stage(&mut self, delta: isize) {
+        let n = self.info.stages.len() as isize;
+        self.stage = (self.stage as isize + delta).clamp(0, n - 1) as usize;
+    }
+
+    fn step_method(&mut self, delta: isize) {
+        let n = METHODS.len() as isize;
+        let i = METHODS.iter().position(|&m| m == self.method).unwrap_or(0) as isize;
+        self.method = METHODS[((i + delta).rem_euclid(n)) as usize];
+    }
+
+    fn toggle_screen(&mut self, screen: Screen) {
+        self.screen = if self.screen == screen { Screen::Main } else { screen };
+        self.grid_scroll = 0;
+    }
+
+    pub fn update(&mut self, action: Action) -> Option<Command> {
+        // Anything but Esc is the user asking for something: resume requesting maps.
+        if action != Action::Cancel {
+            self.paused = false;
+        }
+        if let Some(Popup::Help) = self.popup {
+            if matches!(action, Action::Cancel | Action::Help | Action::Quit) {
+                self.popup = None;
+                if action == Action::Quit {
+                    self.quit = true;
+                }
+            }
+            return None;
+        }
+        match action {
+            Action::Quit => self.quit = true,
+            Action::Cancel => {
+                if self.is_computing() {
+                    self.paused = true;
+                    self.progress = None;
+                    self.status = Some(("computation cancelled".into(), false));
+                    return Some(Command::CancelWork);
+                }
+                if self.screen != Screen::Main {
+                    self.screen = Screen::Main;
+                }
+            }
+            Action::Help => self.popup = Some(Popup::Help),
+            Action::PrevStage => self.step_stage(-1),
+            Action::NextStage => self.step_stage(1),
+            Action::Down | Action::Up => {
+                let delta = if action == Action::Down { 1 } else { -1 };
+                match (self.screen, self.focus) {
+                    (Screen::Main, Focus::Predictions) => {
+                        let n = self.predictions.len() as isize;
+                        self.prediction_cursor =
+                            (self.prediction_cursor as isize + delta).clamp(0, n - 1) as usize;
+                    }
+                    (Screen::Main, Focus::Stages) => self.step_stage(delta),
+                    _ => self.grid_scroll = (self.grid_scroll as isize + delta).max(0) as usize,
+                }
+            }
+            Action::ToggleFocus => {
+                self.focus = match self.focus {
+                    Focus::Predictions => Focus::Stages,
+                    Focus::Stages => Focus::Predictions,
+                }
+            }
+            Action::Select => {
+                if self.focus == Focus::Predictions {
+                    if let Some(p) = self.predictions.get(self.prediction_cursor) {
+                        self.class = p.index;
+                    }
+                }
+            }
+            Action::Pick(n) => {
+                if let Some(p) = self.predictions.get(n) {
+                    self.class = p.index;
+                    self.prediction_cursor = n;
+                }
+            }
+            Action::Search => self.popup = Some(Popup::Search(Search { query: String::new(), selected: 0 })),
+            Action::NextMethod => self.step_method(1),
+            Action::PrevMethod => self.step_method(-1),
+            Action::StageGrid => self.toggle_screen(Screen::StageGrid),
+            Action::MethodGrid => self.toggle_screen(Screen::MethodGrid),
+            Action::CycleView => {
+                self.view = match self.view {
+                    ViewMode::Overlay => ViewMode::Heatmap,
+                    ViewMode::Heatmap => ViewMode::Input,
+                    ViewMode::Input => ViewMode::Overlay,
+                }
+            }
+            Action::OpacityUp => self.opacity = (self.opacity + OPACITY_STEP).min(1.0),
+            Action::OpacityDown => self.opacity = (self.opacity - OPACITY_STEP).max(0.0),
+            Action::NextTheme => self.theme = (self.theme + 1) % self.themes.len(),
+            Action::Save => return Some(Command::Save),
+        }
+        None
+    }
+
+    /// Typing while the search popup is open. Returns false if the popup is not open.
+    pub fn search_key(&mut self, key: &KeyEvent) -> bool {
+        let results = self.search_results();
+        let Some(Popup::Search(s)) = &mut self.popup else { return false };
+        match key.code {
+            KeyCode::Esc => self.popup = None,
+            KeyCode::Enter => {
+                if let Some(&class) = results.get(s.selected) {
+                    self.popup = None;
+                    self.paused = false;
+                    self.set_class(class);
+                }
+            }
+            KeyCode::Down => s.selected = (s.selected + 1).min(results.len().saturating_sub(1)),
+            KeyCode::Up => s.selected = s.selected.saturating_sub(1),
+            KeyCode::Backspace => {
+                s.query.pop();
+                s.selected = 0;
+            }
+            KeyCode::Char(c) => {
+                s.query.push(c);
+                s.selected = 0;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    pub fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Map { key, map, ms } => {
+                self.maps.insert(key, map);
+                self.map_ms.insert(key, ms);
+            }
+            Event::Progress { done, total } => {
+                self.progress = (done < total && !self.paused).then_some((done, total));
+            }
+            Event::Failed { key, message } => {
+                self.status =
+                    Some((format!("{} at {}: {message}", key.method, self.info.stages[key.stage]), true));
+                self.progress = None;
+                self.paused = true;
+            }
+        }
+    }
+
+    /// The picture of `key` in the current view mode, if its map is ready.
+    pub fn picture(&self, key: &MapKey) -> Option<RgbImage> {
+        let view = &self.info.view;
+        if self.view == ViewMode::Input {
+            return Some((**view).clone());
+        }
+        let map = self.maps.get(key)?;
+        let colormap = self.theme().colormap;
+        Some(match self.view {
+            ViewMode::Overlay => render::overlay(view, map, colormap, self.opacity),
+            _ => render::heatmap(map, view.width(), view.height(), colormap),
+        })
+    }
+
+    /// A file name for `s` that says what the picture is.
+    pub fn save_name(&self) -> String {
+        let stem = std::path::Path::new(&self.info.source)
+            .file_stem()
+            .map_or("sample".into(), |s| s.to_string_lossy().replace(|c: char| !c.is_alphanumeric(), ""));
+        let stem = if stem.is_empty() { "sample".to_string() } else { stem };
+        let view = match self.view {
+            ViewMode::Overlay => "overlay",
+            ViewMode::Heatmap => "heatmap",
+            ViewMode::Input => "input",
+        };
+        format!(
+            "camscope-{stem}-{}-{}-{}-{view}.png",
+            self.method.name().replace('+', "p"),
+            self.info.stages[self.stage],
+            self.class
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use camscope::trace::Prediction;
+
+    pub fn app() -> App {
+        let labels: Vec<String> = (0..20).map(|i| format!("label {i}")).collect();
+        let info = ModelInfo {
+            model: "test".into(),
+            arch: "test-arch".into(),
+            source: "x.png".into(),
+            stages: vec!["a".into(), "b".into(), "c".into()],
+            shapes: vec![[4, 8, 8], [8, 4, 4], [8, 2, 2]],
+            labels: Arc::new(labels),
+            view: Arc::new(RgbImage::new(8, 8)),
+        };
+        let predictions = (0..5)
+            .map(|i| Prediction {
+                index: 10 + i,
+                label: format!("label {}", 10 + i),
+                logit: 5.0 - i as f32,
+                prob: 0.1,
+            })
+            .collect();
+        App::new(info, predictions, 2, super::super::theme::load_all().unwrap(), 0)
+    }
+
+    #[test]
+    fn stage_keys_move_and_clamp() {
+        let mut a = app();
+        a.update(Action::NextStage);
+        assert_eq!(a.stage, 2);
+        a.update(Action::PrevStage);
+        a.update(Action::PrevStage);
+        a.update(Action::PrevStage);
+        assert_eq!(a.stage, 0);
+    }
+
+    #[test]
+    fn picking_predictions_and_methods() {
+        let mut a = app();
+        a.update(Action::Pick(2));
+        assert_eq!(a.class, 12);
+        a.update(Action::Down);
+        a.update(Action::Select);
+        assert_eq!(a.class, 13);
+        a.update(Action::PrevMethod);
+        assert_eq!(a.method, Method::EigenGradCam);
+        a.update(Action::NextMethod);
+        a.update(Action::NextMethod);
+        assert_eq!(a.method, Method::HiResCam);
+    }
+
+    #[test]
+    fn grids_want_every_stage_or_method_current_first() {
+        let mut a = app();
+        a.update(Action::StageGrid);
+        let m = a.missing();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0], a.key());
+        a.update(Action::MethodGrid);
+        assert_eq!(a.missing().len(), METHODS.len());
+        a.update(Action::MethodGrid);
+        assert_eq!(a.screen, Screen::Main);
+    }
+
+    #[test]
+    fn esc_cancels_work_then_pauses_requests() {
+        let mut a = app();
+        a.on_event(Event::Progress { done: 0, total: 1 });
+        assert_eq!(a.update(Action::Cancel), Some(Command::CancelWork));
+        assert!(a.missing().is_empty());
+        a.update(Action::NextMethod);
+        assert!(!a.missing().is_empty());
+    }
+
+    #[test]
+    fn search_picks_a_class_by_name() {
+        let mut a = app();
+        a.update(Action::Search);
+        for c in "bel 7".chars() {
+            a.search_key(&KeyEvent::from(KeyCode::Char(c)));
+        }
+        assert_eq!(a.search_results(), vec![7]);
+        a.search_key(&KeyEvent::from(KeyCode::Enter));
+        assert_eq!(a.class, 7);
+        assert!(a.popup.is_none());
+    }
+}

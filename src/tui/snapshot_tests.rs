@@ -1,0 +1,178 @@
+//! Snapshot tests of whole screens with ratatui's `TestBackend` and the half-block protocol, on
+//! the real model and sample image. Snapshots are the text of the screen (`tests/snapshots/`);
+//! `UPDATE_SNAPSHOTS=1 cargo test --release` rewrites them after an intended change.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::style::Color;
+use ratatui::Terminal;
+use ratatui_image::picker::Picker;
+
+use super::app::{Action, App};
+use super::ui::{self, ImageCache};
+use super::worker::{Event, MapKey};
+use super::{prepare, TuiOptions};
+
+fn options() -> TuiOptions {
+    TuiOptions {
+        image: None,
+        model: "efficientnet-lite0".into(),
+        arch: None,
+        protocol: None,
+        theme: None,
+        keys: None,
+    }
+}
+
+/// The app on the sample, with the maps it wants computed synchronously (fixed timings, so the
+/// status line is deterministic).
+struct Fixture {
+    app: App,
+    trace: camscope::trace::Trace,
+    size: usize,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let (app, trace, _keys, size) = prepare(&options()).unwrap();
+        Self { app, trace, size }
+    }
+
+    fn fill(&mut self) {
+        for key in self.app.missing() {
+            let map = self.trace.cam(key.method, key.stage, key.class, self.size).unwrap();
+            self.app.on_event(Event::Map { key, map: Arc::new(map), ms: 12.0 });
+        }
+        self.app.progress = None;
+    }
+
+    fn act(&mut self, action: Action) {
+        self.app.update(action);
+        self.fill();
+    }
+
+    fn render(&self, w: u16, h: u16) -> Buffer {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let mut images = ImageCache::new(Picker::halfblocks());
+        terminal.draw(|f| ui::draw(f, &self.app, &mut images)).unwrap();
+        terminal.backend().buffer().clone()
+    }
+}
+
+fn text(buffer: &Buffer) -> String {
+    let w = buffer.area.width as usize;
+    buffer
+        .content()
+        .chunks(w)
+        .map(|row| row.iter().map(|c| c.symbol()).collect::<String>().trim_end().to_string() + "\n")
+        .collect()
+}
+
+fn check_snapshot(name: &str, buffer: &Buffer) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(format!("{name}.txt"));
+    let actual = text(buffer);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() || !path.exists() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        if std::env::var_os("CI").is_some() {
+            panic!("snapshot {name} was missing in CI; it has been written, commit it");
+        }
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(actual, expected, "snapshot {name} differs; run with UPDATE_SNAPSHOTS=1 if intended");
+}
+
+/// Cells drawn with true colours: the pictures (and the colour scale).
+fn coloured_cells(buffer: &Buffer) -> usize {
+    buffer
+        .content()
+        .iter()
+        .filter(|c| matches!(c.fg, Color::Rgb(..)) && matches!(c.bg, Color::Rgb(..)))
+        .count()
+}
+
+#[test]
+fn main_screen() {
+    let mut f = Fixture::new();
+    f.fill();
+    let buffer = f.render(100, 32);
+    let screen = text(&buffer);
+    assert!(screen.contains("bull mastiff"));
+    assert!(screen.contains("_conv_head"));
+    assert!(screen.contains("gradcam"));
+    assert!(coloured_cells(&buffer) > 500, "the map is drawn");
+    check_snapshot("main", &buffer);
+}
+
+#[test]
+fn help_popup_lists_every_key() {
+    let mut f = Fixture::new();
+    f.fill();
+    f.app.update(Action::Help);
+    let buffer = f.render(100, 32);
+    let screen = text(&buffer);
+    for needle in
+        ["quit", "previous stage", "next method", "grid: every stage", "save the current view", "1-9"]
+    {
+        assert!(screen.contains(needle), "help lacks '{needle}'");
+    }
+    check_snapshot("help", &buffer);
+}
+
+#[test]
+fn stage_grid_shows_many_stages() {
+    let mut f = Fixture::new();
+    f.act(Action::StageGrid);
+    assert_eq!(f.app.maps.len(), 18);
+    let buffer = f.render(120, 40);
+    let screen = text(&buffer);
+    for stage in ["_conv_stem", "_blocks.0", "_blocks.3"] {
+        assert!(screen.contains(stage), "grid lacks {stage}");
+    }
+    check_snapshot("stage_grid", &buffer);
+}
+
+#[test]
+fn method_grid_shows_every_method() {
+    let mut f = Fixture::new();
+    f.act(Action::MethodGrid);
+    let buffer = f.render(120, 40);
+    let screen = text(&buffer);
+    for m in ["gradcam", "hirescam", "layercam", "eigencam"] {
+        assert!(screen.contains(m), "grid lacks {m}");
+    }
+    check_snapshot("method_grid", &buffer);
+}
+
+#[test]
+fn stepping_back_from_the_head_reaches_block_15() {
+    let mut f = Fixture::new();
+    f.act(Action::PrevStage);
+    assert_eq!(f.app.info.stages[f.app.stage], "_blocks.15");
+    let screen = text(&f.render(100, 32));
+    assert!(screen.contains("gradcam · _blocks.15"));
+}
+
+#[test]
+fn a_tiny_terminal_gets_a_message() {
+    let f = Fixture::new();
+    let screen = text(&f.render(30, 8));
+    assert!(screen.contains("too small"));
+}
+
+#[test]
+fn cached_views_need_no_new_computation() {
+    let mut f = Fixture::new();
+    f.fill();
+    let first = f.app.key();
+    f.app.update(Action::NextMethod);
+    assert!(!f.app.missing().is_empty());
+    f.app.update(Action::PrevMethod);
+    assert!(f.app.missing().is_empty(), "back to a cached view");
+    assert_eq!(f.app.key(), first);
+    let _ = MapKey { ..first };
+}

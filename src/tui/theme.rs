@@ -1,0 +1,125 @@
+//! UI colours and the default colormap, from `themes/*.toml`. The three shipped themes are built
+//! in; files in ./themes (or the themes/ this binary was built from) add to or replace them.
+
+use std::path::{Path, PathBuf};
+
+use ratatui::style::Color;
+use serde::Deserialize;
+
+use camscope::render::Colormap;
+use camscope::{Error, Result};
+
+const BUILTIN: [&str; 3] = [
+    include_str!("../../themes/dark.toml"),
+    include_str!("../../themes/light.toml"),
+    include_str!("../../themes/high-contrast.toml"),
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Theme {
+    pub name: String,
+    pub colormap: Colormap,
+    pub text: Color,
+    pub dim: Color,
+    pub border: Color,
+    pub title: Color,
+    pub accent: Color,
+    pub selected_fg: Color,
+    pub selected_bg: Color,
+    pub bar: Color,
+    pub error: Color,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThemeFile {
+    name: String,
+    colormap: String,
+    colors: Colors,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Colors {
+    text: String,
+    dim: String,
+    border: String,
+    title: String,
+    accent: String,
+    selected_fg: String,
+    selected_bg: String,
+    bar: String,
+    error: String,
+}
+
+fn color(s: &str, origin: &str) -> Result<Color> {
+    s.parse::<Color>().map_err(|_| Error::Model(format!("theme {origin}: '{s}' is not a colour")))
+}
+
+impl Theme {
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let f: ThemeFile =
+            toml::from_str(text).map_err(|e| Error::Model(format!("theme {origin}: {}", e.message())))?;
+        let c = &f.colors;
+        let col = |s: &str| color(s, origin);
+        Ok(Theme {
+            name: f.name,
+            colormap: Colormap::parse(&f.colormap)?,
+            text: col(&c.text)?,
+            dim: col(&c.dim)?,
+            border: col(&c.border)?,
+            title: col(&c.title)?,
+            accent: col(&c.accent)?,
+            selected_fg: col(&c.selected_fg)?,
+            selected_bg: col(&c.selected_bg)?,
+            bar: col(&c.bar)?,
+            error: col(&c.error)?,
+        })
+    }
+}
+
+fn theme_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("themes"), Path::new(env!("CARGO_MANIFEST_DIR")).join("themes")]
+}
+
+/// Built-in themes, then those found on disk (a file with a built-in's name replaces it).
+pub fn load_all() -> Result<Vec<Theme>> {
+    let mut themes: Vec<Theme> =
+        BUILTIN.iter().map(|t| Theme::parse(t, "(built-in)")).collect::<Result<_>>()?;
+    for dir in theme_dirs() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let theme = Theme::parse(&text, &path.display().to_string())?;
+            match themes.iter_mut().find(|t| t.name == theme.name) {
+                Some(existing) => *existing = theme,
+                None => themes.push(theme),
+            }
+        }
+    }
+    Ok(themes)
+}
+
+/// Index of the theme called `name`, or an error listing the known ones.
+pub fn find(themes: &[Theme], name: &str) -> Result<usize> {
+    themes.iter().position(|t| t.name == name).ok_or_else(|| {
+        let names: Vec<&str> = themes.iter().map(|t| t.name.as_str()).collect();
+        Error::Model(format!("unknown theme '{name}'; themes are: {}", names.join(", ")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_themes_parse() {
+        let themes = load_all().unwrap();
+        for name in ["dark", "light", "high-contrast"] {
+            assert!(find(&themes, name).is_ok(), "{name}");
+        }
+        assert!(find(&themes, "neon").unwrap_err().to_string().contains("high-contrast"));
+    }
+}

@@ -1,0 +1,79 @@
+//! Comparison grids: every stage (`g`) or every method (`c`), scrollable by rows of tiles.
+
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Paragraph};
+use ratatui::Frame;
+
+use super::super::app::{App, Screen, METHODS};
+use super::super::worker::MapKey;
+use super::{duration, title, ImageCache};
+
+/// Tile size in cells (title row included): about a square picture with half-block cells.
+const TILE_WIDTH: u16 = 26;
+const TILE_HEIGHT: u16 = 13;
+
+pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
+    let (heading, tiles): (String, Vec<(String, MapKey)>) = match app.screen {
+        Screen::MethodGrid => (
+            format!(" every method at {} · {} ", app.info.stages[app.stage], app.label(app.class)),
+            METHODS.iter().map(|&m| (m.name().to_string(), MapKey { method: m, ..app.key() })).collect(),
+        ),
+        _ => (
+            format!(" every stage · {} · {} ", app.method, app.label(app.class)),
+            app.info
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.clone(), MapKey { stage: i, ..app.key() }))
+                .collect(),
+        ),
+    };
+    let block =
+        Block::bordered().border_style(Style::default().fg(app.theme().border)).title(title(app, heading));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+
+    let cols = (inner.width / TILE_WIDTH).max(1);
+    let tile_w = inner.width / cols;
+    let visible_rows = (inner.height / TILE_HEIGHT).max(1);
+    let rows = (tiles.len() as u16).div_ceil(cols);
+    let first_row = (app.grid_scroll as u16).min(rows.saturating_sub(visible_rows));
+    let t = app.theme();
+    for (i, (name, key)) in tiles.iter().enumerate() {
+        let (row, col) = (i as u16 / cols, i as u16 % cols);
+        if row < first_row || row >= first_row + visible_rows {
+            continue;
+        }
+        let x = inner.x + col * tile_w;
+        let y = inner.y + (row - first_row) * TILE_HEIGHT;
+        let height = TILE_HEIGHT.min(inner.y + inner.height - y);
+        let current = *key == app.key();
+        let style = if current {
+            Style::default().fg(t.accent).add_modifier(Modifier::BOLD)
+        } else {
+            Style::default().fg(t.text)
+        };
+        let time = app.map_ms.get(key).map(|ms| format!(" {}", duration(*ms))).unwrap_or_default();
+        let label = Line::from(vec![
+            ratatui::text::Span::styled(name.clone(), style),
+            ratatui::text::Span::styled(time, Style::default().fg(t.dim)),
+        ]);
+        frame.render_widget(Paragraph::new(label), Rect { x, y, width: tile_w.saturating_sub(1), height: 1 });
+        let picture = Rect { x, y: y + 1, width: tile_w.saturating_sub(1), height: height.saturating_sub(1) };
+        images.draw(frame, app, *key, picture);
+    }
+    if rows > visible_rows {
+        let more = format!(
+            " rows {}-{} of {rows} · j/k scroll ",
+            first_row + 1,
+            (first_row + visible_rows).min(rows)
+        );
+        let y = area.y + area.height - 1;
+        frame.render_widget(
+            Paragraph::new(more).style(Style::default().fg(t.dim)).right_aligned(),
+            Rect { y, height: 1, ..area },
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! The CAM picture inside the frame (ratatui-image: kitty, sixel, iTerm2 or half-blocks) with its
+//! colour scale. Encoding a picture for the terminal is the costly part of a redraw, so encoded
+//! pictures are cached by everything that changes them.
+
+use std::collections::HashMap;
+
+use image::DynamicImage;
+use ratatui::layout::{Constraint, Layout, Rect, Size};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+use ratatui::Frame;
+use ratatui_image::picker::Picker;
+use ratatui_image::protocol::Protocol;
+use ratatui_image::{FilterType, Image, Resize};
+
+use super::super::app::{App, ViewMode};
+use super::super::worker::MapKey;
+use super::title;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PictureKey {
+    map: MapKey,
+    view: ViewMode,
+    opacity: u32,
+    theme: usize,
+    size: (u16, u16),
+}
+
+pub struct ImageCache {
+    picker: Picker,
+    encoded: HashMap<PictureKey, Protocol>,
+}
+
+/// Enough for a full grid at two sizes; beyond it the cache starts over.
+const CACHE_LIMIT: usize = 96;
+
+impl ImageCache {
+    pub fn new(picker: Picker) -> Self {
+        Self { picker, encoded: HashMap::new() }
+    }
+
+    pub fn protocol_name(&self) -> String {
+        format!("{:?}", self.picker.protocol_type()).to_lowercase()
+    }
+
+    /// The largest cell rectangle inside `area` that shows a square picture square, centred.
+    fn square(&self, area: Rect) -> Rect {
+        let font = self.picker.font_size();
+        let (fw, fh) = (font.width.max(1) as u32, font.height.max(1) as u32);
+        let side = (area.width as u32 * fw).min(area.height as u32 * fh);
+        let (w, h) = ((side / fw) as u16, (side / fh) as u16);
+        Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
+    }
+
+    /// Draws the picture of `map` into `area`, or says it is being computed.
+    pub fn draw(&mut self, frame: &mut Frame, app: &App, map: MapKey, area: Rect) {
+        if area.width == 0 || area.height == 0 {
+            return;
+        }
+        let text_area = area;
+        let area = self.square(area);
+        if area.width == 0 || area.height == 0 {
+            return;
+        }
+        let key = PictureKey {
+            map,
+            view: app.view,
+            opacity: (app.opacity * 100.0).round() as u32,
+            theme: app.theme,
+            size: (area.width, area.height),
+        };
+        if !self.encoded.contains_key(&key) {
+            let Some(picture) = app.picture(&map) else {
+                let msg = if app.is_computing() { "computing…" } else { "waiting…" };
+                let p = Paragraph::new(msg).style(Style::default().fg(app.theme().dim)).centered();
+                frame.render_widget(p, center_line(text_area));
+                return;
+            };
+            if self.encoded.len() >= CACHE_LIMIT {
+                self.encoded.clear();
+            }
+            let size = Size::new(area.width, area.height);
+            match self.picker.new_protocol(
+                DynamicImage::ImageRgb8(picture),
+                size,
+                Resize::Scale(Some(FilterType::Triangle)),
+            ) {
+                Ok(p) => {
+                    self.encoded.insert(key, p);
+                }
+                Err(e) => {
+                    let p = Paragraph::new(format!("cannot draw: {e}"))
+                        .style(Style::default().fg(app.theme().error));
+                    frame.render_widget(p, area);
+                    return;
+                }
+            }
+        }
+        frame.render_widget(Image::new(&self.encoded[&key]), area);
+    }
+}
+
+fn center_line(area: Rect) -> Rect {
+    Rect { y: area.y + area.height / 2, height: 1, ..area }
+}
+
+pub fn main_picture(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
+    let view = match app.view {
+        ViewMode::Overlay => format!("overlay {:.0}%", app.opacity * 100.0),
+        ViewMode::Heatmap => "heat map".into(),
+        ViewMode::Input => "input".into(),
+    };
+    let name =
+        format!(" {} · {} · {} · {view} ", app.method, app.info.stages[app.stage], app.label(app.class));
+    let block =
+        Block::bordered().border_style(Style::default().fg(app.theme().border)).title(title(app, name));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let [picture, scale] = Layout::horizontal([Constraint::Min(0), Constraint::Length(7)]).areas(inner);
+    images.draw(frame, app, app.key(), picture);
+    if app.view != ViewMode::Input {
+        colour_scale(frame, app, scale);
+    }
+}
+
+/// A vertical bar of the colormap from 1.0 (top) to 0.0 (bottom).
+fn colour_scale(frame: &mut Frame, app: &App, area: Rect) {
+    let h = area.height.saturating_sub(2).max(1);
+    let colormap = app.theme().colormap;
+    let rgb = |v: f32| {
+        let c = colormap.rgb((v.clamp(0.0, 1.0) * 255.0) as u8);
+        Color::Rgb((c[0] * 255.0) as u8, (c[1] * 255.0) as u8, (c[2] * 255.0) as u8)
+    };
+    let mut lines = Vec::with_capacity(area.height as usize);
+    for row in 0..h {
+        // Two values per cell with the upper half block: top half fg, bottom half bg.
+        let top = 1.0 - (2 * row) as f32 / (2 * h - 1) as f32;
+        let bottom = 1.0 - (2 * row + 1) as f32 / (2 * h - 1) as f32;
+        let label = match row {
+            0 => "1.0".to_string(),
+            r if r == h / 2 => "0.5".to_string(),
+            r if r == h - 1 => "0.0".to_string(),
+            _ => String::new(),
+        };
+        lines.push(Line::from(vec![
+            Span::styled("▀▀", Style::default().fg(rgb(top)).bg(rgb(bottom))),
+            Span::styled(format!(" {label}"), Style::default().fg(app.theme().dim)),
+        ]));
+    }
+    frame.render_widget(
+        Paragraph::new(lines),
+        Rect { x: area.x + 1, width: area.width.saturating_sub(1), ..area },
+    );
+}

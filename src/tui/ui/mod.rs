@@ -1,0 +1,73 @@
+//! Drawing: a pure function of the app state (plus a cache of encoded images). One function per
+//! pane; `draw` lays them out.
+
+mod grid;
+mod image_pane;
+mod panels;
+mod popups;
+
+pub use image_pane::ImageCache;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::Line;
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+use super::app::{App, Popup, Screen};
+
+/// Below this the layout cannot show a map and its lists; a short message is drawn instead.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+
+const SIDEBAR_WIDTH: u16 = 40;
+
+pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let msg = format!(
+            "terminal too small ({}×{}); camscope needs {MIN_WIDTH}×{MIN_HEIGHT}",
+            area.width, area.height
+        );
+        let p = Paragraph::new(msg)
+            .style(Style::default().fg(app.theme().text))
+            .wrap(ratatui::widgets::Wrap { trim: true });
+        frame.render_widget(p, area);
+        return;
+    }
+    let [body, status] = Layout::vertical([Constraint::Min(0), Constraint::Length(2)]).areas(area);
+    match app.screen {
+        Screen::Main => draw_main(frame, app, images, body),
+        Screen::StageGrid | Screen::MethodGrid => grid::draw(frame, app, images, body),
+    }
+    panels::status(frame, app, status);
+    match &app.popup {
+        Some(Popup::Help) => popups::help(frame, app, area),
+        Some(Popup::Search(s)) => popups::search(frame, app, s, area),
+        None => {}
+    }
+}
+
+fn draw_main(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
+    let [side, picture] =
+        Layout::horizontal([Constraint::Length(SIDEBAR_WIDTH), Constraint::Min(0)]).areas(area);
+    let predictions_height = (app.predictions.len() as u16 + 2).min(side.height / 2);
+    let [predictions, stages] =
+        Layout::vertical([Constraint::Length(predictions_height), Constraint::Min(0)]).areas(side);
+    panels::predictions(frame, app, predictions);
+    panels::stages(frame, app, stages);
+    image_pane::main_picture(frame, app, images, picture);
+}
+
+/// "12.3 ms" or "1.2 s".
+pub fn duration(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
+    }
+}
+
+fn title(app: &App, text: String) -> Line<'static> {
+    Line::styled(text, Style::default().fg(app.theme().title))
+}

@@ -1,0 +1,112 @@
+//! The predictions list, the stage list and the status line.
+
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
+use ratatui::Frame;
+
+use super::super::app::{App, Focus};
+use super::{duration, title};
+
+fn block(app: &App, name: &str, focused: bool) -> Block<'static> {
+    let border = if focused { app.theme().accent } else { app.theme().border };
+    Block::bordered().border_style(Style::default().fg(border)).title(title(app, format!(" {name} ")))
+}
+
+pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
+    let t = app.theme();
+    let bar_width = 10usize;
+    let label_width = (area.width as usize).saturating_sub(bar_width + 17);
+    let items: Vec<ListItem> = app
+        .predictions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let filled = ((p.prob * bar_width as f32).round() as usize).min(bar_width);
+            let bar = format!("{}{}", "█".repeat(filled), "·".repeat(bar_width - filled));
+            let target = p.index == app.class;
+            let style = if target {
+                Style::default().fg(t.accent).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default().fg(t.text)
+            };
+            let label: String = p.label.chars().take(label_width).collect();
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{}{:>2} ", if target { '▶' } else { ' ' }, i + 1), style),
+                Span::styled(format!("{label:<label_width$} "), style),
+                Span::styled(bar, Style::default().fg(t.bar)),
+                Span::styled(format!(" {:>5.1}%", 100.0 * p.prob), Style::default().fg(t.dim)),
+            ]))
+        })
+        .collect();
+    let focused = app.focus == Focus::Predictions;
+    let list = List::new(items).block(block(app, "Predictions", focused)).highlight_style(
+        Style::default().bg(if focused { t.selected_bg } else { t.border }).fg(t.selected_fg),
+    );
+    let mut state = ListState::default().with_selected(Some(app.prediction_cursor));
+    frame.render_stateful_widget(list, area, &mut state);
+}
+
+pub fn stages(frame: &mut Frame, app: &App, area: Rect) {
+    let t = app.theme();
+    let items: Vec<ListItem> = app
+        .info
+        .stages
+        .iter()
+        .zip(&app.info.shapes)
+        .enumerate()
+        .map(|(i, (name, s))| {
+            let cached = app.maps.contains_key(&super::super::worker::MapKey {
+                class: app.class,
+                method: app.method,
+                stage: i,
+            });
+            let mark = if cached { "●" } else { " " };
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{mark} {name:<13}"), Style::default().fg(t.text)),
+                Span::styled(format!("{}×{}×{}", s[0], s[1], s[2]), Style::default().fg(t.dim)),
+            ]))
+        })
+        .collect();
+    let focused = app.focus == Focus::Stages;
+    let list = List::new(items)
+        .block(block(app, "Stages", focused))
+        .highlight_style(Style::default().bg(t.selected_bg).fg(t.selected_fg).add_modifier(Modifier::BOLD));
+    let mut state = ListState::default().with_selected(Some(app.stage));
+    frame.render_stateful_widget(list, area, &mut state);
+}
+
+pub fn status(frame: &mut Frame, app: &App, area: Rect) {
+    let t = app.theme();
+    let key = app.key();
+    let timing = match (app.progress, app.map_ms.get(&key)) {
+        (Some((done, total)), _) => format!("computing {}/{total}…", done + 1),
+        (None, Some(ms)) => format!("map {}", duration(*ms)),
+        (None, None) => String::new(),
+    };
+    let first = Line::from(vec![
+        Span::styled(
+            if app.info.model == app.info.arch {
+                format!(" {} ", app.info.model)
+            } else {
+                format!(" {} ({}) ", app.info.model, app.info.arch)
+            },
+            Style::default().fg(t.selected_fg).bg(t.selected_bg),
+        ),
+        Span::styled(format!(" {} ", app.method), Style::default().fg(t.accent).add_modifier(Modifier::BOLD)),
+        Span::styled(format!("@ {} ", app.info.stages[app.stage]), Style::default().fg(t.text)),
+        Span::styled(format!("class {} {} ", app.class, app.label(app.class)), Style::default().fg(t.text)),
+        Span::styled(format!(" {timing}"), Style::default().fg(t.dim)),
+    ]);
+    let second = match &app.status {
+        Some((msg, error)) => {
+            Line::styled(format!(" {msg}"), Style::default().fg(if *error { t.error } else { t.accent }))
+        }
+        None => Line::styled(
+            " q quit  ? help  [ ] stage  m method  1-9 class  / search  g stages  c methods  o view  s save",
+            Style::default().fg(t.dim),
+        ),
+    };
+    frame.render_widget(Paragraph::new(vec![first, second]), area);
+}

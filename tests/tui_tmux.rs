@@ -1,0 +1,132 @@
+//! End-to-end: the real binary in a real terminal (tmux), driven by keys, read back from the
+//! screen. Skips itself where tmux is missing (`.ci/run` installs it).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Session {
+    name: String,
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Session {
+    fn start(name: &str, width: u16, height: u16, extra: &str) -> Self {
+        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+        let bin = env!("CARGO_BIN_EXE_camscope");
+        // The exit status is printed after the program ends, and the pane kept for reading it.
+        let cmd = format!("{bin} --protocol halfblocks {extra}; echo CAMSCOPE-EXIT=$?; sleep 60");
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                name,
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+                &cmd,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("tmux starts");
+        assert!(status.success());
+        Self { name: name.into() }
+    }
+
+    fn screen(&self) -> String {
+        tmux(&["capture-pane", "-t", &self.name, "-p"])
+    }
+
+    fn keys(&self, keys: &str) {
+        tmux(&["send-keys", "-t", &self.name, keys]);
+    }
+
+    /// Waits (up to 30 s: CI machines are slow) until the screen shows `text`.
+    fn wait_for(&self, text: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "'{text}' never appeared; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).output();
+    }
+}
+
+fn have_tmux() -> bool {
+    let ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("tmux not found: skipping the end-to-end terminal test");
+    }
+    ok
+}
+
+#[test]
+fn debugger_in_tmux() {
+    if !have_tmux() {
+        return;
+    }
+    let s = Session::start("camscope-e2e", 160, 50, "");
+    let screen = s.wait_for("first map on screen");
+    assert!(screen.contains("bull mastiff"));
+    assert!(screen.contains("gradcam · _conv_head"));
+
+    s.keys("[");
+    s.wait_for("gradcam · _blocks.15");
+
+    s.keys("m");
+    s.wait_for("hirescam · _blocks.15");
+
+    s.keys("?");
+    let help = s.wait_for("Keys (Esc closes)");
+    assert!(help.contains("next method") && help.contains("quit"));
+    s.keys("Escape");
+    s.wait_for("hirescam · _blocks.15");
+
+    s.keys("g");
+    let grid = s.wait_for("every stage");
+    let stages_shown =
+        ["_conv_stem", "_blocks.0", "_blocks.3", "_blocks.7"].iter().filter(|n| grid.contains(*n)).count();
+    assert!(stages_shown >= 3, "grid shows few stages:\n{grid}");
+    s.keys("g");
+
+    s.keys("2");
+    s.wait_for("boxer · ");
+
+    s.keys("q");
+    s.wait_for("CAMSCOPE-EXIT=0");
+}
+
+#[test]
+fn tiny_terminal_does_not_crash() {
+    if !have_tmux() {
+        return;
+    }
+    let s = Session::start("camscope-tiny", 30, 8, "");
+    s.wait_for("too small");
+    s.keys("q");
+    s.wait_for("CAMSCOPE-EXIT=0");
+}
+
+#[test]
+fn bad_image_exits_before_taking_the_screen() {
+    if !have_tmux() {
+        return;
+    }
+    let s = Session::start("camscope-bad", 100, 20, "/no/such/photo.png");
+    let screen = s.wait_for("CAMSCOPE-EXIT=1");
+    assert!(screen.contains("camscope: error:") && screen.contains("/no/such/photo.png"));
+}
