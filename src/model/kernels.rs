@@ -191,75 +191,119 @@ fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
     });
 }
 
-/// Output positions `[lo, hi)` along one axis for which kernel tap `k` reads inside the input.
-#[inline]
-fn valid_range(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> (usize, usize) {
-    // o*stride + k - pad in [0, size)  <=>  o >= ceil((pad-k)/stride), o*stride < size + pad - k
-    let lo = if pad > k { (pad - k).div_ceil(stride) } else { 0 };
-    let hi = if size + pad > k { ((size + pad - k).div_ceil(stride)).min(out) } else { 0 };
-    (lo.min(hi), hi)
+/// Depthwise convolution works on one zero-padded copy of each input plane, split into `stride`
+/// column phases (phase p holds padded columns p, p+s, p+2s, …). Every kernel tap then reads a
+/// contiguous run of one phase row, so the inner loops are plain slice multiply-adds that the
+/// compiler vectorises, with no bounds logic per element.
+struct DepthwisePlan {
+    /// Padded rows and columns actually read: (out − 1)·stride + kernel.
+    rows: usize,
+    cols: usize,
+    /// Columns of one phase.
+    phase_cols: usize,
+}
+
+impl DepthwisePlan {
+    fn new(g: &ConvGeometry) -> Self {
+        let rows = (g.out_h - 1) * g.stride + g.kernel_h;
+        let cols = (g.out_w - 1) * g.stride + g.kernel_w;
+        Self { rows, cols, phase_cols: cols.div_ceil(g.stride) }
+    }
+
+    fn phase_len(&self) -> usize {
+        self.rows * self.phase_cols
+    }
+
+    /// Zero-pads `src` (in_h × in_w) and splits it into phases (stride × rows × phase_cols).
+    fn load(&self, g: &ConvGeometry, src: &[f32], phases: &mut [f32]) {
+        phases.fill(0.0);
+        let s = g.stride;
+        for iy in 0..g.in_h {
+            let py = iy + g.pad_top;
+            if py >= self.rows {
+                break;
+            }
+            let line = &src[iy * g.in_w..(iy + 1) * g.in_w];
+            for (ix, &v) in line.iter().enumerate() {
+                let px = ix + g.pad_left;
+                if px >= self.cols {
+                    break;
+                }
+                phases[(px % s) * self.phase_len() + py * self.phase_cols + px / s] = v;
+            }
+        }
+    }
+
+    /// The inverse of `load` for gradients: gathers the phases back into an unpadded plane.
+    fn store(&self, g: &ConvGeometry, phases: &[f32], dst: &mut [f32]) {
+        let s = g.stride;
+        for iy in 0..g.in_h {
+            let py = iy + g.pad_top;
+            let line = &mut dst[iy * g.in_w..(iy + 1) * g.in_w];
+            if py >= self.rows {
+                line.fill(0.0);
+                continue;
+            }
+            for (ix, d) in line.iter_mut().enumerate() {
+                let px = ix + g.pad_left;
+                *d = if px < self.cols { phases[(px % s) * self.phase_len() + py * self.phase_cols + px / s] } else { 0.0 };
+            }
+        }
+    }
 }
 
 fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], out: &mut [f32]) {
-    let (kh, kw) = (g.kernel_h, g.kernel_w);
-    out.par_chunks_mut(g.out_plane()).enumerate().for_each(|(nc, dst)| {
-        let c = nc % g.out_channels;
-        let src = &x[nc * g.in_plane()..(nc + 1) * g.in_plane()];
-        let taps = &w[c * kh * kw..(c + 1) * kh * kw];
-        for ky in 0..kh {
-            let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
-            for kx in 0..kw {
-                let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
-                let wt = taps[ky * kw + kx];
-                for oy in y0..y1 {
-                    let iy = oy * g.stride + ky - g.pad_top;
-                    let line = &src[iy * g.in_w..];
-                    let row = &mut dst[oy * g.out_w..(oy + 1) * g.out_w];
-                    if g.stride == 1 {
-                        let off = kx + x0 - g.pad_left;
-                        for (d, s) in row[x0..x1].iter_mut().zip(&line[off..off + (x1 - x0)]) {
-                            *d += wt * s;
-                        }
-                    } else {
-                        for (ox, d) in row.iter_mut().enumerate().take(x1).skip(x0) {
-                            *d += wt * line[ox * g.stride + kx - g.pad_left];
+    let (kh, kw, s) = (g.kernel_h, g.kernel_w, g.stride);
+    let plan = DepthwisePlan::new(g);
+    out.par_chunks_mut(g.out_plane()).enumerate().for_each_init(
+        || vec![0f32; s * plan.phase_len()],
+        |phases, (nc, dst)| {
+            let c = nc % g.out_channels;
+            plan.load(g, &x[nc * g.in_plane()..(nc + 1) * g.in_plane()], phases);
+            let taps = &w[c * kh * kw..(c + 1) * kh * kw];
+            dst.fill(0.0);
+            for (oy, row) in dst.chunks_exact_mut(g.out_w).enumerate() {
+                for ky in 0..kh {
+                    let py = oy * s + ky;
+                    for kx in 0..kw {
+                        let wt = taps[ky * kw + kx];
+                        let start = (kx % s) * plan.phase_len() + py * plan.phase_cols + kx / s;
+                        let src = &phases[start..start + g.out_w];
+                        for (d, v) in row.iter_mut().zip(src) {
+                            *d += wt * v;
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 fn depthwise_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-    let (kh, kw) = (g.kernel_h, g.kernel_w);
-    dx.par_chunks_mut(g.in_plane()).enumerate().for_each(|(nc, dst)| {
-        let c = nc % g.in_channels;
-        let src = &dy[nc * g.out_plane()..(nc + 1) * g.out_plane()];
-        let taps = &w[c * kh * kw..(c + 1) * kh * kw];
-        for ky in 0..kh {
-            let (y0, y1) = valid_range(ky, g.stride, g.pad_top, g.in_h, g.out_h);
-            for kx in 0..kw {
-                let (x0, x1) = valid_range(kx, g.stride, g.pad_left, g.in_w, g.out_w);
-                let wt = taps[ky * kw + kx];
-                for oy in y0..y1 {
-                    let iy = oy * g.stride + ky - g.pad_top;
-                    let grad_row = &src[oy * g.out_w..(oy + 1) * g.out_w];
-                    let line = &mut dst[iy * g.in_w..(iy + 1) * g.in_w];
-                    if g.stride == 1 {
-                        let off = kx + x0 - g.pad_left;
-                        for (d, s) in line[off..off + (x1 - x0)].iter_mut().zip(&grad_row[x0..x1]) {
-                            *d += wt * s;
-                        }
-                    } else {
-                        for (ox, s) in grad_row.iter().enumerate().take(x1).skip(x0) {
-                            line[ox * g.stride + kx - g.pad_left] += wt * s;
+    let (kh, kw, s) = (g.kernel_h, g.kernel_w, g.stride);
+    let plan = DepthwisePlan::new(g);
+    dx.par_chunks_mut(g.in_plane()).enumerate().for_each_init(
+        || vec![0f32; s * plan.phase_len()],
+        |phases, (nc, dst)| {
+            let c = nc % g.in_channels;
+            let grad = &dy[nc * g.out_plane()..(nc + 1) * g.out_plane()];
+            let taps = &w[c * kh * kw..(c + 1) * kh * kw];
+            phases.fill(0.0);
+            for (oy, row) in grad.chunks_exact(g.out_w).enumerate() {
+                for ky in 0..kh {
+                    let py = oy * s + ky;
+                    for kx in 0..kw {
+                        let wt = taps[ky * kw + kx];
+                        let start = (kx % s) * plan.phase_len() + py * plan.phase_cols + kx / s;
+                        for (d, v) in phases[start..start + g.out_w].iter_mut().zip(row) {
+                            *d += wt * v;
                         }
                     }
                 }
             }
-        }
-    });
+            plan.store(g, phases, dst);
+        },
+    );
 }
 
 /// `out = conv(x, w) + bias`. `w` is (out_channels, in_channels/groups, kh, kw).
@@ -267,7 +311,6 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
     assert_eq!(x.len(), g.input_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(out.len(), g.output_len());
-    out.fill(0.0);
     if g.is_depthwise() {
         depthwise_forward(g, x, w, out);
     } else {
@@ -314,11 +357,12 @@ pub fn conv2d_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [
     assert_eq!(dy.len(), g.output_len());
     assert_eq!(w.len(), g.weight_len());
     assert_eq!(dx.len(), g.input_len());
-    dx.fill(0.0);
     if g.is_depthwise() {
         depthwise_backward_input(g, dy, w, dx);
         return;
     }
+    // col2im accumulates.
+    dx.fill(0.0);
     let (gi, go, rows, plane) = (g.group_in(), g.group_out(), g.col_rows(), g.out_plane());
     let mut col = if g.is_pointwise() { Vec::new() } else { vec![0.0; rows * plane] };
     for n in 0..g.batch {

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
+use rayon::prelude::*;
+
 use super::kernels::{self, ConvGeometry, PoolGeometry};
 
 /// Non-linearity fused into a convolution.
@@ -138,9 +140,14 @@ impl CustomOp1 for ConvOp {
         let g = p.geometry(layout.shape())?;
         let x = contiguous_f32(storage, layout)?;
         let mut out = vec![0.0f32; g.output_len()];
-        kernels::conv2d_forward(&g, x, &p.weight, p.bias.as_deref(), &mut out);
-        if p.activation != Activation::Identity {
-            out.iter_mut().for_each(|v| *v = p.activation.apply(*v));
+        kernels::conv2d_forward(&g, x, &p.weight, None, &mut out);
+        // Bias and activation in one pass over the output.
+        let (bias, act) = (p.bias.as_deref(), p.activation);
+        if bias.is_some() || act != Activation::Identity {
+            out.par_chunks_mut(g.out_h * g.out_w).enumerate().for_each(|(nc, plane)| {
+                let b = bias.map_or(0.0, |b| b[nc % g.out_channels]);
+                plane.iter_mut().for_each(|v| *v = act.apply(*v + b));
+            });
         }
         Ok((CpuStorage::F32(out), Shape::from((g.batch, g.out_channels, g.out_h, g.out_w))))
     }
