@@ -58,7 +58,8 @@ fn bench_model(model: &Model, runs: usize) -> Result<Row> {
                 Ok((0..net.num_stages())
                     .map(|i| {
                         let a = trace.activation(i);
-                        cam::finish(&Method::GradCam.stage_map(a, &grads[i]), a.height, a.width, s)
+                        let raw = Method::GradCam.stage_map(a, &grads[i]).expect("gradcam is pure");
+                        cam::finish(&raw, a.height, a.width, s)
                     })
                     .collect::<Vec<_>>())
             })?;

@@ -69,7 +69,8 @@ pub struct ExplainArgs {
     pub image: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam, eigengradcam
+    /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam,
+    /// eigengradcam, scorecam, ablationcam
     #[arg(short = 'M', long, default_value = "gradcam")]
     pub method: String,
     /// Stage name, or `all`; default: the last stage with spatial size > 1
@@ -93,6 +94,9 @@ pub struct ExplainArgs {
     /// Colormap: jet, viridis, inferno, turbo
     #[arg(long, default_value = "jet")]
     pub colormap: String,
+    /// Forward passes per batch for scorecam and ablationcam
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
 }
 
 #[derive(Debug, Args)]

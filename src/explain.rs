@@ -7,13 +7,15 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::cam::Control;
 use crate::cam::Method;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::card::{self, Model};
 use crate::model::Arch;
 use crate::preprocess::{self, ModelInput};
 use crate::render::{self, Colormap};
-use crate::trace::{Prediction, Trace};
+use crate::trace::Prediction;
 
 /// Which stages to explain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +35,7 @@ impl StageChoice {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExplainOptions {
     pub image: Option<PathBuf>,
     pub model: String,
@@ -43,6 +45,12 @@ pub struct ExplainOptions {
     pub class: Option<String>,
     pub top_k: usize,
     pub colormap: Colormap,
+    /// Forward passes per batch of the perturbation methods.
+    pub batch_size: usize,
+    /// Called with (done, total) during long methods.
+    pub progress: &'static (dyn Fn(usize, usize) + Sync),
+    /// Polled during long methods; true stops them with `Error::Cancelled`.
+    pub cancelled: &'static (dyn Fn() -> bool + Sync),
 }
 
 impl Default for ExplainOptions {
@@ -56,6 +64,9 @@ impl Default for ExplainOptions {
             class: None,
             top_k: 5,
             colormap: Colormap::Jet,
+            batch_size: Control::DEFAULT_BATCH,
+            progress: &|_, _| {},
+            cancelled: &|| false,
         }
     }
 }
@@ -132,7 +143,8 @@ pub fn explain_input(
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
-    let trace = Trace::new(network, &input.tensor)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let trace = engine.trace();
     timings.forward = ms(t);
     let stages = if stages.is_empty() {
         let shapes: Vec<[usize; 3]> = (0..network.num_stages())
@@ -156,7 +168,8 @@ pub fn explain_input(
 
     let size = input.view.width() as usize;
     let t = Instant::now();
-    let maps = stages.iter().map(|&s| trace.cam(opts.method, s, class, size)).collect::<Result<Vec<_>>>()?;
+    let ctl = Control { batch_size: opts.batch_size, progress: opts.progress, cancelled: opts.cancelled };
+    let maps = stages.iter().map(|&s| engine.cam(opts.method, s, class, &ctl)).collect::<Result<Vec<_>>>()?;
     timings.maps = ms(t);
 
     Ok(Explanation {

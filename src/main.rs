@@ -65,6 +65,9 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         class: args.class.clone(),
         top_k: args.top_k,
         colormap,
+        batch_size: args.batch_size.max(1),
+        progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
+        cancelled: &|| false,
     };
     let result = explain::explain(&opts)?;
 
@@ -102,6 +105,18 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         eprintln!("camscope: stdout is not a terminal; use --out, --npy or --json to keep the map");
     }
     Ok(())
+}
+
+/// A one-line progress counter for long methods, rewritten in place on stderr.
+fn show_progress(done: usize, total: usize) {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    if done < total {
+        let _ = write!(err, "\r{done}/{total} forward passes");
+    } else {
+        let _ = write!(err, "\r{:30}\r", "");
+    }
+    let _ = err.flush();
 }
 
 fn run_layers(args: &ModelArgs, json: bool) -> Result<()> {

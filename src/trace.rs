@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, IndexOp, Tensor, Var};
 
-use crate::cam::{self, Chw, Method};
+use crate::cam::Chw;
 use crate::error::{Error, Result};
 use crate::model::Network;
 
@@ -96,19 +96,6 @@ impl Trace {
 
     pub fn activation(&self, stage: usize) -> &Arc<Chw> {
         &self.activations[stage]
-    }
-
-    /// The finished map (ReLU, min-max, resized to `size`×`size`) of `method` at `stage` for
-    /// `class`. Runs the backward pass only if the class is not cached and the method needs it.
-    pub fn cam(&self, method: Method, stage: usize, class: usize, size: usize) -> Result<Vec<f32>> {
-        let a = self.activation(stage);
-        let raw = if method.needs_gradient() {
-            method.stage_map(a, &self.gradients(class)?[stage])
-        } else {
-            let zero = Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]);
-            method.stage_map(a, &zero)
-        };
-        Ok(cam::finish(&raw, a.height, a.width, size))
     }
 
     pub fn is_cached(&self, class: usize) -> bool {

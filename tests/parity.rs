@@ -8,8 +8,8 @@ use camscope::model::card::{self, Model};
 use camscope::trace::Trace;
 use common::*;
 
-/// Methods whose fixtures this engine must reproduce (perturbation methods and FullGrad are
-/// checked in their own tests once implemented).
+/// Methods checked here; Score-CAM and Ablation-CAM have their own test below, FullGrad is not
+/// implemented yet.
 const GRADIENT_METHODS: [&str; 8] = [
     "gradcam",
     "hirescam",
@@ -48,7 +48,8 @@ fn check_case(name: &str, weights_ext: &str) {
     let model = load_model(&case, weights_ext);
     let dir = fixtures().join(&case.name);
     let input = read_npy(&dir.join("input.npy"));
-    let trace = Trace::new(&model.network, &input).unwrap();
+    let engine = camscope::engine::Engine::new(model.network.clone(), input.clone()).unwrap();
+    let trace = engine.trace();
 
     // Logits.
     let reference = npy_vec(&dir.join("logits.npy"));
@@ -73,12 +74,12 @@ fn check_case(name: &str, weights_ext: &str) {
     for entry in case.cams.iter().filter(|c| GRADIENT_METHODS.contains(&c.method.as_str())) {
         let method = Method::parse(&entry.method).unwrap();
         let stage = model.network.stage_index(&entry.layer).unwrap();
-        let ours = trace.cam(method, stage, entry.class_index, size).unwrap();
+        let ours = engine.cam(method, stage, entry.class_index, &camscope::cam::Control::default()).unwrap();
         let reference = npy_vec(&dir.join(&entry.file));
         let (ours, r, d) = if entry.method.starts_with("eigen") {
             // The singular vector's sign is arbitrary (SPEC §3): our map must be the reference's
             // projection or its negation, each post-processed.
-            let other = flipped_eigen_map(&trace, method, stage, entry.class_index, size);
+            let other = flipped_eigen_map(trace, method, stage, entry.class_index, size);
             assert_ne!(ours, other);
             let stats = |m: Vec<f32>| {
                 let (r, d) = (pearson(&m, &reference), max_abs_diff(&m, &reference));
@@ -133,4 +134,27 @@ fn lite0_perturb_case_logits_match() {
     let trace = Trace::new(&model.network, &read_npy(&dir.join("input.npy"))).unwrap();
     let diff = max_abs_diff(trace.logits(), &npy_vec(&dir.join("logits.npy")));
     assert!(diff <= 1e-3, "logits differ by {diff}");
+}
+
+/// Score-CAM and Ablation-CAM at `_conv_head` of Lite0 (SPEC §6: r ≥ 0.99, max |Δ| ≤ 0.05).
+/// Score-CAM runs 1280 forward passes: this is the slowest test of the suite (about 40 s).
+#[test]
+fn lite0_perturbation_methods_match_reference() {
+    use camscope::cam::Control;
+    use camscope::engine::Engine;
+    let case = case("lite0-both-perturb");
+    let model = load_model(&case, "");
+    let dir = fixtures().join(&case.name);
+    let engine = Engine::new(model.network.clone(), read_npy(&dir.join("input.npy"))).unwrap();
+    let mut checked = 0;
+    for entry in &case.cams {
+        let method = Method::parse(&entry.method).unwrap();
+        let stage = model.network.stage_index(&entry.layer).unwrap();
+        let ours = engine.cam(method, stage, entry.class_index, &Control::default()).unwrap();
+        let reference = npy_vec(&dir.join(&entry.file));
+        let (r, d) = (pearson(&ours, &reference), max_abs_diff(&ours, &reference));
+        assert!(r >= 0.99 && d <= 0.05, "{}: r = {r:.6}, max |Δ| = {d:.4}", entry.file);
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
 }

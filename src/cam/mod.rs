@@ -3,17 +3,21 @@
 //! post-processing every method shares (SPEC §2) lives here once, as in pytorch-grad-cam's
 //! `BaseCAM`.
 
+mod ablationcam;
 mod eigen;
 mod gradcam;
 mod gradcam_elementwise;
 mod gradcam_plus_plus;
 mod hirescam;
 mod layercam;
+mod scorecam;
 mod xgradcam;
 
 use std::fmt;
 
+pub use ablationcam::map as ablationcam_map;
 pub use eigen::projection as eigen_projection;
+pub use scorecam::{map as scorecam_map, upsample_align_corners};
 
 use candle_core::Tensor;
 
@@ -101,10 +105,23 @@ pub enum Method {
     LayerCam,
     EigenCam,
     EigenGradCam,
+    ScoreCam,
+    AblationCam,
+}
+
+/// What a method needs from the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Activations only.
+    Activation,
+    /// Activations and the backward pass.
+    Gradient,
+    /// Extra forward passes through (part of) the network: slow, with progress and cancel.
+    Perturbation,
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 10] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementwise,
@@ -113,6 +130,8 @@ impl Method {
         Method::LayerCam,
         Method::EigenCam,
         Method::EigenGradCam,
+        Method::ScoreCam,
+        Method::AblationCam,
     ];
 
     /// The name on the command line and in file names (pytorch-grad-cam's spelling).
@@ -126,6 +145,8 @@ impl Method {
             Method::LayerCam => "layercam",
             Method::EigenCam => "eigencam",
             Method::EigenGradCam => "eigengradcam",
+            Method::ScoreCam => "scorecam",
+            Method::AblationCam => "ablationcam",
         }
     }
 
@@ -142,14 +163,23 @@ impl Method {
         })
     }
 
-    /// EigenCAM reads activations only; every other method needs the backward pass.
-    pub fn needs_gradient(self) -> bool {
-        self != Method::EigenCam
+    pub fn kind(self) -> Kind {
+        match self {
+            Method::EigenCam => Kind::Activation,
+            Method::ScoreCam | Method::AblationCam => Kind::Perturbation,
+            _ => Kind::Gradient,
+        }
     }
 
-    /// The map at stage resolution, before ReLU and normalisation.
-    pub fn stage_map(self, a: &Chw, g: &Chw) -> Vec<f32> {
-        match self {
+    pub fn needs_gradient(self) -> bool {
+        self.kind() == Kind::Gradient
+    }
+
+    /// The map at stage resolution, before ReLU and normalisation, of a method that is a pure
+    /// function of activations and gradients; `None` for perturbation methods, which need the
+    /// network (see [`crate::engine::Engine`]).
+    pub fn stage_map(self, a: &Chw, g: &Chw) -> Option<Vec<f32>> {
+        Some(match self {
             Method::GradCam => gradcam::map(a, g),
             Method::HiResCam => hirescam::map(a, g),
             Method::GradCamElementwise => gradcam_elementwise::map(a, g),
@@ -158,13 +188,41 @@ impl Method {
             Method::LayerCam => layercam::map(a, g),
             Method::EigenCam => eigen::eigencam(a),
             Method::EigenGradCam => eigen::eigengradcam(a, g),
-        }
+            Method::ScoreCam | Method::AblationCam => return None,
+        })
     }
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a long computation reports progress and learns that it should stop.
+pub struct Control<'a> {
+    /// Channels (forward passes) per batch for perturbation methods.
+    pub batch_size: usize,
+    pub progress: &'a (dyn Fn(usize, usize) + Sync),
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl Control<'_> {
+    pub const DEFAULT_BATCH: usize = 32;
+
+    /// Reports `done` of `total` and fails with [`Error::Cancelled`] if asked to stop.
+    pub fn check(&self, done: usize, total: usize) -> Result<()> {
+        (self.progress)(done, total);
+        if (self.cancelled)() {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+impl Default for Control<'static> {
+    fn default() -> Self {
+        Control { batch_size: Self::DEFAULT_BATCH, progress: &|_, _| {}, cancelled: &|| false }
     }
 }
 

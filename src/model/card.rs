@@ -61,7 +61,7 @@ struct Card {
 /// A network ready to run, with what it takes to feed it and read its output.
 pub struct Model {
     pub name: String,
-    pub network: Network,
+    pub network: std::sync::Arc<Network>,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
 }
@@ -197,7 +197,7 @@ fn assemble(
         )));
     }
     let preprocess = preprocess.unwrap_or_else(|| Preprocess::for_arch(arch));
-    Ok(Model { name, network, preprocess, labels })
+    Ok(Model { name, network: std::sync::Arc::new(network), preprocess, labels })
 }
 
 /// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.

@@ -246,7 +246,11 @@ impl DepthwisePlan {
             }
             for (ix, d) in line.iter_mut().enumerate() {
                 let px = ix + g.pad_left;
-                *d = if px < self.cols { phases[(px % s) * self.phase_len() + py * self.phase_cols + px / s] } else { 0.0 };
+                *d = if px < self.cols {
+                    phases[(px % s) * self.phase_len() + py * self.phase_cols + px / s]
+                } else {
+                    0.0
+                };
             }
         }
     }

@@ -112,6 +112,8 @@ pub struct App {
     pub map_ms: HashMap<MapKey, f64>,
     /// (done, total) of the work in flight.
     pub progress: Option<(usize, usize)>,
+    /// (forward passes done, total) inside the map being computed, for long methods.
+    pub partial: Option<(usize, usize)>,
     /// Set by Esc during work: nothing is requested again until the user asks for something.
     pub paused: bool,
     pub status: Option<(String, bool)>,
@@ -120,7 +122,7 @@ pub struct App {
     pub quit: bool,
 }
 
-pub const METHODS: [Method; 8] = Method::ALL;
+pub const METHODS: [Method; 10] = Method::ALL;
 const OPACITY_STEP: f32 = 0.1;
 
 impl App {
@@ -150,6 +152,7 @@ impl App {
             maps: HashMap::new(),
             map_ms: HashMap::new(),
             progress: None,
+            partial: None,
             paused: false,
             status: None,
             keys_help: super::keymap::Keymap::new(None).map(|k| k.help()).unwrap_or_default(),
@@ -248,6 +251,7 @@ impl App {
                 if self.is_computing() {
                     self.paused = true;
                     self.progress = None;
+                    self.partial = None;
                     self.status = Some(("computation cancelled".into(), false));
                     return Some(Command::CancelWork);
                 }
@@ -345,6 +349,10 @@ impl App {
             }
             Event::Progress { done, total } => {
                 self.progress = (done < total && !self.paused).then_some((done, total));
+                self.partial = None;
+            }
+            Event::Partial { done, total } => {
+                self.partial = (done < total && !self.paused).then_some((done, total));
             }
             Event::Failed { key, message } => {
                 self.status =
@@ -436,7 +444,7 @@ pub(crate) mod tests {
         a.update(Action::Select);
         assert_eq!(a.class, 13);
         a.update(Action::PrevMethod);
-        assert_eq!(a.method, Method::EigenGradCam);
+        assert_eq!(a.method, Method::AblationCam);
         a.update(Action::NextMethod);
         a.update(Action::NextMethod);
         assert_eq!(a.method, Method::HiResCam);

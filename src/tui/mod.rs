@@ -17,9 +17,9 @@ use ratatui::backend::Backend;
 use ratatui::Terminal;
 use ratatui_image::picker::{Picker, ProtocolType};
 
+use camscope::engine::Engine;
 use camscope::model::{card, Arch};
 use camscope::preprocess;
-use camscope::trace::Trace;
 use camscope::{Error, Result};
 
 use app::{App, Command, ModelInfo};
@@ -56,13 +56,14 @@ pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
 }
 
 /// Everything the app needs, loaded and checked; the forward pass done.
-fn prepare(opts: &TuiOptions) -> Result<(App, Trace, Keymap, usize)> {
+fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let keymap = Keymap::load(opts.keys.as_deref())?;
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = card::load(&opts.model, opts.arch)?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let trace = Trace::new(&model.network, &input.tensor)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let trace = engine.trace();
     let shapes: Vec<[usize; 3]> = (0..model.network.num_stages())
         .map(|i| {
             let a = trace.activation(i);
@@ -79,16 +80,15 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Trace, Keymap, usize)> {
         labels: Arc::new(model.labels.clone()),
         view: Arc::new(input.view.clone()),
     };
-    let size = input.view.width() as usize;
     let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), default_stage, themes, theme);
     app.keys_help = keymap.help();
-    Ok((app, trace, keymap, size))
+    Ok((app, engine, keymap))
 }
 
 pub fn run(opts: &TuiOptions) -> Result<()> {
     let start = Instant::now();
-    let (app, trace, keymap, size) = prepare(opts)?;
-    let worker = Worker::spawn(trace, size);
+    let (app, engine, keymap) = prepare(opts)?;
+    let worker = Worker::spawn(engine);
     let mut terminal = ratatui::init();
     let picker = match opts.protocol {
         Some(ProtocolType::Halfblocks) => Picker::halfblocks(),
@@ -133,12 +133,17 @@ where
     let mut first_map_shown = false;
     let mut key_pressed: Option<Instant> = None;
     loop {
+        // Ask again only when something new is wanted (or wanted first): maps arriving shrink
+        // the missing list, and that must not restart a long computation in progress.
         let missing = app.missing();
-        if !missing.is_empty() && missing != last_request {
+        let current = app.key();
+        let reprioritised = missing.first() == Some(&current) && last_request.first() != Some(&current);
+        let asks_more = reprioritised || missing.iter().any(|k| !last_request.contains(k));
+        if !missing.is_empty() && asks_more {
             worker.request(missing.clone());
             app.progress.get_or_insert((0, missing.len()));
+            last_request = missing;
         }
-        last_request = missing;
 
         terminal.draw(|f| ui::draw(f, &app, &mut images)).map_err(draw_err)?;
         if let Some(t) = key_pressed.take() {

@@ -3,14 +3,15 @@
 //! computes one map at a time and sends each back as soon as it is ready. Esc raises the cancel
 //! flag, which empties the queue at the next check.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use camscope::cam::Method;
-use camscope::trace::Trace;
+use camscope::cam::{Control, Method};
+use camscope::engine::Engine;
+use camscope::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MapKey {
@@ -21,42 +22,67 @@ pub struct MapKey {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Map { key: MapKey, map: Arc<Vec<f32>>, ms: f64 },
-    Progress { done: usize, total: usize },
-    Failed { key: MapKey, message: String },
+    Map {
+        key: MapKey,
+        map: Arc<Vec<f32>>,
+        ms: f64,
+    },
+    Progress {
+        done: usize,
+        total: usize,
+    },
+    /// Progress inside one long map (forward passes done of total).
+    Partial {
+        done: usize,
+        total: usize,
+    },
+    Failed {
+        key: MapKey,
+        message: String,
+    },
 }
 
 pub struct Worker {
     requests: Option<Sender<Vec<MapKey>>>,
     pub events: Receiver<Event>,
-    cancel: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     handle: Option<JoinHandle<()>>,
 }
 
+/// What the UI thread can tell a map in progress without waiting for it.
+#[derive(Default)]
+struct Shared {
+    /// Esc: drop everything.
+    cancel: AtomicBool,
+    /// Bumped by every request, so a long map stops as soon as the UI wants something else.
+    generation: AtomicU64,
+}
+
 impl Worker {
-    /// Takes ownership of the trace; maps are `size`×`size`.
-    pub fn spawn(trace: Trace, size: usize) -> Self {
+    /// Takes ownership of the engine.
+    pub fn spawn(engine: Engine) -> Self {
         let (req_tx, req_rx) = mpsc::channel::<Vec<MapKey>>();
         let (ev_tx, ev_rx) = mpsc::channel();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let flag = cancel.clone();
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("camscope-engine".into())
-            .spawn(move || serve(&trace, size, &req_rx, &ev_tx, &flag))
+            .spawn(move || serve(&engine, &req_rx, &ev_tx, &theirs))
             .expect("spawn the engine thread");
-        Self { requests: Some(req_tx), events: ev_rx, cancel, handle: Some(handle) }
+        Self { requests: Some(req_tx), events: ev_rx, shared, handle: Some(handle) }
     }
 
     pub fn request(&self, keys: Vec<MapKey>) {
-        self.cancel.store(false, Ordering::SeqCst);
+        self.shared.cancel.store(false, Ordering::SeqCst);
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(tx) = &self.requests {
-            // A closed channel means the worker died; its Failed event says why.
+            // A closed channel means the worker has ended; nothing is left to ask.
             let _ = tx.send(keys);
         }
     }
 
     pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
+        self.shared.cancel.store(true, Ordering::SeqCst);
     }
 }
 
@@ -70,16 +96,9 @@ impl Drop for Worker {
     }
 }
 
-fn serve(
-    trace: &Trace,
-    size: usize,
-    requests: &Receiver<Vec<MapKey>>,
-    events: &Sender<Event>,
-    cancel: &AtomicBool,
-) {
+fn serve(engine: &Engine, requests: &Receiver<Vec<MapKey>>, events: &Sender<Event>, shared: &Shared) {
     let mut queue: Vec<MapKey> = Vec::new();
-    let mut total = 0;
-    let mut done = 0;
+    let (mut total, mut done) = (0, 0);
     loop {
         if queue.is_empty() {
             match requests.recv() {
@@ -90,7 +109,9 @@ fn serve(
                 Err(_) => return,
             }
         }
-        // Only the newest request counts.
+        // Read the generation before draining: a request sent after this point cancels the map
+        // we are about to start, so it is never kept waiting behind a long method.
+        let generation = shared.generation.load(Ordering::SeqCst);
         loop {
             match requests.try_recv() {
                 Ok(keys) => {
@@ -101,7 +122,7 @@ fn serve(
                 Err(TryRecvError::Disconnected) => return,
             }
         }
-        if cancel.swap(false, Ordering::SeqCst) {
+        if shared.cancel.swap(false, Ordering::SeqCst) {
             queue.clear();
             continue;
         }
@@ -113,8 +134,16 @@ fn serve(
             return;
         }
         let t = Instant::now();
-        let event = match trace.cam(key.method, key.stage, key.class, size) {
+        let progress = |d: usize, n: usize| {
+            let _ = events.send(Event::Partial { done: d, total: n });
+        };
+        let cancelled =
+            || shared.cancel.load(Ordering::SeqCst) || shared.generation.load(Ordering::SeqCst) != generation;
+        let ctl = Control { batch_size: Control::DEFAULT_BATCH, progress: &progress, cancelled: &cancelled };
+        let event = match engine.cam(key.method, key.stage, key.class, &ctl) {
             Ok(map) => Event::Map { key, map: Arc::new(map), ms: t.elapsed().as_secs_f64() * 1e3 },
+            // Esc (the flag is cleared at the top of the loop) or a newer request (taken there).
+            Err(Error::Cancelled) => continue,
             Err(e) => Event::Failed { key, message: e.to_string() },
         };
         done += 1;

@@ -81,7 +81,12 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
     let t = app.theme();
     let key = app.key();
     let timing = match (app.progress, app.map_ms.get(&key)) {
-        (Some((done, total)), _) => format!("computing {}/{total}…", done + 1),
+        (Some((done, total)), _) => match app.partial {
+            Some((d, n)) => {
+                format!("computing map {}/{total}: {d}/{n} forward passes · Esc cancels", done + 1)
+            }
+            None => format!("computing {}/{total}…", done + 1),
+        },
         (None, Some(ms)) => format!("map {}", duration(*ms)),
         (None, None) => String::new(),
     };
