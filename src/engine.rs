@@ -37,7 +37,8 @@ impl Engine {
         self.input.dims().last().copied().unwrap_or(0)
     }
 
-    /// The map of `method` at `stage` for `class` at stage resolution, before post-processing.
+    /// The map of `method` at `stage` for `class` at stage resolution (FullGrad: the input's),
+    /// before post-processing.
     pub fn stage_map(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
         let a = self.trace.activation(stage);
         match method.kind() {
@@ -49,6 +50,8 @@ impl Engine {
                 let zero = Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]);
                 Ok(method.stage_map(a, &zero).expect("activation methods are pure"))
             }
+            // FullGrad has no stage: its map is at the input's resolution.
+            Kind::WholeNetwork => cam::fullgrad_map(&self.network, &self.input, class),
             Kind::Perturbation => match method {
                 Method::ScoreCam => cam::scorecam_map(&self.network, &self.input, a, class, ctl),
                 _ => {
@@ -61,6 +64,11 @@ impl Engine {
 
     /// The finished map (SPEC §2): size×size in [0, 1].
     pub fn cam(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+        if method.kind() == Kind::WholeNetwork {
+            let mut map = cam::fullgrad_map(&self.network, &self.input, class)?;
+            cam::relu_min_max(&mut map);
+            return Ok(map);
+        }
         let a = self.trace.activation(stage);
         let raw = self.stage_map(method, stage, class, ctl)?;
         Ok(cam::finish(&raw, a.height, a.width, self.size()))

@@ -8,9 +8,9 @@ use camscope::model::card::{self, Model};
 use camscope::trace::Trace;
 use common::*;
 
-/// Methods checked here; Score-CAM and Ablation-CAM have their own test below, FullGrad is not
-/// implemented yet.
-const GRADIENT_METHODS: [&str; 8] = [
+/// Methods checked here; Score-CAM and Ablation-CAM have their own test below.
+const GRADIENT_METHODS: [&str; 9] = [
+    "fullgrad",
     "gradcam",
     "hirescam",
     "gradcam-elementwise",

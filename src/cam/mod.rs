@@ -5,6 +5,7 @@
 
 mod ablationcam;
 mod eigen;
+mod fullgrad;
 mod gradcam;
 mod gradcam_elementwise;
 mod gradcam_plus_plus;
@@ -17,6 +18,7 @@ use std::fmt;
 
 pub use ablationcam::map as ablationcam_map;
 pub use eigen::projection as eigen_projection;
+pub use fullgrad::map as fullgrad_map;
 pub use scorecam::{map as scorecam_map, upsample_align_corners};
 
 use candle_core::Tensor;
@@ -107,6 +109,7 @@ pub enum Method {
     EigenGradCam,
     ScoreCam,
     AblationCam,
+    FullGrad,
 }
 
 /// What a method needs from the engine.
@@ -118,10 +121,12 @@ pub enum Kind {
     Gradient,
     /// Extra forward passes through (part of) the network: slow, with progress and cancel.
     Perturbation,
+    /// Its own forward and backward pass over the whole network; the stage is ignored.
+    WholeNetwork,
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementwise,
@@ -132,6 +137,7 @@ impl Method {
         Method::EigenGradCam,
         Method::ScoreCam,
         Method::AblationCam,
+        Method::FullGrad,
     ];
 
     /// The name on the command line and in file names (pytorch-grad-cam's spelling).
@@ -147,6 +153,7 @@ impl Method {
             Method::EigenGradCam => "eigengradcam",
             Method::ScoreCam => "scorecam",
             Method::AblationCam => "ablationcam",
+            Method::FullGrad => "fullgrad",
         }
     }
 
@@ -167,6 +174,7 @@ impl Method {
         match self {
             Method::EigenCam => Kind::Activation,
             Method::ScoreCam | Method::AblationCam => Kind::Perturbation,
+            Method::FullGrad => Kind::WholeNetwork,
             _ => Kind::Gradient,
         }
     }
@@ -188,7 +196,7 @@ impl Method {
             Method::LayerCam => layercam::map(a, g),
             Method::EigenCam => eigen::eigencam(a),
             Method::EigenGradCam => eigen::eigengradcam(a, g),
-            Method::ScoreCam | Method::AblationCam => return None,
+            Method::ScoreCam | Method::AblationCam | Method::FullGrad => return None,
         })
     }
 }

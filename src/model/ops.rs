@@ -69,7 +69,7 @@ impl Padding {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ConvParams {
     weight: Vec<f32>,
     bias: Option<Vec<f32>>,
@@ -273,11 +273,44 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if BIAS_TAPS.with(|t| t.borrow().is_some()) {
+            return self.forward_tapped(x);
+        }
         if x.device().is_cpu() {
             x.contiguous()?.apply_op1(ConvOp(self.params.clone()))
         } else {
             self.forward_candle(x)
         }
+    }
+
+    /// Forward with a zero `Var` added between bias and activation, recorded with the bias, so
+    /// that one backward pass yields the gradient at every bias (FullGrad).
+    fn forward_tapped(&self, x: &Tensor) -> Result<Tensor> {
+        let p = &self.params;
+        let linear = if x.device().is_cpu() {
+            let params = ConvParams { activation: Activation::Identity, ..(**p).clone() };
+            x.contiguous()?.apply_op1(ConvOp(Arc::new(params)))?
+        } else {
+            let (_, _, h, w) = x.dims4()?;
+            let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
+            let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
+            let xp = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
+            let y = xp.conv2d(&self.weight.to_device(x.device())?, 0, p.stride, 1, p.groups)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?)?,
+                None => y,
+            }
+        };
+        let tap = candle_core::Var::zeros(linear.shape(), DType::F32, linear.device())?;
+        let y = linear.add(tap.as_tensor())?;
+        if let Some(bias) = &p.bias {
+            BIAS_TAPS.with(|t| {
+                if let Some(taps) = t.borrow_mut().as_mut() {
+                    taps.push(BiasTap { tap, bias: bias.clone() });
+                }
+            });
+        }
+        activate(&y, p.activation)
     }
 
     /// The same computation with Candle's own ops, for devices our kernels do not cover.
@@ -292,16 +325,40 @@ impl Conv2d {
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?)?;
         }
-        match p.activation {
-            Activation::Identity => Ok(y),
-            Activation::Relu => relu(&y),
-            Activation::Relu6 => {
-                let pass = y.gt(0.0)?.mul(&y.lt(6.0)?)?.to_dtype(DType::F32)?.detach();
-                let top = y.ge(6.0)?.to_dtype(DType::F32)?.detach().affine(6.0, 0.0)?;
-                y.mul(&pass)?.add(&top)
-            }
+        activate(&y, p.activation)
+    }
+}
+
+/// An activation as Candle ops with PyTorch's gradient (masks held constant).
+fn activate(y: &Tensor, activation: Activation) -> Result<Tensor> {
+    match activation {
+        Activation::Identity => Ok(y.clone()),
+        Activation::Relu => relu(y),
+        Activation::Relu6 => {
+            let pass = y.gt(0.0)?.mul(&y.lt(6.0)?)?.to_dtype(DType::F32)?.detach();
+            let top = y.ge(6.0)?.to_dtype(DType::F32)?.detach().affine(6.0, 0.0)?;
+            y.mul(&pass)?.add(&top)
         }
     }
+}
+
+/// One biased layer seen during [`record_bias_taps`]: the zero `Var` at its (pre-activation)
+/// output and its bias (for a folded BatchNorm, β − μγ/σ).
+pub struct BiasTap {
+    pub tap: candle_core::Var,
+    pub bias: Vec<f32>,
+}
+
+thread_local! {
+    static BIAS_TAPS: std::cell::RefCell<Option<Vec<BiasTap>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a forward pass on this thread) with every biased convolution tapped.
+pub fn record_bias_taps<T>(f: impl FnOnce() -> crate::Result<T>) -> crate::Result<(T, Vec<BiasTap>)> {
+    BIAS_TAPS.with(|t| *t.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let taps = BIAS_TAPS.with(|t| t.borrow_mut().take()).unwrap_or_default();
+    Ok((out?, taps))
 }
 
 /// ReLU with PyTorch's gradient (none at exactly 0): y = x·[x>0] with the mask held constant.

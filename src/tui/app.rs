@@ -122,7 +122,7 @@ pub struct App {
     pub quit: bool,
 }
 
-pub const METHODS: [Method; 10] = Method::ALL;
+pub const METHODS: [Method; 11] = Method::ALL;
 const OPACITY_STEP: f32 = 0.1;
 
 impl App {
@@ -444,7 +444,7 @@ pub(crate) mod tests {
         a.update(Action::Select);
         assert_eq!(a.class, 13);
         a.update(Action::PrevMethod);
-        assert_eq!(a.method, Method::AblationCam);
+        assert_eq!(a.method, *METHODS.last().unwrap());
         a.update(Action::NextMethod);
         a.update(Action::NextMethod);
         assert_eq!(a.method, Method::HiResCam);
