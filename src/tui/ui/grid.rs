@@ -38,6 +38,8 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let cols = (inner.width / TILE_WIDTH).max(1);
     let tile_w = inner.width / cols;
     let visible_rows = (inner.height / TILE_HEIGHT).max(1);
+    // Stretch the rows to use the whole height.
+    let tile_h = (inner.height / visible_rows).max(1);
     let rows = (tiles.len() as u16).div_ceil(cols);
     let first_row = (app.grid_scroll as u16).min(rows.saturating_sub(visible_rows));
     let t = app.theme();
@@ -47,8 +49,8 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
             continue;
         }
         let x = inner.x + col * tile_w;
-        let y = inner.y + (row - first_row) * TILE_HEIGHT;
-        let height = TILE_HEIGHT.min(inner.y + inner.height - y);
+        let y = inner.y + (row - first_row) * tile_h;
+        let height = tile_h.min(inner.y + inner.height - y);
         let current = *key == app.key();
         let style = if current {
             Style::default().fg(t.accent).add_modifier(Modifier::BOLD)
