@@ -25,8 +25,22 @@ struct Cell {
 /// The 256-colour palette's entry `i` (xterm).
 fn palette(i: u8) -> [u8; 3] {
     const BASE: [[u8; 3]; 16] = [
-        [0, 0, 0], [205, 0, 0], [0, 205, 0], [205, 205, 0], [0, 0, 238], [205, 0, 205], [0, 205, 205], [229, 229, 229],
-        [127, 127, 127], [255, 0, 0], [0, 255, 0], [255, 255, 0], [92, 92, 255], [255, 0, 255], [0, 255, 255], [255, 255, 255],
+        [0, 0, 0],
+        [205, 0, 0],
+        [0, 205, 0],
+        [205, 205, 0],
+        [0, 0, 238],
+        [205, 0, 205],
+        [0, 205, 205],
+        [229, 229, 229],
+        [127, 127, 127],
+        [255, 0, 0],
+        [0, 255, 0],
+        [255, 255, 0],
+        [92, 92, 255],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
     ];
     match i {
         0..=15 => BASE[i as usize],
@@ -86,7 +100,8 @@ fn parse(text: &str) -> Vec<Vec<Cell>> {
                 for d in chars.by_ref() {
                     if d.is_ascii_alphabetic() {
                         if d == 'm' {
-                            let params: Vec<u16> = seq.split([';', ':']).map(|p| p.parse().unwrap_or(0)).collect();
+                            let params: Vec<u16> =
+                                seq.split([';', ':']).map(|p| p.parse().unwrap_or(0)).collect();
                             sgr(&params, &mut fg, &mut bg);
                         }
                         break;
@@ -125,7 +140,9 @@ fn draw(img: &mut RgbImage, x0: u32, y0: u32, cell: Cell) {
         }
         return;
     }
-    let Some(rows) = glyph(cell.ch).or_else(|| (cell.ch != ' ').then_some([0, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0])) else {
+    let Some(rows) =
+        glyph(cell.ch).or_else(|| (cell.ch != ' ').then_some([0, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0x3c, 0]))
+    else {
         return;
     };
     for (gy, bits) in rows.iter().enumerate() {

@@ -61,6 +61,8 @@ pub enum Command {
     },
     /// Time forward, backward to every stage and the maps (medians)
     Bench(BenchArgs),
+    /// Score every method's map for faithfulness to the model and time it
+    Evaluate(EvaluateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +99,35 @@ pub struct ExplainArgs {
     /// Forward passes per batch for scorecam and ablationcam
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Add faithfulness scores (confidence change, ROAD, deletion/insertion AUC) to the JSON
+    #[arg(long)]
+    pub metrics: bool,
+    /// Deletion/insertion steps (RISE uses the input side, 224; fewer is faster)
+    #[arg(long, default_value_t = 56)]
+    pub metric_steps: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Image or .npy tensor; the built-in sample if omitted
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Methods to compare (comma-separated); default: all
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Stage; default: the last stage with spatial size > 1
+    #[arg(short = 'l', long)]
+    pub layer: Option<String>,
+    /// Target class: index or exact label; default: the top prediction
+    #[arg(short = 'c', long)]
+    pub class: Option<String>,
+    /// Deletion/insertion steps (RISE uses the input side, 224; fewer is faster)
+    #[arg(long, default_value_t = 56)]
+    pub metric_steps: usize,
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

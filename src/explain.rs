@@ -11,6 +11,7 @@ use crate::cam::Control;
 use crate::cam::Method;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::metrics::{self, Scores};
 use crate::model::card::{self, Model};
 use crate::model::Arch;
 use crate::preprocess::{self, ModelInput};
@@ -47,6 +48,8 @@ pub struct ExplainOptions {
     pub colormap: Colormap,
     /// Forward passes per batch of the perturbation methods.
     pub batch_size: usize,
+    /// Faithfulness scores of the (first) map, with this many deletion/insertion steps.
+    pub metric_steps: Option<usize>,
     /// Called with (done, total) during long methods.
     pub progress: &'static (dyn Fn(usize, usize) + Sync),
     /// Polled during long methods; true stops them with `Error::Cancelled`.
@@ -65,6 +68,7 @@ impl Default for ExplainOptions {
             top_k: 5,
             colormap: Colormap::Jet,
             batch_size: Control::DEFAULT_BATCH,
+            metric_steps: None,
             progress: &|_, _| {},
             cancelled: &|| false,
         }
@@ -96,6 +100,7 @@ pub struct Explanation {
     pub size: usize,
     pub view: RgbImage,
     pub timings_ms: Timings,
+    pub metrics: Option<Scores>,
 }
 
 #[derive(Serialize)]
@@ -110,6 +115,8 @@ struct Report<'a> {
     method: &'static str,
     layers: &'a [String],
     timings_ms: &'a Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<&'a Scores>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -171,6 +178,10 @@ pub fn explain_input(
     let ctl = Control { batch_size: opts.batch_size, progress: opts.progress, cancelled: opts.cancelled };
     let maps = stages.iter().map(|&s| engine.cam(opts.method, s, class, &ctl)).collect::<Result<Vec<_>>>()?;
     timings.maps = ms(t);
+    let metrics = match opts.metric_steps {
+        Some(steps) => Some(metrics::evaluate(network, &input.tensor, &maps[0], class, steps, &ctl)?),
+        None => None,
+    };
 
     Ok(Explanation {
         model: model.name.clone(),
@@ -186,6 +197,7 @@ pub fn explain_input(
         size,
         view: input.view.clone(),
         timings_ms: timings,
+        metrics,
     })
 }
 
@@ -202,6 +214,7 @@ impl Explanation {
             method: self.method.name(),
             layers: &self.stages,
             timings_ms: &self.timings_ms,
+            metrics: self.metrics.as_ref(),
         };
         serde_json::to_string(&report).expect("report serialises")
     }

@@ -5,6 +5,7 @@ pub mod cam;
 pub mod engine;
 pub mod error;
 pub mod explain;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod render;

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Some(Command::Explain(args)) => run_explain(args),
         Some(Command::Layers { model, json }) => run_layers(&model, json),
         Some(Command::Bench(args)) => bench::run(&args),
+        Some(Command::Evaluate(args)) => run_evaluate(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +67,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         top_k: args.top_k,
         colormap,
         batch_size: args.batch_size.max(1),
+        metric_steps: args.metrics.then_some(args.metric_steps),
         progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
         cancelled: &|| false,
     };
@@ -103,6 +105,103 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         }
     } else if !quiet {
         eprintln!("camscope: stdout is not a terminal; use --out, --npy or --json to keep the map");
+    }
+    Ok(())
+}
+
+fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
+    use camscope::cam::Control;
+    use camscope::engine::Engine;
+    let methods: Vec<Method> = if args.methods.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        args.methods.iter().map(|m| Method::parse(m)).collect::<Result<_>>()?
+    };
+    let model = card::load(&args.model.model, parse_arch(&args.model)?)?;
+    let input = camscope::preprocess::load_input(args.image.as_deref(), &model.preprocess)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let net = &model.network;
+    let stage = match &args.layer {
+        Some(name) => net.stage_index(name)?,
+        None => {
+            let t = engine.trace();
+            let shapes: Vec<[usize; 3]> = (0..net.num_stages())
+                .map(|i| {
+                    let a = t.activation(i);
+                    [a.channels, a.height, a.width]
+                })
+                .collect();
+            net.default_stage(&shapes)
+        }
+    };
+    let class = match &args.class {
+        Some(c) => model.parse_class(c)?,
+        None => engine.trace().top_class(),
+    };
+    let ctl = Control {
+        batch_size: Control::DEFAULT_BATCH,
+        progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
+        cancelled: &|| false,
+    };
+    let mut rows = Vec::new();
+    for method in methods {
+        let t = std::time::Instant::now();
+        let map = engine.cam(method, stage, class, &ctl)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let scores = camscope::metrics::evaluate(net, &input.tensor, &map, class, args.metric_steps, &ctl)?;
+        rows.push((method, ms, scores));
+    }
+    if args.json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(m, ms, s)| serde_json::json!({ "method": m.name(), "map_ms": ms, "scores": s }))
+            .collect();
+        let report = serde_json::json!({
+            "model": model.name, "class": class, "class_label": model.label(class),
+            "layer": net.stage_name(stage), "methods": rows,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "class {class} ({}) at {}; * marks the best of each column",
+        model.label(class),
+        net.stage_name(stage)
+    );
+    println!(
+        "{:<20} {:>10} {:>11} {:>9} {:>9} {:>9}",
+        "method", "map", "confidence", "ROAD", "deletion", "insertion"
+    );
+    let best = |f: &dyn Fn(&camscope::metrics::Scores) -> f32, higher: bool| {
+        rows.iter().map(|r| f(&r.2)).fold(if higher { f32::MIN } else { f32::MAX }, |a, b| {
+            if higher {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        })
+    };
+    let (bc, br, bd, bi) = (
+        best(&|s| s.confidence_change, true),
+        best(&|s| s.road_combined, true),
+        best(&|s| s.deletion_auc, false),
+        best(&|s| s.insertion_auc, true),
+    );
+    let mark = |v: f32, b: f32| if v == b { '*' } else { ' ' };
+    for (m, ms, s) in &rows {
+        println!(
+            "{:<20} {:>8.0}ms {:>10.4}{} {:>8.4}{} {:>8.4}{} {:>8.4}{}",
+            m.name(),
+            ms,
+            s.confidence_change,
+            mark(s.confidence_change, bc),
+            s.road_combined,
+            mark(s.road_combined, br),
+            s.deletion_auc,
+            mark(s.deletion_auc, bd),
+            s.insertion_auc,
+            mark(s.insertion_auc, bi)
+        );
     }
     Ok(())
 }

@@ -312,3 +312,19 @@ fn odd_but_valid_images_work() {
         assert_eq!(v["input"], serde_json::json!([1, 3, 224, 224]), "{}", path.display());
     }
 }
+
+#[test]
+fn metrics_in_json_and_the_evaluate_table() {
+    let v = json(&camscope(&["explain", "--metrics", "--metric-steps", "8", "--json"]));
+    for key in ["confidence_change", "road_combined", "deletion_auc", "insertion_auc"] {
+        let x = v["metrics"][key].as_f64().unwrap_or_else(|| panic!("metrics.{key} in {v}"));
+        assert!((-1.0..=1.0).contains(&x), "{key} = {x}");
+    }
+    let v = json(&camscope(&["evaluate", "--methods", "gradcam,eigencam", "--metric-steps", "8", "--json"]));
+    let methods = v["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    assert_eq!(methods[1]["method"], "eigencam");
+    let text = String::from_utf8(camscope(&["evaluate", "--methods", "layercam", "--metric-steps", "4"]).stdout).unwrap();
+    assert!(text.contains("layercam") && text.contains("insertion"), "{text}");
+    assert_clean_failure(&["evaluate", "--methods", "gradcam,nope"], &["nope"]);
+}
