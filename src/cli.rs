@@ -72,7 +72,7 @@ pub struct ExplainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam,
-    /// eigengradcam, scorecam, ablationcam
+    /// eigengradcam, scorecam, ablationcam, fullgrad, guided-backprop, guided-gradcam
     #[arg(short = 'M', long, default_value = "gradcam")]
     pub method: String,
     /// Stage name, or `all`; default: the last stage with spatial size > 1
@@ -99,6 +99,12 @@ pub struct ExplainArgs {
     /// Forward passes per batch for scorecam and ablationcam
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Average the map over 6 augmentations (flip × 0.9/1.0/1.1 intensity): 6× the time
+    #[arg(long)]
+    pub aug_smooth: bool,
+    /// Project the per-channel terms on their first principal component instead of summing them
+    #[arg(long)]
+    pub eigen_smooth: bool,
     /// Add faithfulness scores (confidence change, ROAD, deletion/insertion AUC) to the JSON
     #[arg(long)]
     pub metrics: bool,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::cam::{self, Chw, Control, Kind, Method};
+use crate::cam::{self, Chw, Control, Kind, Method, Smoothing};
 use crate::error::Result;
 use crate::model::Network;
 use crate::trace::Trace;
@@ -37,40 +37,106 @@ impl Engine {
         self.input.dims().last().copied().unwrap_or(0)
     }
 
-    /// The map of `method` at `stage` for `class` at stage resolution (FullGrad: the input's),
-    /// before post-processing.
-    pub fn stage_map(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+    /// The map of `method` at `stage` for `class` at stage resolution (whole-network methods: the
+    /// input's), before post-processing. `eigen` projects the per-channel terms instead of
+    /// summing them.
+    pub fn stage_map(
+        &self,
+        method: Method,
+        stage: usize,
+        class: usize,
+        eigen: bool,
+        ctl: &Control,
+    ) -> Result<Vec<f32>> {
         let a = self.trace.activation(stage);
+        let pure = |g: &Chw| {
+            let map = if eigen { method.eigen_smoothed_map(a, g) } else { method.stage_map(a, g) };
+            Ok(map.expect("gradient and activation methods are pure"))
+        };
+        let weighted = |weights: Vec<f32>| {
+            if eigen {
+                cam::eigen_smoothed(&cam::scale_channels(a, &weights))
+            } else {
+                cam::weighted_sum(a, &weights)
+            }
+        };
         match method.kind() {
-            Kind::Gradient => {
-                let g = self.trace.gradients(class)?;
-                Ok(method.stage_map(a, &g[stage]).expect("gradient methods are pure"))
-            }
-            Kind::Activation => {
-                let zero = Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]);
-                Ok(method.stage_map(a, &zero).expect("activation methods are pure"))
-            }
-            // FullGrad has no stage: its map is at the input's resolution.
-            Kind::WholeNetwork => cam::fullgrad_map(&self.network, &self.input, class),
-            Kind::Perturbation => match method {
-                Method::ScoreCam => cam::scorecam_map(&self.network, &self.input, a, class, ctl),
+            Kind::Gradient => pure(&self.trace.gradients(class)?[stage]),
+            Kind::Activation => pure(&Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()])),
+            Kind::WholeNetwork => match method {
+                Method::FullGrad => cam::fullgrad_map(&self.network, &self.input, class),
+                Method::GuidedBackprop => cam::guided_backprop_map(&self.network, &self.input, class),
                 _ => {
-                    let score = self.trace.logits()[class];
-                    cam::ablationcam_map(&self.network, stage, a, score, class, ctl)
+                    let smoothing = Smoothing { aug: false, eigen };
+                    let gradcam = self.cam_smoothed(Method::GradCam, stage, class, smoothing, ctl)?;
+                    let guided = cam::guided_backprop_map(&self.network, &self.input, class)?;
+                    Ok(gradcam.iter().zip(&guided).map(|(a, b)| a * b).collect())
                 }
             },
+            Kind::Perturbation => Ok(weighted(match method {
+                Method::ScoreCam => cam::scorecam_weights(&self.network, &self.input, a, class, ctl)?,
+                _ => {
+                    let score = self.trace.logits()[class];
+                    cam::ablationcam_weights(&self.network, stage, a, score, class, ctl)?
+                }
+            })),
         }
     }
 
     /// The finished map (SPEC §2): size×size in [0, 1].
     pub fn cam(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+        self.cam_smoothed(method, stage, class, Smoothing::default(), ctl)
+    }
+
+    /// The finished map with the reference's smoothing options.
+    pub fn cam_smoothed(
+        &self,
+        method: Method,
+        stage: usize,
+        class: usize,
+        smoothing: Smoothing,
+        ctl: &Control,
+    ) -> Result<Vec<f32>> {
+        if smoothing.aug {
+            return self.augmentation_smoothed(method, stage, class, smoothing.eigen, ctl);
+        }
+        let mut map = self.stage_map(method, stage, class, smoothing.eigen, ctl)?;
         if method.kind() == Kind::WholeNetwork {
-            let mut map = cam::fullgrad_map(&self.network, &self.input, class)?;
             cam::relu_min_max(&mut map);
             return Ok(map);
         }
         let a = self.trace.activation(stage);
-        let raw = self.stage_map(method, stage, class, ctl)?;
-        Ok(cam::finish(&raw, a.height, a.width, self.size()))
+        Ok(cam::finish(&map, a.height, a.width, self.size()))
+    }
+
+    /// Mean of the finished maps of 6 augmented inputs (horizontal flip × 0.9 / 1.0 / 1.1 times
+    /// the normalised input), each flipped back: pytorch-grad-cam's `aug_smooth`.
+    fn augmentation_smoothed(
+        &self,
+        method: Method,
+        stage: usize,
+        class: usize,
+        eigen: bool,
+        ctl: &Control,
+    ) -> Result<Vec<f32>> {
+        let s = self.size();
+        let mut sum = vec![0f32; s * s];
+        let smoothing = Smoothing { aug: false, eigen };
+        for flip in [false, true] {
+            for factor in [0.9, 1.0, 1.1] {
+                let mut x = self.input.affine(factor, 0.0)?;
+                if flip {
+                    x = x.flip(&[3])?;
+                }
+                let engine = Engine::new(self.network.clone(), x)?;
+                let map = engine.cam_smoothed(method, stage, class, smoothing, ctl)?;
+                for (i, v) in map.iter().enumerate() {
+                    let (y, col) = (i / s, i % s);
+                    let target = if flip { y * s + (s - 1 - col) } else { i };
+                    sum[target] += v / 6.0;
+                }
+            }
+        }
+        Ok(sum)
     }
 }

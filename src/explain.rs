@@ -7,8 +7,8 @@ use std::time::Instant;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::cam::Control;
 use crate::cam::Method;
+use crate::cam::{Control, Smoothing};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Scores};
@@ -48,6 +48,7 @@ pub struct ExplainOptions {
     pub colormap: Colormap,
     /// Forward passes per batch of the perturbation methods.
     pub batch_size: usize,
+    pub smoothing: Smoothing,
     /// Faithfulness scores of the (first) map, with this many deletion/insertion steps.
     pub metric_steps: Option<usize>,
     /// Called with (done, total) during long methods.
@@ -69,6 +70,7 @@ impl Default for ExplainOptions {
             colormap: Colormap::Jet,
             batch_size: Control::DEFAULT_BATCH,
             metric_steps: None,
+            smoothing: Smoothing::default(),
             progress: &|_, _| {},
             cancelled: &|| false,
         }
@@ -176,7 +178,10 @@ pub fn explain_input(
     let size = input.view.width() as usize;
     let t = Instant::now();
     let ctl = Control { batch_size: opts.batch_size, progress: opts.progress, cancelled: opts.cancelled };
-    let maps = stages.iter().map(|&s| engine.cam(opts.method, s, class, &ctl)).collect::<Result<Vec<_>>>()?;
+    let maps = stages
+        .iter()
+        .map(|&s| engine.cam_smoothed(opts.method, s, class, opts.smoothing, &ctl))
+        .collect::<Result<Vec<_>>>()?;
     timings.maps = ms(t);
     let metrics = match opts.metric_steps {
         Some(steps) => Some(metrics::evaluate(network, &input.tensor, &maps[0], class, steps, &ctl)?),

@@ -68,6 +68,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         colormap,
         batch_size: args.batch_size.max(1),
         metric_steps: args.metrics.then_some(args.metric_steps),
+        smoothing: camscope::cam::Smoothing { aug: args.aug_smooth, eigen: args.eigen_smooth },
         progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
         cancelled: &|| false,
     };

@@ -324,7 +324,28 @@ fn metrics_in_json_and_the_evaluate_table() {
     let methods = v["methods"].as_array().unwrap();
     assert_eq!(methods.len(), 2);
     assert_eq!(methods[1]["method"], "eigencam");
-    let text = String::from_utf8(camscope(&["evaluate", "--methods", "layercam", "--metric-steps", "4"]).stdout).unwrap();
+    let text =
+        String::from_utf8(camscope(&["evaluate", "--methods", "layercam", "--metric-steps", "4"]).stdout)
+            .unwrap();
     assert!(text.contains("layercam") && text.contains("insertion"), "{text}");
     assert_clean_failure(&["evaluate", "--methods", "gradcam,nope"], &["nope"]);
+}
+
+#[test]
+fn smoothing_options_change_the_map() {
+    let dir = tmp();
+    let (plain, aug, eigen) = (dir.path().join("p.npy"), dir.path().join("a.npy"), dir.path().join("e.npy"));
+    for (path, flag) in [(&plain, None), (&aug, Some("--aug-smooth")), (&eigen, Some("--eigen-smooth"))] {
+        let mut args = vec!["explain", "-c", "281", "--npy", p(path)];
+        args.extend(flag);
+        let o = camscope(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (p0, p1, p2) = (npy_vec(&plain), npy_vec(&aug), npy_vec(&eigen));
+    for m in [&p1, &p2] {
+        assert!(m.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(max_abs_diff(m, &p0) > 0.01, "smoothing changed nothing");
+        // Still the cat: smoothing must not move the map somewhere else.
+        assert!(pearson(m, &p0) > 0.5, "r = {}", pearson(m, &p0));
+    }
 }

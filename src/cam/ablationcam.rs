@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{weighted_sum, Chw, Control};
+use super::{Chw, Control};
 use crate::error::Result;
 use crate::model::Network;
 
@@ -20,7 +20,8 @@ fn ablation_value(a: &Chw) -> f32 {
     }
 }
 
-pub fn map(
+/// The channel weights: the relative drop of the class score when each channel is removed.
+pub fn weights(
     network: &Network,
     stage: usize,
     a: &Chw,
@@ -48,7 +49,7 @@ pub fn map(
         weights.extend(ablated.iter().map(|y| (score - y) / score));
     }
     ctl.check(a.channels, a.channels)?;
-    Ok(weighted_sum(a, &weights))
+    Ok(weights)
 }
 
 #[cfg(test)]

@@ -53,6 +53,23 @@ pub fn projection(x: &Chw) -> Vec<f32> {
     map.into_iter().map(|v| if v.is_finite() { v as f32 } else { 0.0 }).collect()
 }
 
+/// The projection of per-channel terms, oriented to agree with their plain sum Σ_k X_k: eigen-
+/// smoothing is a denoised version of the unsmoothed map and must not invert it.
+pub fn smoothed(terms: &Chw) -> Vec<f32> {
+    let mut map = projection(terms);
+    let mut sum = vec![0f64; terms.plane()];
+    for channel in terms.channels_iter() {
+        sum.iter_mut().zip(channel).for_each(|(s, v)| *s += *v as f64);
+    }
+    let n = sum.len().max(1) as f64;
+    let (ms, mm) = (sum.iter().sum::<f64>() / n, map.iter().map(|&v| v as f64).sum::<f64>() / n);
+    let agreement: f64 = sum.iter().zip(&map).map(|(s, m)| (s - ms) * (*m as f64 - mm)).sum();
+    if agreement < 0.0 {
+        map.iter_mut().for_each(|v| *v = -*v);
+    }
+    map
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -2,10 +2,13 @@
 
 use super::{weighted_sum, Chw};
 
-pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
+pub fn weights(g: &Chw) -> Vec<f32> {
     let n = g.plane() as f32;
-    let weights: Vec<f32> = g.channel_sums().iter().map(|s| s / n).collect();
-    weighted_sum(a, &weights)
+    g.channel_sums().iter().map(|s| s / n).collect()
+}
+
+pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
+    weighted_sum(a, &weights(g))
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 use super::{weighted_sum, Chw};
 
 pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
+    weighted_sum(a, &weights(a, g))
+}
+
+pub fn weights(a: &Chw, g: &Chw) -> Vec<f32> {
     let sums = a.channel_sums();
-    let weights: Vec<f32> = g
-        .channels_iter()
+    g.channels_iter()
         .zip(&sums)
         .map(|(gc, &sum_a)| {
             gc.iter()
@@ -20,8 +23,7 @@ pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
                 })
                 .sum()
         })
-        .collect();
-    weighted_sum(a, &weights)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! LayerCAM (Jiang et al., 2021): activations weighted position by position by the positive part
 //! of the gradient, which keeps fine detail at shallow stages.
 
-use super::{elementwise_sum, Chw};
+use super::{elementwise_sum, elementwise_terms, Chw};
 
 pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
     elementwise_sum(a, g, |g, a| g.max(0.0) * a)
+}
+
+/// The per-channel terms the map sums (what eigen-smoothing projects instead).
+pub fn terms(a: &Chw, g: &Chw) -> Chw {
+    elementwise_terms(a, g, |g, a| g.max(0.0) * a)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod fullgrad;
 mod gradcam;
 mod gradcam_elementwise;
 mod gradcam_plus_plus;
+mod guided;
 mod hirescam;
 mod layercam;
 mod scorecam;
@@ -16,10 +17,11 @@ mod xgradcam;
 
 use std::fmt;
 
-pub use ablationcam::map as ablationcam_map;
-pub use eigen::projection as eigen_projection;
+pub use ablationcam::weights as ablationcam_weights;
+pub use eigen::{projection as eigen_projection, smoothed as eigen_smoothed};
 pub use fullgrad::map as fullgrad_map;
-pub use scorecam::{map as scorecam_map, upsample_align_corners};
+pub use guided::{gradient as guided_gradient, map as guided_backprop_map};
+pub use scorecam::{upsample_align_corners, weights as scorecam_weights};
 
 use candle_core::Tensor;
 
@@ -86,6 +88,27 @@ pub fn weighted_sum(a: &Chw, weights: &[f32]) -> Vec<f32> {
     map
 }
 
+/// w_k A_k for every channel: the terms a channel-weighting method sums.
+pub fn scale_channels(a: &Chw, weights: &[f32]) -> Chw {
+    let data = a.channels_iter().zip(weights).flat_map(|(c, &w)| c.iter().map(move |v| v * w)).collect();
+    Chw::new(a.channels, a.height, a.width, data)
+}
+
+/// f(G_k, A_k) for every channel and position: the terms an element-wise method sums.
+pub fn elementwise_terms(a: &Chw, g: &Chw, f: impl Fn(f32, f32) -> f32) -> Chw {
+    let data = g.data.iter().zip(&a.data).map(|(&g, &a)| f(g, a)).collect();
+    Chw::new(a.channels, a.height, a.width, data)
+}
+
+/// Options of the reference that trade time for smoother maps (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Smoothing {
+    /// Mean over 6 augmentations: horizontal flip × input multiplied by 0.9 / 1.0 / 1.1.
+    pub aug: bool,
+    /// The first principal component of the per-channel terms instead of their sum.
+    pub eigen: bool,
+}
+
 /// Σ_k f(G_k, A_k) per position: the map of every element-wise method.
 pub fn elementwise_sum(a: &Chw, g: &Chw, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
     let mut map = vec![0f32; a.plane()];
@@ -110,6 +133,8 @@ pub enum Method {
     ScoreCam,
     AblationCam,
     FullGrad,
+    GuidedBackprop,
+    GuidedGradCam,
 }
 
 /// What a method needs from the engine.
@@ -121,12 +146,13 @@ pub enum Kind {
     Gradient,
     /// Extra forward passes through (part of) the network: slow, with progress and cancel.
     Perturbation,
-    /// Its own forward and backward pass over the whole network; the stage is ignored.
+    /// Its own forward and backward pass over the whole network, to the input (Guided Grad-CAM
+    /// also reads Grad-CAM at the stage).
     WholeNetwork,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 13] = [
         Method::GradCam,
         Method::HiResCam,
         Method::GradCamElementwise,
@@ -138,6 +164,8 @@ impl Method {
         Method::ScoreCam,
         Method::AblationCam,
         Method::FullGrad,
+        Method::GuidedBackprop,
+        Method::GuidedGradCam,
     ];
 
     /// The name on the command line and in file names (pytorch-grad-cam's spelling).
@@ -154,6 +182,8 @@ impl Method {
             Method::ScoreCam => "scorecam",
             Method::AblationCam => "ablationcam",
             Method::FullGrad => "fullgrad",
+            Method::GuidedBackprop => "guided-backprop",
+            Method::GuidedGradCam => "guided-gradcam",
         }
     }
 
@@ -174,13 +204,28 @@ impl Method {
         match self {
             Method::EigenCam => Kind::Activation,
             Method::ScoreCam | Method::AblationCam => Kind::Perturbation,
-            Method::FullGrad => Kind::WholeNetwork,
+            Method::FullGrad | Method::GuidedBackprop | Method::GuidedGradCam => Kind::WholeNetwork,
             _ => Kind::Gradient,
         }
     }
 
     pub fn needs_gradient(self) -> bool {
         self.kind() == Kind::Gradient
+    }
+
+    /// As [`Method::stage_map`] with eigen-smoothing: the projection of the per-channel terms on
+    /// their first principal component. Methods without channel terms are unchanged.
+    pub fn eigen_smoothed_map(self, a: &Chw, g: &Chw) -> Option<Vec<f32>> {
+        let terms = match self {
+            Method::GradCam => scale_channels(a, &gradcam::weights(g)),
+            Method::GradCamPlusPlus => scale_channels(a, &gradcam_plus_plus::weights(a, g)),
+            Method::XGradCam => scale_channels(a, &xgradcam::weights(a, g)),
+            Method::HiResCam => hirescam::terms(a, g),
+            Method::GradCamElementwise => gradcam_elementwise::terms(a, g),
+            Method::LayerCam => layercam::terms(a, g),
+            _ => return self.stage_map(a, g),
+        };
+        Some(eigen::smoothed(&terms))
     }
 
     /// The map at stage resolution, before ReLU and normalisation, of a method that is a pure
@@ -196,7 +241,11 @@ impl Method {
             Method::LayerCam => layercam::map(a, g),
             Method::EigenCam => eigen::eigencam(a),
             Method::EigenGradCam => eigen::eigengradcam(a, g),
-            Method::ScoreCam | Method::AblationCam | Method::FullGrad => return None,
+            Method::ScoreCam
+            | Method::AblationCam
+            | Method::FullGrad
+            | Method::GuidedBackprop
+            | Method::GuidedGradCam => return None,
         })
     }
 }
@@ -360,6 +409,23 @@ mod tests {
         // Same size is the identity.
         let src: Vec<f32> = (0..12).map(|v| v as f32).collect();
         assert_eq!(resize_bilinear(&src, 3, 4, 3, 4), src);
+    }
+
+    #[test]
+    fn eigen_smoothing_one_channel_is_the_plain_map() {
+        // With a single channel the principal component is that channel: the eigen-smoothed map
+        // is the plain one, centred, and identical once normalised.
+        let a = Chw::new(1, 2, 3, vec![0.0, 1.0, 5.0, 2.0, 3.0, 1.0]);
+        let g = Chw::new(1, 2, 3, vec![0.5; 6]);
+        for m in [Method::GradCam, Method::HiResCam, Method::LayerCam, Method::XGradCam] {
+            let mut plain = m.stage_map(&a, &g).unwrap();
+            let mut smooth = m.eigen_smoothed_map(&a, &g).unwrap();
+            let mean = plain.iter().sum::<f32>() / 6.0;
+            plain.iter_mut().for_each(|v| *v -= mean);
+            min_max(&mut plain);
+            min_max(&mut smooth);
+            test_support::assert_close(&smooth, &plain);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{weighted_sum, Chw, Control};
+use super::{Chw, Control};
 use crate::error::Result;
 use crate::model::Network;
 
@@ -40,7 +40,8 @@ fn mask(channel: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
     m
 }
 
-pub fn map(network: &Network, input: &Tensor, a: &Chw, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+/// The channel weights: softmax over channels of the masked inputs' class scores.
+pub fn weights(network: &Network, input: &Tensor, a: &Chw, class: usize, ctl: &Control) -> Result<Vec<f32>> {
     let (_, channels, s, _) = input.dims4()?;
     let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
     let plane = s * s;
@@ -65,8 +66,7 @@ pub fn map(network: &Network, input: &Tensor, a: &Chw, class: usize, ctl: &Contr
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exp: Vec<f64> = scores.iter().map(|&v| ((v - max) as f64).exp()).collect();
     let total: f64 = exp.iter().sum();
-    let weights: Vec<f32> = exp.iter().map(|e| (e / total) as f32).collect();
-    Ok(weighted_sum(a, &weights))
+    Ok(exp.iter().map(|e| (e / total) as f32).collect())
 }
 
 #[cfg(test)]

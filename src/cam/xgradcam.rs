@@ -3,15 +3,17 @@
 
 use super::{weighted_sum, Chw};
 
-pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
+pub fn weights(a: &Chw, g: &Chw) -> Vec<f32> {
     let sums = a.channel_sums();
-    let weights: Vec<f32> = a
-        .channels_iter()
+    a.channels_iter()
         .zip(g.channels_iter())
         .zip(&sums)
         .map(|((ac, gc), &s)| ac.iter().zip(gc).map(|(a, g)| g * a / (s + 1e-7)).sum())
-        .collect();
-    weighted_sum(a, &weights)
+        .collect()
+}
+
+pub fn map(a: &Chw, g: &Chw) -> Vec<f32> {
+    weighted_sum(a, &weights(a, g))
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ impl Padding {
 
 #[derive(Debug, Clone)]
 struct ConvParams {
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
+    /// Shared, so that the variants of one convolution (tapped, guided) cost no copy.
+    weight: Arc<Vec<f32>>,
+    bias: Option<Arc<Vec<f32>>>,
     out_channels: usize,
     group_in: usize,
     kernel_h: usize,
@@ -235,8 +236,8 @@ impl Conv2d {
         let weight = weight.to_dtype(DType::F32)?.contiguous()?;
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         let params = ConvParams {
-            weight: weight.flatten_all()?.to_vec1()?,
-            bias: bias.as_ref().map(|b| b.to_vec1()).transpose()?,
+            weight: Arc::new(weight.flatten_all()?.to_vec1()?),
+            bias: bias.as_ref().map(|b| b.to_vec1().map(Arc::new)).transpose()?,
             out_channels,
             group_in,
             kernel_h,
@@ -276,6 +277,14 @@ impl Conv2d {
         if BIAS_TAPS.with(|t| t.borrow().is_some()) {
             return self.forward_tapped(x);
         }
+        if GUIDED.get() {
+            let params = ConvParams { activation: Activation::Identity, ..(*self.params).clone() };
+            let linear = x.contiguous()?.apply_op1(ConvOp(Arc::new(params)))?;
+            return match self.params.activation {
+                Activation::Identity => Ok(linear),
+                act => linear.apply_op1(GuidedActivation(act)),
+            };
+        }
         if x.device().is_cpu() {
             x.contiguous()?.apply_op1(ConvOp(self.params.clone()))
         } else {
@@ -306,7 +315,7 @@ impl Conv2d {
         if let Some(bias) = &p.bias {
             BIAS_TAPS.with(|t| {
                 if let Some(taps) = t.borrow_mut().as_mut() {
-                    taps.push(BiasTap { tap, bias: bias.clone() });
+                    taps.push(BiasTap { tap, bias: bias.to_vec() });
                 }
             });
         }
@@ -350,6 +359,60 @@ pub struct BiasTap {
 }
 
 thread_local! {
+    static GUIDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a forward pass on this thread) with guided-backprop activations: their backward
+/// passes gradient only where the input was positive (inside ReLU6's open range) *and* the
+/// incoming gradient is positive. CPU only.
+pub fn guided<T>(f: impl FnOnce() -> T) -> T {
+    GUIDED.set(true);
+    let out = f();
+    GUIDED.set(false);
+    out
+}
+
+struct GuidedActivation(Activation);
+
+impl CustomOp1 for GuidedActivation {
+    fn name(&self) -> &'static str {
+        "camscope-guided-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let act = self.0;
+        Ok((CpuStorage::F32(x.par_iter().map(|&v| act.apply(v)).collect()), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op2_no_bwd(&res.contiguous()?, &GuidedMask(self.0))?))
+    }
+}
+
+struct GuidedMask(Activation);
+
+impl CustomOp2 for GuidedMask {
+    fn name(&self) -> &'static str {
+        "camscope-guided-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        gl: &Layout,
+        y: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, y) = (contiguous_f32(g, gl)?, contiguous_f32(y, yl)?);
+        let act = self.0;
+        let out =
+            g.par_iter().zip(y).map(|(&g, &y)| if g > 0.0 && act.passes(y) { g } else { 0.0 }).collect();
+        Ok((CpuStorage::F32(out), gl.shape().clone()))
+    }
+}
+
+thread_local! {
     static BIAS_TAPS: std::cell::RefCell<Option<Vec<BiasTap>>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -363,6 +426,9 @@ pub fn record_bias_taps<T>(f: impl FnOnce() -> crate::Result<T>) -> crate::Resul
 
 /// ReLU with PyTorch's gradient (none at exactly 0): y = x·[x>0] with the mask held constant.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if GUIDED.get() {
+        return x.contiguous()?.apply_op1(GuidedActivation(Activation::Relu));
+    }
     let mask = x.gt(0.0)?.to_dtype(x.dtype())?.detach();
     x.mul(&mask)
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crossterm::event::{KeyCode, KeyEvent};
 use image::RgbImage;
 
-use camscope::cam::Method;
+use camscope::cam::{Method, Smoothing};
 use camscope::render;
 use camscope::trace::Prediction;
 
@@ -36,6 +36,8 @@ pub enum Action {
     OpacityUp,
     OpacityDown,
     NextTheme,
+    ToggleAugSmooth,
+    ToggleEigenSmooth,
     Save,
 }
 
@@ -97,6 +99,7 @@ pub struct App {
     pub class: usize,
     pub method: Method,
     pub stage: usize,
+    pub smoothing: Smoothing,
     pub focus: Focus,
     pub prediction_cursor: usize,
     pub screen: Screen,
@@ -122,7 +125,7 @@ pub struct App {
     pub quit: bool,
 }
 
-pub const METHODS: [Method; 11] = Method::ALL;
+pub const METHODS: [Method; 13] = Method::ALL;
 const OPACITY_STEP: f32 = 0.1;
 
 impl App {
@@ -140,6 +143,7 @@ impl App {
             class,
             method: Method::GradCam,
             stage,
+            smoothing: Smoothing::default(),
             focus: Focus::Predictions,
             prediction_cursor: 0,
             screen: Screen::Main,
@@ -165,19 +169,19 @@ impl App {
     }
 
     pub fn key(&self) -> MapKey {
-        MapKey { class: self.class, method: self.method, stage: self.stage }
+        MapKey { class: self.class, method: self.method, stage: self.stage, smoothing: self.smoothing }
     }
 
     /// The maps the current screen shows.
     pub fn wanted(&self) -> Vec<MapKey> {
-        let (class, method, stage) = (self.class, self.method, self.stage);
+        let current = self.key();
         match self.screen {
             Screen::Main if self.view == ViewMode::Input => vec![],
-            Screen::Main => vec![self.key()],
+            Screen::Main => vec![current],
             Screen::StageGrid => {
-                (0..self.info.stages.len()).map(|stage| MapKey { class, method, stage }).collect()
+                (0..self.info.stages.len()).map(|stage| MapKey { stage, ..current }).collect()
             }
-            Screen::MethodGrid => METHODS.iter().map(|&method| MapKey { class, method, stage }).collect(),
+            Screen::MethodGrid => METHODS.iter().map(|&method| MapKey { method, ..current }).collect(),
         }
     }
 
@@ -308,6 +312,8 @@ impl App {
             Action::OpacityUp => self.opacity = (self.opacity + OPACITY_STEP).min(1.0),
             Action::OpacityDown => self.opacity = (self.opacity - OPACITY_STEP).max(0.0),
             Action::NextTheme => self.theme = (self.theme + 1) % self.themes.len(),
+            Action::ToggleAugSmooth => self.smoothing.aug = !self.smoothing.aug,
+            Action::ToggleEigenSmooth => self.smoothing.eigen = !self.smoothing.eigen,
             Action::Save => return Some(Command::Save),
         }
         None

@@ -29,6 +29,8 @@ pub const BINDINGS: &[(Action, &str, &[&str], &str)] = &[
     (Action::OpacityUp, "opacity_up", &["+", "="], "more heat map opacity"),
     (Action::OpacityDown, "opacity_down", &["-"], "less heat map opacity"),
     (Action::NextTheme, "next_theme", &["t"], "next theme"),
+    (Action::ToggleAugSmooth, "aug_smooth", &["a"], "toggle augmentation smoothing (6× the time)"),
+    (Action::ToggleEigenSmooth, "eigen_smooth", &["e"], "toggle eigen-smoothing"),
     (Action::Save, "save", &["s"], "save the current view as PNG"),
 ];
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use camscope::cam::{Control, Method};
+use camscope::cam::{Control, Method, Smoothing};
 use camscope::engine::Engine;
 use camscope::Error;
 
@@ -18,6 +18,7 @@ pub struct MapKey {
     pub class: usize,
     pub method: Method,
     pub stage: usize,
+    pub smoothing: Smoothing,
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ fn serve(engine: &Engine, requests: &Receiver<Vec<MapKey>>, events: &Sender<Even
         let cancelled =
             || shared.cancel.load(Ordering::SeqCst) || shared.generation.load(Ordering::SeqCst) != generation;
         let ctl = Control { batch_size: Control::DEFAULT_BATCH, progress: &progress, cancelled: &cancelled };
-        let event = match engine.cam(key.method, key.stage, key.class, &ctl) {
+        let event = match engine.cam_smoothed(key.method, key.stage, key.class, key.smoothing, &ctl) {
             Ok(map) => Event::Map { key, map: Arc::new(map), ms: t.elapsed().as_secs_f64() * 1e3 },
             // Esc (the flag is cleared at the top of the loop) or a newer request (taken there).
             Err(Error::Cancelled) => continue,

@@ -57,11 +57,7 @@ pub fn stages(frame: &mut Frame, app: &App, area: Rect) {
         .zip(&app.info.shapes)
         .enumerate()
         .map(|(i, (name, s))| {
-            let cached = app.maps.contains_key(&super::super::worker::MapKey {
-                class: app.class,
-                method: app.method,
-                stage: i,
-            });
+            let cached = app.maps.contains_key(&super::super::worker::MapKey { stage: i, ..app.key() });
             let mark = if cached { "●" } else { " " };
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{mark} {name:<13}"), Style::default().fg(t.text)),
@@ -101,6 +97,15 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
         ),
         Span::styled(format!(" {} ", app.method), Style::default().fg(t.accent).add_modifier(Modifier::BOLD)),
         Span::styled(format!("@ {} ", app.info.stages[app.stage]), Style::default().fg(t.text)),
+        Span::styled(
+            match (app.smoothing.aug, app.smoothing.eigen) {
+                (false, false) => String::new(),
+                (true, false) => "[aug-smooth] ".into(),
+                (false, true) => "[eigen-smooth] ".into(),
+                (true, true) => "[aug+eigen-smooth] ".into(),
+            },
+            Style::default().fg(t.accent),
+        ),
         Span::styled(format!("class {} {} ", app.class, app.label(app.class)), Style::default().fg(t.text)),
         Span::styled(format!(" {timing}"), Style::default().fg(t.dim)),
     ]);
