@@ -28,6 +28,11 @@ impl Engine {
         &self.trace
     }
 
+    /// The normalised input tensor (1×3×S×S).
+    pub fn input(&self) -> &Tensor {
+        &self.input
+    }
+
     pub fn network(&self) -> &Network {
         &self.network
     }

@@ -12,7 +12,8 @@ use camscope::render;
 use camscope::trace::Prediction;
 
 use super::theme::Theme;
-use super::worker::{Event, MapKey};
+use super::worker::{Event, Job, MapKey};
+use camscope::metrics::Scores;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -112,6 +113,7 @@ pub struct App {
     /// First visible row of tiles in a grid.
     pub grid_scroll: usize,
     pub maps: HashMap<MapKey, Arc<Vec<f32>>>,
+    pub scores: HashMap<MapKey, Scores>,
     pub map_ms: HashMap<MapKey, f64>,
     /// (done, total) of the work in flight.
     pub progress: Option<(usize, usize)>,
@@ -154,6 +156,7 @@ impl App {
             theme,
             grid_scroll: 0,
             maps: HashMap::new(),
+            scores: HashMap::new(),
             map_ms: HashMap::new(),
             progress: None,
             partial: None,
@@ -186,15 +189,39 @@ impl App {
     }
 
     /// Wanted maps not yet computed, the current one first.
-    pub fn missing(&self) -> Vec<MapKey> {
+    /// Work the current screen needs: missing maps (the current one first), then, in the method
+    /// grid, the faithfulness scores of every method.
+    pub fn missing(&self) -> Vec<Job> {
         if self.paused {
             return vec![];
         }
         let current = self.key();
-        let mut missing: Vec<MapKey> =
-            self.wanted().into_iter().filter(|k| !self.maps.contains_key(k)).collect();
-        missing.sort_by_key(|k| *k != current);
-        missing
+        let wanted = self.wanted();
+        let mut maps: Vec<MapKey> = wanted.iter().copied().filter(|k| !self.maps.contains_key(k)).collect();
+        maps.sort_by_key(|k| *k != current);
+        let mut jobs: Vec<Job> = maps.into_iter().map(Job::Map).collect();
+        if self.screen == Screen::MethodGrid {
+            jobs.extend(wanted.into_iter().filter(|k| !self.scores.contains_key(k)).map(Job::Scores));
+            // Everything quick first: the perturbation methods take tens of seconds a map.
+            let slow = |job: &Job| {
+                let (Job::Map(k) | Job::Scores(k)) = job;
+                *k != current && k.method.kind() == camscope::cam::Kind::Perturbation
+            };
+            jobs.sort_by_key(slow);
+        }
+        jobs
+    }
+
+    /// The method with the best ROAD score among those scored at the current stage and class.
+    pub fn most_faithful(&self) -> Option<Method> {
+        let current = self.key();
+        METHODS
+            .iter()
+            .filter_map(|&method| {
+                self.scores.get(&MapKey { method, ..current }).map(|s| (method, s.road_combined))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(m, _)| m)
     }
 
     pub fn is_computing(&self) -> bool {
@@ -349,6 +376,9 @@ impl App {
 
     pub fn on_event(&mut self, event: Event) {
         match event {
+            Event::Scores { key, scores } => {
+                self.scores.insert(key, scores);
+            }
             Event::Map { key, map, ms } => {
                 self.maps.insert(key, map);
                 self.map_ms.insert(key, ms);
@@ -462,9 +492,11 @@ pub(crate) mod tests {
         a.update(Action::StageGrid);
         let m = a.missing();
         assert_eq!(m.len(), 3);
-        assert_eq!(m[0], a.key());
+        assert_eq!(m[0], Job::Map(a.key()));
         a.update(Action::MethodGrid);
-        assert_eq!(a.missing().len(), METHODS.len());
+        let jobs = a.missing();
+        assert_eq!(jobs.iter().filter(|j| matches!(j, Job::Map(_))).count(), METHODS.len());
+        assert_eq!(jobs.iter().filter(|j| matches!(j, Job::Scores(_))).count(), METHODS.len());
         a.update(Action::MethodGrid);
         assert_eq!(a.screen, Screen::Main);
     }

@@ -136,7 +136,7 @@ where
         // Ask again only when something new is wanted (or wanted first): maps arriving shrink
         // the missing list, and that must not restart a long computation in progress.
         let missing = app.missing();
-        let current = app.key();
+        let current = worker::Job::Map(app.key());
         let reprioritised = missing.first() == Some(&current) && last_request.first() != Some(&current);
         let asks_more = reprioritised || missing.iter().any(|k| !last_request.contains(k));
         if !missing.is_empty() && asks_more {

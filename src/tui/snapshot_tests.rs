@@ -13,8 +13,10 @@ use ratatui_image::picker::Picker;
 
 use super::app::{Action, App};
 use super::ui::{self, ImageCache};
-use super::worker::{Event, MapKey};
+use super::worker::{Event, Job, MapKey};
 use super::{prepare, TuiOptions};
+use camscope::cam::Method;
+use camscope::metrics::Scores;
 
 fn options() -> TuiOptions {
     TuiOptions {
@@ -43,8 +45,11 @@ impl Fixture {
     fn fill(&mut self) {
         // Perturbation methods take seconds per map: their parity is tested elsewhere, and here
         // their tiles show that they are waiting.
-        let quick =
-            self.app.missing().into_iter().filter(|k| k.method.kind() != camscope::cam::Kind::Perturbation);
+        // Scores take seconds per method; the grid test gives them by hand.
+        let quick = self.app.missing().into_iter().filter_map(|job| match job {
+            Job::Map(k) if k.method.kind() != camscope::cam::Kind::Perturbation => Some(k),
+            _ => None,
+        });
         for key in quick {
             let map = self
                 .engine
@@ -146,11 +151,21 @@ fn stage_grid_shows_many_stages() {
 fn method_grid_shows_every_method() {
     let mut f = Fixture::new();
     f.act(Action::MethodGrid);
+    assert!(f.app.missing().iter().any(|j| matches!(j, Job::Scores(_))), "the grid asks for scores");
+    for (method, road) in [(Method::GradCam, 0.12), (Method::HiResCam, 0.21), (Method::LayerCam, 0.05)] {
+        let scores =
+            Scores { confidence_change: 0.1, road_combined: road, deletion_auc: 0.02, insertion_auc: 0.4 };
+        f.app.on_event(Event::Scores { key: MapKey { method, ..f.app.key() }, scores });
+    }
+    assert_eq!(f.app.most_faithful(), Some(Method::HiResCam));
     let buffer = f.render(120, 40);
     let screen = text(&buffer);
     for m in ["gradcam", "hirescam", "layercam", "eigencam"] {
         assert!(screen.contains(m), "grid lacks {m}");
     }
+    assert!(screen.contains("★ hirescam"), "the most faithful is marked");
+    assert!(screen.contains("ROAD +0.21 del 0.02 ins 0.40"));
+    assert!(screen.contains("scoring…"));
     check_snapshot("method_grid", &buffer);
 }
 

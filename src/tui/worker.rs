@@ -3,6 +3,7 @@
 //! computes one map at a time and sends each back as soon as it is ready. Esc raises the cancel
 //! flag, which empties the queue at the next check.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Instant;
 
 use camscope::cam::{Control, Method, Smoothing};
 use camscope::engine::Engine;
+use camscope::metrics::{self, Scores};
 use camscope::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +22,18 @@ pub struct MapKey {
     pub stage: usize,
     pub smoothing: Smoothing,
 }
+
+/// A unit of work for the engine thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Job {
+    Map(MapKey),
+    /// Faithfulness scores of a map (computing the map first if needed).
+    Scores(MapKey),
+}
+
+/// Deletion/insertion steps of the scores shown in the method grid: a quarter of RISE's, so that
+/// a grid of methods is scored in seconds rather than minutes.
+const GRID_METRIC_STEPS: usize = 56;
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -37,6 +51,10 @@ pub enum Event {
         done: usize,
         total: usize,
     },
+    Scores {
+        key: MapKey,
+        scores: Scores,
+    },
     Failed {
         key: MapKey,
         message: String,
@@ -44,7 +62,7 @@ pub enum Event {
 }
 
 pub struct Worker {
-    requests: Option<Sender<Vec<MapKey>>>,
+    requests: Option<Sender<Vec<Job>>>,
     pub events: Receiver<Event>,
     shared: Arc<Shared>,
     handle: Option<JoinHandle<()>>,
@@ -62,7 +80,7 @@ struct Shared {
 impl Worker {
     /// Takes ownership of the engine.
     pub fn spawn(engine: Engine) -> Self {
-        let (req_tx, req_rx) = mpsc::channel::<Vec<MapKey>>();
+        let (req_tx, req_rx) = mpsc::channel::<Vec<Job>>();
         let (ev_tx, ev_rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
@@ -73,7 +91,7 @@ impl Worker {
         Self { requests: Some(req_tx), events: ev_rx, shared, handle: Some(handle) }
     }
 
-    pub fn request(&self, keys: Vec<MapKey>) {
+    pub fn request(&self, keys: Vec<Job>) {
         self.shared.cancel.store(false, Ordering::SeqCst);
         self.shared.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(tx) = &self.requests {
@@ -97,8 +115,10 @@ impl Drop for Worker {
     }
 }
 
-fn serve(engine: &Engine, requests: &Receiver<Vec<MapKey>>, events: &Sender<Event>, shared: &Shared) {
-    let mut queue: Vec<MapKey> = Vec::new();
+fn serve(engine: &Engine, requests: &Receiver<Vec<Job>>, events: &Sender<Event>, shared: &Shared) {
+    let mut queue: Vec<Job> = Vec::new();
+    // The maps this thread made, for scoring them later without recomputing.
+    let mut maps: HashMap<MapKey, Arc<Vec<f32>>> = HashMap::new();
     let (mut total, mut done) = (0, 0);
     loop {
         if queue.is_empty() {
@@ -130,7 +150,7 @@ fn serve(engine: &Engine, requests: &Receiver<Vec<MapKey>>, events: &Sender<Even
         if queue.is_empty() {
             continue;
         }
-        let key = queue.remove(0);
+        let job = queue.remove(0);
         if events.send(Event::Progress { done, total }).is_err() {
             return;
         }
@@ -141,8 +161,25 @@ fn serve(engine: &Engine, requests: &Receiver<Vec<MapKey>>, events: &Sender<Even
         let cancelled =
             || shared.cancel.load(Ordering::SeqCst) || shared.generation.load(Ordering::SeqCst) != generation;
         let ctl = Control { batch_size: Control::DEFAULT_BATCH, progress: &progress, cancelled: &cancelled };
-        let event = match engine.cam_smoothed(key.method, key.stage, key.class, key.smoothing, &ctl) {
-            Ok(map) => Event::Map { key, map: Arc::new(map), ms: t.elapsed().as_secs_f64() * 1e3 },
+        let (Job::Map(key) | Job::Scores(key)) = job;
+        let map = match maps.get(&key) {
+            Some(m) => Ok(m.clone()),
+            None => engine.cam_smoothed(key.method, key.stage, key.class, key.smoothing, &ctl).map(Arc::new),
+        };
+        let outcome = map.and_then(|map| {
+            maps.insert(key, map.clone());
+            Ok(match job {
+                Job::Map(_) => Event::Map { key, map, ms: t.elapsed().as_secs_f64() * 1e3 },
+                Job::Scores(_) => {
+                    let input = engine.input();
+                    let scores =
+                        metrics::evaluate(engine.network(), input, &map, key.class, GRID_METRIC_STEPS, &ctl)?;
+                    Event::Scores { key, scores }
+                }
+            })
+        });
+        let event = match outcome {
+            Ok(event) => event,
             // Esc (the flag is cleared at the top of the loop) or a newer request (taken there).
             Err(Error::Cancelled) => continue,
             Err(e) => Event::Failed { key, message: e.to_string() },

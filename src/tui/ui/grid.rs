@@ -43,6 +43,8 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let rows = (tiles.len() as u16).div_ceil(cols);
     let first_row = (app.grid_scroll as u16).min(rows.saturating_sub(visible_rows));
     let t = app.theme();
+    let scored = app.screen == Screen::MethodGrid;
+    let best = if scored { app.most_faithful() } else { None };
     for (i, (name, key)) in tiles.iter().enumerate() {
         let (row, col) = (i as u16 / cols, i as u16 % cols);
         if row < first_row || row >= first_row + visible_rows {
@@ -58,13 +60,29 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
             Style::default().fg(t.text)
         };
         let time = app.map_ms.get(key).map(|ms| format!(" {}", duration(*ms))).unwrap_or_default();
+        let star = if best == Some(key.method) { "★ " } else { "" };
         let label = Line::from(vec![
+            ratatui::text::Span::styled(star, Style::default().fg(t.accent)),
             ratatui::text::Span::styled(name.clone(), style),
             ratatui::text::Span::styled(time, Style::default().fg(t.dim)),
         ]);
-        frame.render_widget(Paragraph::new(label), Rect { x, y, width: tile_w.saturating_sub(1), height: 1 });
-        let picture = Rect { x, y: y + 1, width: tile_w.saturating_sub(1), height: height.saturating_sub(1) };
+        let width = tile_w.saturating_sub(1);
+        frame.render_widget(Paragraph::new(label), Rect { x, y, width, height: 1 });
+        // The method grid keeps its last row for the scores of each map.
+        let score_rows = u16::from(scored);
+        let picture = Rect { x, y: y + 1, width, height: height.saturating_sub(1 + score_rows) };
         images.draw(frame, app, *key, picture);
+        if scored && height > 2 {
+            let text = match app.scores.get(key) {
+                Some(s) => format!(
+                    "ROAD {:+.2} del {:.2} ins {:.2}",
+                    s.road_combined, s.deletion_auc, s.insertion_auc
+                ),
+                None => "scoring…".into(),
+            };
+            let line = Rect { x, y: y + height - 1, width, height: 1 };
+            frame.render_widget(Paragraph::new(text).style(Style::default().fg(t.dim)), line);
+        }
     }
     if rows > visible_rows {
         let more = format!(
