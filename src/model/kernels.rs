@@ -126,6 +126,12 @@ fn matmul(
     }
 }
 
+/// Planes per rayon task, so that a task does at least ~16k elements of work: small planes (7×7
+/// at the end of a network) are otherwise dominated by scheduling.
+pub(crate) fn planes_per_task(plane: usize) -> usize {
+    (16_384 / plane.max(1)).max(1)
+}
+
 fn gemm_threads(work: usize) -> usize {
     // Spawning rayon tasks for tiny products costs more than it saves.
     if work < 1 << 18 {
@@ -145,7 +151,7 @@ fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
 fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
     let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
-    col.par_chunks_mut(plane).enumerate().for_each(|(row, out)| {
+    col.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(row, out)| {
         let ci = row / (kh * kw);
         let ky = (row / kw) % kh;
         let kx = row % kw;
@@ -171,24 +177,26 @@ fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
 /// Adds a (col_rows × out_plane) matrix back onto the input channels it was unfolded from.
 fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
     let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
-    dx_group.par_chunks_mut(g.in_plane()).enumerate().for_each(|(ci, dst)| {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let row = (ci * kh + ky) * kw + kx;
-                let src = &col[row * plane..(row + 1) * plane];
-                for oy in 0..g.out_h {
-                    let Some(iy) = source_index(oy, ky, g.stride, g.pad_top, g.in_h) else {
-                        continue;
-                    };
-                    for ox in 0..g.out_w {
-                        if let Some(ix) = source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
-                            dst[iy * g.in_w + ix] += src[oy * g.out_w + ox];
+    dx_group.par_chunks_mut(g.in_plane()).with_min_len(planes_per_task(g.in_plane())).enumerate().for_each(
+        |(ci, dst)| {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = (ci * kh + ky) * kw + kx;
+                    let src = &col[row * plane..(row + 1) * plane];
+                    for oy in 0..g.out_h {
+                        let Some(iy) = source_index(oy, ky, g.stride, g.pad_top, g.in_h) else {
+                            continue;
+                        };
+                        for ox in 0..g.out_w {
+                            if let Some(ix) = source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
+                                dst[iy * g.in_w + ix] += src[oy * g.out_w + ox];
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Depthwise convolution works on one zero-padded copy of each input plane, split into `stride`
@@ -259,7 +267,7 @@ impl DepthwisePlan {
 fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], out: &mut [f32]) {
     let (kh, kw, s) = (g.kernel_h, g.kernel_w, g.stride);
     let plan = DepthwisePlan::new(g);
-    out.par_chunks_mut(g.out_plane()).enumerate().for_each_init(
+    out.par_chunks_mut(g.out_plane()).with_min_len(planes_per_task(g.out_plane())).enumerate().for_each_init(
         || vec![0f32; s * plan.phase_len()],
         |phases, (nc, dst)| {
             let c = nc % g.out_channels;
@@ -286,7 +294,7 @@ fn depthwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], out: &mut [f32]) {
 fn depthwise_backward_input(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (kh, kw, s) = (g.kernel_h, g.kernel_w, g.stride);
     let plan = DepthwisePlan::new(g);
-    dx.par_chunks_mut(g.in_plane()).enumerate().for_each_init(
+    dx.par_chunks_mut(g.in_plane()).with_min_len(planes_per_task(g.in_plane())).enumerate().for_each_init(
         || vec![0f32; s * plan.phase_len()],
         |phases, (nc, dst)| {
             let c = nc % g.in_channels;
@@ -349,10 +357,12 @@ pub fn conv2d_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32
         }
     }
     if let Some(bias) = bias {
-        out.par_chunks_mut(g.out_plane()).enumerate().for_each(|(nc, plane)| {
-            let b = bias[nc % g.out_channels];
-            plane.iter_mut().for_each(|v| *v += b);
-        });
+        out.par_chunks_mut(g.out_plane()).with_min_len(planes_per_task(g.out_plane())).enumerate().for_each(
+            |(nc, plane)| {
+                let b = bias[nc % g.out_channels];
+                plane.iter_mut().for_each(|v| *v += b);
+            },
+        );
     }
 }
 
@@ -427,7 +437,7 @@ impl PoolGeometry {
 
 pub fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
-    out.par_chunks_mut(op).enumerate().for_each(|(p, dst)| {
+    out.par_chunks_mut(op).with_min_len(planes_per_task(op)).enumerate().for_each(|(p, dst)| {
         let plane = &x[p * ip..(p + 1) * ip];
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
@@ -439,7 +449,7 @@ pub fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
 
 pub fn max_pool2d_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
-    dx.par_chunks_mut(ip).enumerate().for_each(|(p, dst)| {
+    dx.par_chunks_mut(ip).with_min_len(planes_per_task(ip)).enumerate().for_each(|(p, dst)| {
         dst.fill(0.0);
         let plane = &x[p * ip..(p + 1) * ip];
         let grad = &dy[p * op..(p + 1) * op];

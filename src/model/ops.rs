@@ -145,10 +145,13 @@ impl CustomOp1 for ConvOp {
         // Bias and activation in one pass over the output.
         let (bias, act) = (p.bias.as_deref(), p.activation);
         if bias.is_some() || act != Activation::Identity {
-            out.par_chunks_mut(g.out_h * g.out_w).enumerate().for_each(|(nc, plane)| {
-                let b = bias.map_or(0.0, |b| b[nc % g.out_channels]);
-                plane.iter_mut().for_each(|v| *v = act.apply(*v + b));
-            });
+            out.par_chunks_mut(g.out_h * g.out_w)
+                .with_min_len(kernels::planes_per_task(g.out_h * g.out_w))
+                .enumerate()
+                .for_each(|(nc, plane)| {
+                    let b = bias.map_or(0.0, |b| b[nc % g.out_channels]);
+                    plane.iter_mut().for_each(|v| *v = act.apply(*v + b));
+                });
         }
         Ok((CpuStorage::F32(out), Shape::from((g.batch, g.out_channels, g.out_h, g.out_w))))
     }
@@ -382,7 +385,10 @@ impl CustomOp1 for GuidedActivation {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
         let act = self.0;
-        Ok((CpuStorage::F32(x.par_iter().map(|&v| act.apply(v)).collect()), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(x.par_iter().with_min_len(1 << 14).map(|&v| act.apply(v)).collect()),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -406,8 +412,12 @@ impl CustomOp2 for GuidedMask {
     ) -> Result<(CpuStorage, Shape)> {
         let (g, y) = (contiguous_f32(g, gl)?, contiguous_f32(y, yl)?);
         let act = self.0;
-        let out =
-            g.par_iter().zip(y).map(|(&g, &y)| if g > 0.0 && act.passes(y) { g } else { 0.0 }).collect();
+        let out = g
+            .par_iter()
+            .with_min_len(1 << 14)
+            .zip(y)
+            .map(|(&g, &y)| if g > 0.0 && act.passes(y) { g } else { 0.0 })
+            .collect();
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }
