@@ -179,6 +179,17 @@ fn stepping_back_from_the_head_reaches_block_15() {
 }
 
 #[test]
+fn long_maps_show_a_gauge() {
+    let mut f = Fixture::new();
+    f.fill();
+    f.app.on_event(Event::Progress { done: 0, total: 1 });
+    f.app.on_event(Event::Partial { done: 320, total: 1280 });
+    let screen = text(&f.render(100, 32));
+    assert!(screen.contains("320/1280 forward passes · Esc cancels"), "{screen}");
+    assert!(screen.contains("computing 1/1"));
+}
+
+#[test]
 fn a_tiny_terminal_gets_a_message() {
     let f = Fixture::new();
     let screen = text(&f.render(30, 8));

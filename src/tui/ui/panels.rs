@@ -3,7 +3,7 @@
 use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, Clear, LineGauge, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::super::app::{App, Focus};
@@ -77,12 +77,7 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
     let t = app.theme();
     let key = app.key();
     let timing = match (app.progress, app.map_ms.get(&key)) {
-        (Some((done, total)), _) => match app.partial {
-            Some((d, n)) => {
-                format!("computing map {}/{total}: {d}/{n} forward passes · Esc cancels", done + 1)
-            }
-            None => format!("computing {}/{total}…", done + 1),
-        },
+        (Some((done, total)), _) => format!("computing {}/{total}…", done + 1),
         (None, Some(ms)) => format!("map {}", duration(*ms)),
         (None, None) => String::new(),
     };
@@ -119,4 +114,18 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
         ),
     };
     frame.render_widget(Paragraph::new(vec![first, second]), area);
+    // A long map (Score-CAM, Ablation-CAM, metrics) shows a gauge of its forward passes instead of
+    // the hints.
+    if let (Some((done, total)), true) = (app.partial, area.height > 1) {
+        let gauge = LineGauge::default()
+            .ratio((done as f64 / total.max(1) as f64).clamp(0.0, 1.0))
+            .label(format!(" {done}/{total} forward passes · Esc cancels "))
+            .filled_style(Style::default().fg(t.accent))
+            .unfilled_style(Style::default().fg(t.border));
+        frame.render_widget(Clear, Rect { y: area.y + 1, height: 1, ..area });
+        frame.render_widget(
+            gauge,
+            Rect { x: area.x + 1, y: area.y + 1, width: area.width.saturating_sub(2), height: 1 },
+        );
+    }
 }
