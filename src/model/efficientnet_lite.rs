@@ -6,7 +6,7 @@
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{global_avg_pool, Activation, BatchNorm, Conv2d, Linear, Padding};
+use super::ops::{global_avg_pool, Activation, Conv2d, Linear, Padding};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
 use crate::error::{Error, Result};
@@ -120,15 +120,8 @@ fn conv_bn(
     groups: usize,
     act: Activation,
 ) -> Result<Conv2d> {
-    let c = shape[0];
     let weight = w.get(&format!("{conv}.weight"), &shape)?;
-    let norm = BatchNorm {
-        weight: w.get(&format!("{bn}.weight"), &[c])?,
-        bias: w.get(&format!("{bn}.bias"), &[c])?,
-        running_mean: w.get(&format!("{bn}.running_mean"), &[c])?,
-        running_var: w.get(&format!("{bn}.running_var"), &[c])?,
-        eps: BN_EPS,
-    };
+    let norm = w.batch_norm(bn, shape[0], BN_EPS)?;
     Ok(Conv2d::folded(weight, None, &norm, stride, Padding::TfSame, groups, act)?)
 }
 

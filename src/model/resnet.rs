@@ -4,7 +4,7 @@
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{global_avg_pool, relu, Activation, BatchNorm, Conv2d, Linear, MaxPool2d, Padding};
+use super::ops::{global_avg_pool, relu, Activation, Conv2d, Linear, MaxPool2d, Padding};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
 use crate::error::{Error, Result};
@@ -54,15 +54,8 @@ fn conv_bn(
     pad: usize,
     act: Activation,
 ) -> Result<Conv2d> {
-    let c = shape[0];
     let weight = w.get(&format!("{conv}.weight"), &shape)?;
-    let norm = BatchNorm {
-        weight: w.get(&format!("{bn}.weight"), &[c])?,
-        bias: w.get(&format!("{bn}.bias"), &[c])?,
-        running_mean: w.get(&format!("{bn}.running_mean"), &[c])?,
-        running_var: w.get(&format!("{bn}.running_var"), &[c])?,
-        eps: BN_EPS,
-    };
+    let norm = w.batch_norm(bn, shape[0], BN_EPS)?;
     Ok(Conv2d::folded(weight, None, &norm, stride, Padding::Symmetric(pad), 1, act)?)
 }
 
@@ -94,56 +87,20 @@ impl Block {
         stride: usize,
     ) -> Result<Self> {
         let cout = if bottleneck { width * 4 } else { width };
+        // convN + bnN, the checkpoint's names for the N-th convolution of the block.
+        let nth = |n: usize, shape: [usize; 4], stride: usize, pad: usize, act: Activation| {
+            conv_bn(w, &format!("{p}.conv{n}"), &format!("{p}.bn{n}"), shape, stride, pad, act)
+        };
         let convs = if bottleneck {
             vec![
-                conv_bn(
-                    w,
-                    &format!("{p}.conv1"),
-                    &format!("{p}.bn1"),
-                    [width, cin, 1, 1],
-                    1,
-                    0,
-                    Activation::Relu,
-                )?,
-                conv_bn(
-                    w,
-                    &format!("{p}.conv2"),
-                    &format!("{p}.bn2"),
-                    [width, width, 3, 3],
-                    stride,
-                    1,
-                    Activation::Relu,
-                )?,
-                conv_bn(
-                    w,
-                    &format!("{p}.conv3"),
-                    &format!("{p}.bn3"),
-                    [cout, width, 1, 1],
-                    1,
-                    0,
-                    Activation::Identity,
-                )?,
+                nth(1, [width, cin, 1, 1], 1, 0, Activation::Relu)?,
+                nth(2, [width, width, 3, 3], stride, 1, Activation::Relu)?,
+                nth(3, [cout, width, 1, 1], 1, 0, Activation::Identity)?,
             ]
         } else {
             vec![
-                conv_bn(
-                    w,
-                    &format!("{p}.conv1"),
-                    &format!("{p}.bn1"),
-                    [width, cin, 3, 3],
-                    stride,
-                    1,
-                    Activation::Relu,
-                )?,
-                conv_bn(
-                    w,
-                    &format!("{p}.conv2"),
-                    &format!("{p}.bn2"),
-                    [width, width, 3, 3],
-                    1,
-                    1,
-                    Activation::Identity,
-                )?,
+                nth(1, [width, cin, 3, 3], stride, 1, Activation::Relu)?,
+                nth(2, [width, width, 3, 3], 1, 1, Activation::Identity)?,
             ]
         };
         let downsample = (stride != 1 || cin != cout)

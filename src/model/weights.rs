@@ -8,6 +8,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::ops::BatchNorm;
 use crate::error::{Error, Result};
 
 enum Source {
@@ -117,6 +118,18 @@ impl WeightStore {
         };
         self.used.borrow_mut().insert(name.to_string());
         Ok(tensor)
+    }
+
+    /// The eval-mode BatchNorm2d `{prefix}.weight/bias/running_mean/running_var` of `channels`.
+    pub fn batch_norm(&self, prefix: &str, channels: usize, eps: f64) -> Result<BatchNorm> {
+        let c = [channels];
+        Ok(BatchNorm {
+            weight: self.get(&format!("{prefix}.weight"), &c)?,
+            bias: self.get(&format!("{prefix}.bias"), &c)?,
+            running_mean: self.get(&format!("{prefix}.running_mean"), &c)?,
+            running_var: self.get(&format!("{prefix}.running_var"), &c)?,
+            eps,
+        })
     }
 
     /// Fails if the file holds tensors the architecture never asked for: a sign of the wrong
