@@ -28,6 +28,11 @@ impl Engine {
         &self.trace
     }
 
+    /// The stage to explain when none is named: the last one whose output is still spatial.
+    pub fn default_stage(&self) -> usize {
+        self.network.default_stage(&self.trace.shapes())
+    }
+
     /// The normalised input tensor (1×3×S×S).
     pub fn input(&self) -> &Tensor {
         &self.input

@@ -155,17 +155,7 @@ pub fn explain_input(
     let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
     let trace = engine.trace();
     timings.forward = ms(t);
-    let stages = if stages.is_empty() {
-        let shapes: Vec<[usize; 3]> = (0..network.num_stages())
-            .map(|i| {
-                let a = trace.activation(i);
-                [a.channels, a.height, a.width]
-            })
-            .collect();
-        vec![network.default_stage(&shapes)]
-    } else {
-        stages
-    };
+    let stages = if stages.is_empty() { vec![engine.default_stage()] } else { stages };
     let class = class_arg.unwrap_or_else(|| trace.top_class());
 
     let t = Instant::now();

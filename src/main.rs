@@ -124,16 +124,7 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
     let net = &model.network;
     let stage = match &args.layer {
         Some(name) => net.stage_index(name)?,
-        None => {
-            let t = engine.trace();
-            let shapes: Vec<[usize; 3]> = (0..net.num_stages())
-                .map(|i| {
-                    let a = t.activation(i);
-                    [a.channels, a.height, a.width]
-                })
-                .collect();
-            net.default_stage(&shapes)
-        }
+        None => engine.default_stage(),
     };
     let class = match &args.class {
         Some(c) => model.parse_class(c)?,

@@ -94,6 +94,11 @@ impl Trace {
             .collect()
     }
 
+    /// (C, H, W) of every stage's output, in stage order.
+    pub fn shapes(&self) -> Vec<[usize; 3]> {
+        self.activations.iter().map(|a| [a.channels, a.height, a.width]).collect()
+    }
+
     pub fn activation(&self, stage: usize) -> &Arc<Chw> {
         &self.activations[stage]
     }

@@ -64,13 +64,8 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
     let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
     let trace = engine.trace();
-    let shapes: Vec<[usize; 3]> = (0..model.network.num_stages())
-        .map(|i| {
-            let a = trace.activation(i);
-            [a.channels, a.height, a.width]
-        })
-        .collect();
-    let default_stage = model.network.default_stage(&shapes);
+    let shapes = trace.shapes();
+    let default_stage = engine.default_stage();
     let info = ModelInfo {
         model: model.name.clone(),
         arch: model.network.arch.to_string(),
