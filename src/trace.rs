@@ -103,10 +103,6 @@ impl Trace {
         &self.activations[stage]
     }
 
-    pub fn is_cached(&self, class: usize) -> bool {
-        self.gradients.lock().expect("gradient cache poisoned").contains_key(&class)
-    }
-
     /// The target score's gradient at every stage, from one backward pass per class (cached).
     pub fn gradients(&self, class: usize) -> Result<Arc<Vec<Arc<Chw>>>> {
         if class >= self.num_classes() {

@@ -20,8 +20,8 @@ use std::fmt;
 pub use ablationcam::weights as ablationcam_weights;
 pub use eigen::{projection as eigen_projection, smoothed as eigen_smoothed};
 pub use fullgrad::map as fullgrad_map;
-pub use guided::{gradient as guided_gradient, map as guided_backprop_map};
-pub use scorecam::{upsample_align_corners, weights as scorecam_weights};
+pub use guided::map as guided_backprop_map;
+pub use scorecam::weights as scorecam_weights;
 
 use candle_core::Tensor;
 
@@ -347,17 +347,6 @@ pub fn finish(stage_map: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
     out
 }
 
-/// Several stages' finished maps combined the reference's way: ReLU, average, min-max.
-pub fn combine(maps: &[Vec<f32>]) -> Vec<f32> {
-    let n = maps.len().max(1) as f32;
-    let mut out = vec![0f32; maps.first().map_or(0, Vec::len)];
-    for m in maps {
-        out.iter_mut().zip(m).for_each(|(o, v)| *o += v.max(0.0) / n);
-    }
-    min_max(&mut out);
-    out
-}
-
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::Chw;
@@ -426,11 +415,5 @@ mod tests {
             min_max(&mut smooth);
             test_support::assert_close(&smooth, &plain);
         }
-    }
-
-    #[test]
-    fn combine_averages_then_rescales() {
-        let out = combine(&[vec![0.0, 1.0], vec![1.0, 1.0]]);
-        test_support::assert_close(&out, &[0.0, 1.0 / (1.0 + 1e-7)]);
     }
 }

@@ -204,6 +204,8 @@ impl CustomOp2 for ConvInputGradOp {
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     params: Arc<ConvParams>,
+    /// The same convolution with the activation left out (weights shared, not copied).
+    linear_params: Arc<ConvParams>,
     weight: Tensor,
     bias: Option<Tensor>,
 }
@@ -250,7 +252,8 @@ impl Conv2d {
             groups,
             activation,
         };
-        Ok(Self { params: Arc::new(params), weight, bias })
+        let linear_params = Arc::new(ConvParams { activation: Activation::Identity, ..params.clone() });
+        Ok(Self { params: Arc::new(params), linear_params, weight, bias })
     }
 
     /// conv followed by BatchNorm, as one convolution: w' = w·γ/σ, b' = β − μγ/σ (+ conv bias·γ/σ).
@@ -272,17 +275,12 @@ impl Conv2d {
         Self::new(weight, Some(bias), stride, padding, groups, activation)
     }
 
-    pub fn out_channels(&self) -> usize {
-        self.params.out_channels
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if BIAS_TAPS.with(|t| t.borrow().is_some()) {
             return self.forward_tapped(x);
         }
         if GUIDED.get() {
-            let params = ConvParams { activation: Activation::Identity, ..(*self.params).clone() };
-            let linear = x.contiguous()?.apply_op1(ConvOp(Arc::new(params)))?;
+            let linear = self.linear(x)?;
             return match self.params.activation {
                 Activation::Identity => Ok(linear),
                 act => linear.apply_op1(GuidedActivation(act)),
@@ -295,49 +293,49 @@ impl Conv2d {
         }
     }
 
+    /// Convolution and bias without the activation: what bias taps and guided activations wrap.
+    fn linear(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() {
+            x.contiguous()?.apply_op1(ConvOp(self.linear_params.clone()))
+        } else {
+            self.linear_candle(x)
+        }
+    }
+
     /// Forward with a zero `Var` added between bias and activation, recorded with the bias, so
     /// that one backward pass yields the gradient at every bias (FullGrad).
     fn forward_tapped(&self, x: &Tensor) -> Result<Tensor> {
-        let p = &self.params;
-        let linear = if x.device().is_cpu() {
-            let params = ConvParams { activation: Activation::Identity, ..(**p).clone() };
-            x.contiguous()?.apply_op1(ConvOp(Arc::new(params)))?
-        } else {
-            let (_, _, h, w) = x.dims4()?;
-            let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
-            let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
-            let xp = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
-            let y = xp.conv2d(&self.weight.to_device(x.device())?, 0, p.stride, 1, p.groups)?;
-            match &self.bias {
-                Some(b) => y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?)?,
-                None => y,
-            }
-        };
+        let linear = self.linear(x)?;
         let tap = candle_core::Var::zeros(linear.shape(), DType::F32, linear.device())?;
         let y = linear.add(tap.as_tensor())?;
-        if let Some(bias) = &p.bias {
+        if let Some(bias) = &self.params.bias {
             BIAS_TAPS.with(|t| {
                 if let Some(taps) = t.borrow_mut().as_mut() {
                     taps.push(BiasTap { tap, bias: bias.to_vec() });
                 }
             });
         }
-        activate(&y, p.activation)
+        activate(&y, self.params.activation)
     }
 
-    /// The same computation with Candle's own ops, for devices our kernels do not cover.
-    fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+    /// Convolution and bias with Candle's own ops, for devices our kernels do not cover.
+    fn linear_candle(&self, x: &Tensor) -> Result<Tensor> {
         let p = &self.params;
         let (_, _, h, w) = x.dims4()?;
         let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
         let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
         let x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
         let weight = self.weight.to_device(x.device())?;
-        let mut y = x.conv2d(&weight, 0, p.stride, 1, p.groups)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?)?;
+        let y = x.conv2d(&weight, 0, p.stride, 1, p.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?),
+            None => Ok(y),
         }
-        activate(&y, p.activation)
+    }
+
+    /// The whole layer with Candle's own ops.
+    fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        activate(&self.linear_candle(x)?, self.params.activation)
     }
 }
 

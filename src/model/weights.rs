@@ -91,10 +91,6 @@ impl WeightStore {
         }
     }
 
-    pub fn is_synthetic(&self) -> bool {
-        matches!(self.source, Source::Synthetic { .. })
-    }
-
     /// The tensor `name` as f32, which must have exactly `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let tensor = match &self.source {
