@@ -298,6 +298,8 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::Chw;
+    use crate::model::ops::{Classifier, Linear};
     use crate::model::{Arch, Layer, Stage};
 
     #[test]
@@ -329,27 +331,40 @@ mod tests {
         assert!((auc(&[1.0, 0.0]) - 0.5).abs() < 1e-6);
     }
 
-    /// Logit of class 0 = 4 × mean of the left half of channel 0; class 1 = 0. The "object" of
-    /// class 0 is therefore the left half of the image.
+    /// Keeps the left half of channel 0 (zero elsewhere). With a head of weights [8, 0], logit 0
+    /// is 4 × the mean of that left half and logit 1 is 0: the "object" of class 0 is the left
+    /// half of the image.
     struct LeftHalf;
     impl Layer for LeftHalf {
         fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-            let (n, _, s, _) = x.dims4()?;
-            let left = x.narrow(1, 0, 1)?.narrow(3, 0, s / 2)?.flatten_from(1)?.mean(1)?.affine(4.0, 0.0)?;
-            Tensor::stack(&[left, Tensor::zeros(n, candle_core::DType::F32, x.device())?], 1)
+            let w = x.dim(3)?;
+            x.narrow(1, 0, 1)?.narrow(3, 0, w / 2)?.pad_with_zeros(3, 0, w - w / 2)
+        }
+        fn forward_cpu(&self, x: &Chw, _: &mut Vec<Chw>) -> candle_core::Result<Chw> {
+            let data = x
+                .channel(0)
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| if i % x.width < x.width / 2 { v } else { 0.0 });
+            Ok(Chw::new(1, x.height, x.width, data.collect()))
+        }
+        fn backward_cpu(&self, input: [usize; 3], _: &[Chw], _: &Chw, dy: &Chw) -> candle_core::Result<Chw> {
+            let mut data = vec![0.0; input.iter().product()];
+            data[..dy.data.len()].copy_from_slice(&dy.data);
+            Ok(Chw::new(input[0], input[1], input[2], data))
         }
     }
-    struct Identity;
-    impl Layer for Identity {
-        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-            Ok(x.clone())
-        }
+
+    fn left_half_network() -> Network {
+        let head = Tensor::from_vec(vec![8.0f32, 0.0], (2, 1), &Device::Cpu).unwrap();
+        let classifier = Classifier(Linear::new(head, None).unwrap());
+        Network::new(Arch::ResNet(18), vec![Stage::new("left", LeftHalf)], classifier)
     }
 
     #[test]
     fn a_map_of_the_object_beats_its_inverse() {
         let s = 16;
-        let network = Network::new(Arch::ResNet(18), vec![Stage::new("id", Identity)], LeftHalf, 2);
+        let network = left_half_network();
         // The object (left half) is bright, the background dark.
         let pixels: Vec<f32> = (0..3 * s * s).map(|i| if i % s < s / 2 { 1.0 } else { 0.0 }).collect();
         let input = Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();

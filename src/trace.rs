@@ -1,9 +1,12 @@
 //! The engine's record of one image through one network: every stage's activation from a single
 //! forward pass, and per target class every stage's gradient from a single backward pass.
 //!
-//! Candle keeps gradients only for `Var` leaves, so a zero `Var` is added to each stage's output
-//! (a "tap"); the gradient of the score with respect to the tap is the gradient at that stage
-//! (SPEC §7). Weights are plain tensors, so no weight gradient is ever computed.
+//! On the CPU the trace runs the layers' own forward and backward (`Layer::forward_cpu` /
+//! `backward_cpu`): no autograd graph, and the gradient at each stage is simply what the backward
+//! pass hands from one stage to the one before. Elsewhere it uses Candle's autograd: Candle keeps
+//! gradients only for `Var` leaves, so a zero `Var` is added to each stage's output (a "tap") and
+//! the gradient with respect to the tap is the gradient at that stage (SPEC §7). Weights are
+//! plain tensors either way, so no weight gradient is ever computed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,11 +17,17 @@ use crate::cam::Chw;
 use crate::error::{Error, Result};
 use crate::model::Network;
 
+/// What the backward pass of a trace runs on.
+enum Tape {
+    /// Our layers' own backward; per stage, the intermediates its forward saved.
+    Cpu { network: Arc<Network>, saved: Vec<Vec<Chw>> },
+    /// Candle's autograd through the zero `Var` taps; `logits` is the graph's root.
+    Autograd { taps: Vec<Var>, logits: Tensor },
+}
+
 pub struct Trace {
     activations: Vec<Arc<Chw>>,
-    taps: Vec<Var>,
-    /// The root of the autograd graph; holding it keeps every intermediate alive for backward.
-    logits: Tensor,
+    tape: Tape,
     logit_values: Vec<f32>,
     gradients: Mutex<HashMap<usize, Arc<Vec<Arc<Chw>>>>>,
 }
@@ -33,8 +42,34 @@ pub struct Prediction {
 }
 
 impl Trace {
-    /// Runs the forward pass, keeping every stage's activation.
-    pub fn new(network: &Network, input: &Tensor) -> Result<Self> {
+    /// Runs the forward pass of `input` (1×3×H×W), keeping every stage's activation: natively
+    /// on the CPU, through Candle's autograd elsewhere.
+    pub fn new(network: &Arc<Network>, input: &Tensor) -> Result<Self> {
+        if input.device().is_cpu() {
+            Self::on_cpu(network, input)
+        } else {
+            Self::with_autograd(network, input)
+        }
+    }
+
+    fn on_cpu(network: &Arc<Network>, input: &Tensor) -> Result<Self> {
+        let x = Chw::from_tensor(input)?;
+        let mut activations: Vec<Arc<Chw>> = Vec::with_capacity(network.num_stages());
+        let mut saved = Vec::with_capacity(network.num_stages());
+        for i in 0..network.num_stages() {
+            let mut kept = Vec::new();
+            let a = network.stage_forward_cpu(i, activations.last().map_or(&x, |a| a), &mut kept)?;
+            activations.push(Arc::new(a));
+            saved.push(kept);
+        }
+        let last = activations.last().expect("a network has stages");
+        let logit_values = network.classifier().logits_cpu(last)?;
+        let tape = Tape::Cpu { network: network.clone(), saved };
+        Self::finish(activations, tape, logit_values)
+    }
+
+    /// The trace through Candle's autograd, which works on every device.
+    pub fn with_autograd(network: &Network, input: &Tensor) -> Result<Self> {
         let mut x = input.clone();
         let mut activations = Vec::with_capacity(network.num_stages());
         let mut taps = Vec::with_capacity(network.num_stages());
@@ -47,10 +82,14 @@ impl Trace {
         }
         let logits = network.classify(&x)?;
         let logit_values: Vec<f32> = logits.i(0)?.to_vec1()?;
+        Self::finish(activations, Tape::Autograd { taps, logits }, logit_values)
+    }
+
+    fn finish(activations: Vec<Arc<Chw>>, tape: Tape, logit_values: Vec<f32>) -> Result<Self> {
         if let Some(bad) = logit_values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Model(format!("the network produced a non-finite logit ({bad})")));
         }
-        Ok(Self { activations, taps, logits, logit_values, gradients: Mutex::default() })
+        Ok(Self { activations, tape, logit_values, gradients: Mutex::default() })
     }
 
     pub fn logits(&self) -> &[f32] {
@@ -111,20 +150,80 @@ impl Trace {
         if let Some(g) = self.gradients.lock().expect("gradient cache poisoned").get(&class) {
             return Ok(g.clone());
         }
-        let score = self.logits.i((0, class))?;
-        let store = score.backward()?;
-        let grads = self
-            .taps
-            .iter()
+        let grads = match &self.tape {
+            Tape::Cpu { network, saved } => self.backward_cpu(network, saved, class)?,
+            Tape::Autograd { taps, logits } => self.backward_autograd(taps, logits, class)?,
+        };
+        let grads = Arc::new(grads);
+        self.gradients.lock().expect("gradient cache poisoned").insert(class, grads.clone());
+        Ok(grads)
+    }
+
+    /// Hands the gradient from each stage's output to its input, last stage first.
+    fn backward_cpu(&self, network: &Network, saved: &[Vec<Chw>], class: usize) -> Result<Vec<Arc<Chw>>> {
+        let n = self.activations.len();
+        let mut grads =
+            vec![Arc::new(network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class))];
+        // The gradient at the network's input is of no use to any method: stop at stage 0's output.
+        for i in (1..n).rev() {
+            let input = self.activations[i - 1].shape();
+            let dy = grads.last().expect("seeded above");
+            let dx = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], dy)?;
+            grads.push(Arc::new(dx));
+        }
+        grads.reverse();
+        Ok(grads)
+    }
+
+    fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {
+        let store = logits.i((0, class))?.backward()?;
+        taps.iter()
             .zip(&self.activations)
             .map(|(tap, a)| match store.get(tap.as_tensor()) {
                 Some(g) => Ok(Arc::new(Chw::from_tensor(g)?)),
                 // A stage the score does not depend on has zero gradient.
                 None => Ok(Arc::new(Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]))),
             })
-            .collect::<Result<Vec<_>>>()?;
-        let grads = Arc::new(grads);
-        self.gradients.lock().expect("gradient cache poisoned").insert(class, grads.clone());
-        Ok(grads)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{card, Arch};
+    use candle_core::Device;
+
+    fn assert_same(a: &Chw, b: &Chw, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let scale = b.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4 * scale, "{what}: differs by {worst} (scale {scale})");
+    }
+
+    /// The CPU trace (our layers' own backward) against Candle's autograd through the same
+    /// layers: every activation, the logits and every stage's gradient, for both families
+    /// (residual blocks with and without downsampling, the padded max-pool, depthwise stride 2).
+    #[test]
+    fn cpu_trace_equals_autograd_trace() {
+        for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
+            let model = card::synthetic(arch, 3).unwrap();
+            let input = Tensor::randn(0f32, 1.0, (1, 3, 96, 80), &Device::Cpu).unwrap();
+            let cpu = Trace::new(&model.network, &input).unwrap();
+            let reference = Trace::with_autograd(&model.network, &input).unwrap();
+            assert!(matches!(cpu.tape, Tape::Cpu { .. }));
+            for (i, (a, b)) in cpu.activations.iter().zip(&reference.activations).enumerate() {
+                assert_same(a, b, &format!("{arch} activation {i}"));
+            }
+            let (l, r) = (cpu.logits(), reference.logits());
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(l.iter().zip(r).all(|(a, b)| (a - b).abs() <= 1e-4 * scale), "{arch} logits");
+            for class in [cpu.top_class(), 7] {
+                let (g, h) = (cpu.gradients(class).unwrap(), reference.gradients(class).unwrap());
+                for (i, (a, b)) in g.iter().zip(h.iter()).enumerate() {
+                    assert_same(a, b, &format!("{arch} class {class} gradient {i}"));
+                }
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ pub fn map(network: &Network, input: &Tensor, class: usize) -> Result<Vec<f32>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::{global_avg_pool, Activation, Conv2d, Linear, Padding};
+    use crate::model::ops::{Activation, Classifier, Conv2d, Linear, Padding};
     use crate::model::{Arch, Layer, Stage};
     use candle_core::Device;
 
@@ -50,11 +50,11 @@ mod tests {
         fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
             self.0.forward(x)
         }
-    }
-    struct Head(Linear);
-    impl Layer for Head {
-        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-            self.0.forward(&global_avg_pool(x)?)
+        fn forward_cpu(&self, x: &Chw, _: &mut Vec<Chw>) -> candle_core::Result<Chw> {
+            self.0.forward_cpu(x)
+        }
+        fn backward_cpu(&self, i: [usize; 3], _: &[Chw], y: &Chw, dy: &Chw) -> candle_core::Result<Chw> {
+            self.0.backward_cpu(i, y, dy)
         }
     }
 
@@ -71,7 +71,7 @@ mod tests {
         let b = Tensor::from_vec(vec![0.5f32; 4], 4, dev).unwrap();
         let conv = Conv2d::new(w, Some(b), 1, Padding::Symmetric(1), 1, Activation::Relu).unwrap();
         let fc = Linear::new(Tensor::from_vec(head.to_vec(), (1, 4), dev).unwrap(), None).unwrap();
-        Network::new(Arch::ResNet(18), vec![Stage::new("conv", ConvRelu(conv))], Head(fc), 1)
+        Network::new(Arch::ResNet(18), vec![Stage::new("conv", ConvRelu(conv))], Classifier(fc))
     }
 
     fn finite_difference(net: &Network, x: &[f32], shape: (usize, usize, usize, usize)) -> Vec<f32> {

@@ -6,9 +6,10 @@
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{global_avg_pool, Activation, Conv2d, Linear, Padding};
+use super::ops::{Activation, Classifier, Conv2d, Linear, Padding};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
+use crate::cam::Chw;
 use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
@@ -131,6 +132,14 @@ impl Layer for ConvStage {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         self.0.forward(x)
     }
+
+    fn forward_cpu(&self, x: &Chw, _saved: &mut Vec<Chw>) -> CResult<Chw> {
+        self.0.forward_cpu(x)
+    }
+
+    fn backward_cpu(&self, input: [usize; 3], _saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
+        self.0.backward_cpu(input, output, dy)
+    }
 }
 
 /// Mobile inverted bottleneck: [expand 1×1] → depthwise k×k → project 1×1 (+ residual).
@@ -193,15 +202,41 @@ impl Layer for MbConv {
             Ok(y)
         }
     }
+
+    /// Saves the expanded activation (if any) and the depthwise output: the masks of their ReLU6.
+    fn forward_cpu(&self, x: &Chw, saved: &mut Vec<Chw>) -> CResult<Chw> {
+        if let Some(e) = &self.expand {
+            saved.push(e.forward_cpu(x)?);
+        }
+        let hidden = saved.last().unwrap_or(x);
+        let depthwise = self.depthwise.forward_cpu(hidden)?;
+        let mut y = self.project.forward_cpu(&depthwise)?;
+        saved.push(depthwise);
+        if self.residual {
+            add_assign(&mut y.data, &x.data);
+        }
+        Ok(y)
+    }
+
+    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
+        let depthwise = saved.last().expect("MbConv saves its depthwise output");
+        // The expansion is 1×1 with stride 1: the hidden map has the input's size.
+        let hidden_shape = [depthwise.channels, input[1], input[2]];
+        let d_depthwise = self.project.backward_cpu(depthwise.shape(), output, dy)?;
+        let d_hidden = self.depthwise.backward_cpu(hidden_shape, depthwise, &d_depthwise)?;
+        let mut dx = match &self.expand {
+            Some(e) => e.backward_cpu(input, &saved[0], &d_hidden)?,
+            None => d_hidden,
+        };
+        if self.residual {
+            add_assign(&mut dx.data, &dy.data);
+        }
+        Ok(dx)
+    }
 }
 
-/// Global average pool + `_fc` (dropout is the identity at inference).
-struct Classifier(Linear);
-
-impl Layer for Classifier {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.0.forward(&global_avg_pool(x)?)
-    }
+fn add_assign(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
 }
 
 pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {
@@ -222,7 +257,7 @@ pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {
         w.get("_fc.weight", &[num_classes, HEAD_CHANNELS])?,
         Some(w.get("_fc.bias", &[num_classes])?),
     )?;
-    Ok(Network::new(Arch::EfficientNetLite(v.index), stages, Classifier(fc), num_classes))
+    Ok(Network::new(Arch::EfficientNetLite(v.index), stages, Classifier(fc)))
 }
 
 #[cfg(test)]

@@ -13,12 +13,31 @@ use std::fmt;
 
 use candle_core::{Device, Tensor};
 
+use crate::cam::Chw;
 use crate::error::{Error, Result};
+use ops::Classifier;
 use weights::WeightStore;
 
-/// A piece of network with a single input and output.
+/// A piece of network with a single input and output, runnable two ways.
 pub trait Layer: Send + Sync {
+    /// Candle tensors on any device, batched, with Candle's autograd available: what
+    /// perturbation methods, FullGrad and guided backprop run.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// One image on the CPU with no autograd graph: what the trace runs, several times faster
+    /// (no graph bookkeeping, no zero-filled gradient buffers, masks and adds fused). Pushes
+    /// onto `saved` the intermediates that [`Layer::backward_cpu`] needs.
+    fn forward_cpu(&self, x: &Chw, saved: &mut Vec<Chw>) -> candle_core::Result<Chw>;
+
+    /// Gradient at the layer's input (of shape `input`), given what its forward saved, its
+    /// output and the gradient there.
+    fn backward_cpu(
+        &self,
+        input: [usize; 3],
+        saved: &[Chw],
+        output: &Chw,
+        dy: &Chw,
+    ) -> candle_core::Result<Chw>;
 }
 
 /// The architectures camscope can build.
@@ -104,13 +123,14 @@ impl Stage {
 pub struct Network {
     pub arch: Arch,
     stages: Vec<Stage>,
-    classifier: Box<dyn Layer>,
+    classifier: Classifier,
     pub num_classes: usize,
 }
 
 impl Network {
-    pub fn new(arch: Arch, stages: Vec<Stage>, classifier: impl Layer + 'static, num_classes: usize) -> Self {
-        Self { arch, stages, classifier: Box::new(classifier), num_classes }
+    pub fn new(arch: Arch, stages: Vec<Stage>, classifier: Classifier) -> Self {
+        let num_classes = classifier.num_classes();
+        Self { arch, stages, classifier, num_classes }
     }
 
     /// Builds `arch` from `weights`, checking every tensor.
@@ -161,6 +181,27 @@ impl Network {
     /// Logits from the last stage's output.
     pub fn classify(&self, last: &Tensor) -> Result<Tensor> {
         Ok(self.classifier.forward(last)?)
+    }
+
+    /// [`Layer::forward_cpu`] of stage `index`.
+    pub fn stage_forward_cpu(&self, index: usize, x: &Chw, saved: &mut Vec<Chw>) -> Result<Chw> {
+        Ok(self.stages[index].layer.forward_cpu(x, saved)?)
+    }
+
+    /// [`Layer::backward_cpu`] of stage `index`.
+    pub fn stage_backward_cpu(
+        &self,
+        index: usize,
+        input: [usize; 3],
+        saved: &[Chw],
+        output: &Chw,
+        dy: &Chw,
+    ) -> Result<Chw> {
+        Ok(self.stages[index].layer.backward_cpu(input, saved, output, dy)?)
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -14,37 +14,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 
 use rayon::prelude::*;
 
+pub use super::kernels::Activation;
 use super::kernels::{self, ConvGeometry, PoolGeometry};
-
-/// Non-linearity fused into a convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Identity,
-    Relu,
-    Relu6,
-}
-
-impl Activation {
-    #[inline]
-    fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Identity => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Relu6 => v.clamp(0.0, 6.0),
-        }
-    }
-
-    /// Whether the gradient passes, judged from the activation's *output* (which is all the
-    /// backward pass keeps): for ReLU y > 0 ⇔ x > 0, for ReLU6 0 < y < 6 ⇔ 0 < x < 6.
-    #[inline]
-    fn passes(self, y: f32) -> bool {
-        match self {
-            Activation::Identity => true,
-            Activation::Relu => y > 0.0,
-            Activation::Relu6 => y > 0.0 && y < 6.0,
-        }
-    }
-}
+use crate::cam::Chw;
 
 /// Padding of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,18 +113,14 @@ impl CustomOp1 for ConvOp {
         let g = p.geometry(layout.shape())?;
         let x = contiguous_f32(storage, layout)?;
         let mut out = vec![0.0f32; g.output_len()];
-        kernels::conv2d_forward(&g, x, &p.weight, None, &mut out);
-        // Bias and activation in one pass over the output.
-        let (bias, act) = (p.bias.as_deref(), p.activation);
-        if bias.is_some() || act != Activation::Identity {
-            out.par_chunks_mut(g.out_h * g.out_w)
-                .with_min_len(kernels::planes_per_task(g.out_h * g.out_w))
-                .enumerate()
-                .for_each(|(nc, plane)| {
-                    let b = bias.map_or(0.0, |b| b[nc % g.out_channels]);
-                    plane.iter_mut().for_each(|v| *v = act.apply(*v + b));
-                });
-        }
+        kernels::conv2d_forward(
+            &g,
+            x,
+            &p.weight,
+            p.bias.as_deref().map(Vec::as_slice),
+            p.activation,
+            &mut out,
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.batch, g.out_channels, g.out_h, g.out_w))))
     }
 
@@ -185,16 +153,8 @@ impl CustomOp2 for ConvInputGradOp {
         let g = p.geometry(&self.input)?;
         let grad = contiguous_f32(grad, gl)?;
         let y = contiguous_f32(out, ol)?;
-        let masked: Vec<f32>;
-        let dy = if p.activation == Activation::Identity {
-            grad
-        } else {
-            masked =
-                grad.iter().zip(y).map(|(&d, &y)| if p.activation.passes(y) { d } else { 0.0 }).collect();
-            &masked
-        };
         let mut dx = vec![0.0f32; g.input_len()];
-        kernels::conv2d_backward_input(&g, dy, &p.weight, &mut dx);
+        kernels::conv2d_backward_input(&g, grad, Some((y, p.activation)), &p.weight, &mut dx);
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -291,6 +251,32 @@ impl Conv2d {
         } else {
             self.forward_candle(x)
         }
+    }
+
+    /// Batch-1 forward with our kernels and no autograd graph: what the CPU trace runs.
+    pub fn forward_cpu(&self, x: &Chw) -> Result<Chw> {
+        let p = &self.params;
+        let g = p.geometry(&Shape::from((1, x.channels, x.height, x.width)))?;
+        let mut out = vec![0.0f32; g.output_len()];
+        kernels::conv2d_forward(
+            &g,
+            &x.data,
+            &p.weight,
+            p.bias.as_deref().map(Vec::as_slice),
+            p.activation,
+            &mut out,
+        );
+        Ok(Chw::new(g.out_channels, g.out_h, g.out_w, out))
+    }
+
+    /// Gradient at the input of [`Conv2d::forward_cpu`] (shape `input`), given its output `y`
+    /// (whose activation mask the gradient passes through) and the gradient `dy` there.
+    pub fn backward_cpu(&self, input: [usize; 3], y: &Chw, dy: &Chw) -> Result<Chw> {
+        let p = &self.params;
+        let g = p.geometry(&Shape::from((1, input[0], input[1], input[2])))?;
+        let mut dx = vec![0.0f32; g.input_len()];
+        kernels::conv2d_backward_input(&g, &dy.data, Some((&y.data, p.activation)), &p.weight, &mut dx);
+        Ok(Chw::new(input[0], input[1], input[2], dx))
     }
 
     /// Convolution and bias without the activation: what bias taps and guided activations wrap.
@@ -485,6 +471,24 @@ impl MaxPool2d {
     }
 }
 
+impl MaxPool2d {
+    /// Batch-1 forward without autograd (the CPU trace).
+    pub fn forward_cpu(&self, x: &Chw) -> Result<Chw> {
+        let g = self.geometry(&Shape::from((1, x.channels, x.height, x.width)))?;
+        let mut out = vec![0.0f32; g.planes * g.out_h * g.out_w];
+        kernels::max_pool2d_forward(&g, &x.data, &mut out);
+        Ok(Chw::new(x.channels, g.out_h, g.out_w, out))
+    }
+
+    /// Gradient at the pool's input `x` given the gradient `dy` at its output.
+    pub fn backward_cpu(&self, x: &Chw, dy: &Chw) -> Result<Chw> {
+        let g = self.geometry(&Shape::from((1, x.channels, x.height, x.width)))?;
+        let mut dx = vec![0.0f32; x.data.len()];
+        kernels::max_pool2d_backward(&g, &x.data, &dy.data, &mut dx);
+        Ok(Chw::new(x.channels, x.height, x.width, dx))
+    }
+}
+
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "camscope-max-pool2d"
@@ -535,13 +539,19 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 pub struct Linear {
     weight_t: Tensor,
     bias: Option<Tensor>,
+    /// (out, in) row-major, for the CPU trace.
+    weight_rows: Vec<f32>,
+    bias_values: Option<Vec<f32>>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let weight_t = weight.to_dtype(DType::F32)?.t()?.contiguous()?;
+        let weight = weight.to_dtype(DType::F32)?;
+        let weight_rows = weight.flatten_all()?.to_vec1()?;
+        let weight_t = weight.t()?.contiguous()?;
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-        Ok(Self { weight_t, bias })
+        let bias_values = bias.as_ref().map(Tensor::to_vec1).transpose()?;
+        Ok(Self { weight_t, bias, weight_rows, bias_values })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -550,6 +560,53 @@ impl Linear {
             Some(b) => y.broadcast_add(&b.to_device(x.device())?),
             None => Ok(y),
         }
+    }
+
+    fn in_features(&self) -> usize {
+        self.weight_t.dims()[0]
+    }
+
+    fn row(&self, class: usize) -> &[f32] {
+        let n = self.in_features();
+        &self.weight_rows[class * n..(class + 1) * n]
+    }
+}
+
+/// Global average pool followed by a linear layer: the head of every supported network (dropout
+/// is the identity at inference).
+#[derive(Debug, Clone)]
+pub struct Classifier(pub Linear);
+
+impl Classifier {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(&global_avg_pool(x)?)
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.0.weight_t.dims()[1]
+    }
+
+    /// Logits of one (C, H, W) feature map, on the CPU.
+    pub fn logits_cpu(&self, x: &Chw) -> Result<Vec<f32>> {
+        if x.channels != self.0.in_features() {
+            candle_core::bail!("the classifier expects {} channels, got {}", self.0.in_features(), x.channels)
+        }
+        let pooled: Vec<f32> = x.channels_iter().map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
+        Ok((0..self.num_classes())
+            .map(|k| {
+                let dot: f32 = self.0.row(k).iter().zip(&pooled).map(|(w, p)| w * p).sum();
+                dot + self.0.bias_values.as_ref().map_or(0.0, |b| b[k])
+            })
+            .collect())
+    }
+
+    /// Gradient of logit `class` with respect to the feature map: W[class, c] / (H·W) everywhere
+    /// in channel c.
+    pub fn logit_gradient_cpu(&self, shape: [usize; 3], class: usize) -> Chw {
+        let [c, h, w] = shape;
+        let data =
+            self.0.row(class).iter().flat_map(|&v| std::iter::repeat_n(v / (h * w) as f32, h * w)).collect();
+        Chw::new(c, h, w, data)
     }
 }
 

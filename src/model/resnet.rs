@@ -4,9 +4,10 @@
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{global_avg_pool, relu, Activation, Conv2d, Linear, MaxPool2d, Padding};
+use super::ops::{relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
+use crate::cam::Chw;
 use crate::error::{Error, Result};
 
 const BN_EPS: f64 = 1e-5;
@@ -68,6 +69,19 @@ struct Stem {
 impl Layer for Stem {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
         self.pool.forward(&self.conv.forward(x)?)
+    }
+
+    /// Saves the convolution's output: the pool's input and the ReLU's mask.
+    fn forward_cpu(&self, x: &Chw, saved: &mut Vec<Chw>) -> CResult<Chw> {
+        let conv = self.conv.forward_cpu(x)?;
+        let y = self.pool.forward_cpu(&conv)?;
+        saved.push(conv);
+        Ok(y)
+    }
+
+    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], _output: &Chw, dy: &Chw) -> CResult<Chw> {
+        let conv = &saved[0];
+        self.conv.backward_cpu(input, conv, &self.pool.backward_cpu(conv, dy)?)
     }
 }
 
@@ -133,14 +147,44 @@ impl Layer for Block {
         };
         relu(&y.add(&identity)?)
     }
+
+    /// Saves every convolution's output (their masks, and the next one's input shape).
+    fn forward_cpu(&self, x: &Chw, saved: &mut Vec<Chw>) -> CResult<Chw> {
+        for conv in &self.convs {
+            let y = conv.forward_cpu(saved.last().unwrap_or(x))?;
+            saved.push(y);
+        }
+        let mut y = saved.last().expect("a block has convolutions").clone();
+        match &self.downsample {
+            Some(d) => add_relu(&mut y.data, &d.forward_cpu(x)?.data),
+            None => add_relu(&mut y.data, &x.data),
+        }
+        Ok(y)
+    }
+
+    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
+        // Through the final ReLU (no gradient where the output is 0, as in PyTorch).
+        let data = dy.data.iter().zip(&output.data).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect();
+        let d_sum = Chw::new(dy.channels, dy.height, dy.width, data);
+        let mut grad = d_sum.clone();
+        for (i, conv) in self.convs.iter().enumerate().rev() {
+            let conv_input = if i == 0 { input } else { saved[i - 1].shape() };
+            grad = conv.backward_cpu(conv_input, &saved[i], &grad)?;
+        }
+        match &self.downsample {
+            Some(d) => {
+                let identity = d.backward_cpu(input, output, &d_sum)?;
+                grad.data.iter_mut().zip(&identity.data).for_each(|(g, v)| *g += v);
+            }
+            None => grad.data.iter_mut().zip(&d_sum.data).for_each(|(g, v)| *g += v),
+        }
+        Ok(grad)
+    }
 }
 
-struct Classifier(Linear);
-
-impl Layer for Classifier {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.0.forward(&global_avg_pool(x)?)
-    }
+/// `y = relu(y + identity)`, in place.
+fn add_relu(y: &mut [f32], identity: &[f32]) {
+    y.iter_mut().zip(identity).for_each(|(y, i)| *y = (*y + i).max(0.0));
 }
 
 pub fn build(depth: u16, w: &WeightStore) -> Result<Network> {
@@ -162,5 +206,5 @@ pub fn build(depth: u16, w: &WeightStore) -> Result<Network> {
     }
     let num_classes = w.shape_of("fc.weight").map_or(1000, |s| s[0]);
     let fc = Linear::new(w.get("fc.weight", &[num_classes, cin])?, Some(w.get("fc.bias", &[num_classes])?))?;
-    Ok(Network::new(Arch::ResNet(depth), stages, Classifier(fc), num_classes))
+    Ok(Network::new(Arch::ResNet(depth), stages, Classifier(fc)))
 }
