@@ -179,27 +179,45 @@ fn source_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
     (i < size).then_some(i)
 }
 
+/// The output columns `ox` whose input column `ox·stride + k − pad` falls inside `0..size`, as a
+/// range, with the input column of its first element.
+#[inline]
+fn valid_columns(
+    k: usize,
+    stride: usize,
+    pad: usize,
+    size: usize,
+    out: usize,
+) -> (std::ops::Range<usize>, usize) {
+    // ox·s + k ≥ pad  and  ox·s + k < size + pad
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    let hi = if size + pad > k { (size + pad - k).div_ceil(stride).min(out) } else { 0 };
+    let lo = lo.min(hi);
+    (lo..hi, (lo * stride + k).saturating_sub(pad))
+}
+
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
 fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
-    let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
+    let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
     col.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(row, out)| {
         let ci = row / (kh * kw);
         let ky = (row / kw) % kh;
         let kx = row % kw;
         let src = &x_group[ci * g.in_plane()..(ci + 1) * g.in_plane()];
-        for oy in 0..g.out_h {
-            let dst = &mut out[oy * g.out_w..(oy + 1) * g.out_w];
-            match source_index(oy, ky, g.stride, g.pad_top, g.in_h) {
-                None => dst.fill(0.0),
-                Some(iy) => {
-                    let line = &src[iy * g.in_w..(iy + 1) * g.in_w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        *d = match source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
-                            Some(ix) => line[ix],
-                            None => 0.0,
-                        };
-                    }
-                }
+        let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
+        for (oy, dst) in out.chunks_exact_mut(g.out_w).enumerate() {
+            let Some(iy) = source_index(oy, ky, s, g.pad_top, g.in_h) else {
+                dst.fill(0.0);
+                continue;
+            };
+            let line = &src[iy * g.in_w + ix0..(iy + 1) * g.in_w];
+            dst[..columns.start].fill(0.0);
+            dst[columns.end..].fill(0.0);
+            let dst = &mut dst[columns.clone()];
+            if s == 1 {
+                dst.copy_from_slice(&line[..dst.len()]);
+            } else {
+                dst.iter_mut().zip(line.iter().step_by(s)).for_each(|(d, &v)| *d = v);
             }
         }
     });
@@ -207,21 +225,22 @@ fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
 
 /// Adds a (col_rows × out_plane) matrix back onto the input channels it was unfolded from.
 fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
-    let (kh, kw, plane) = (g.kernel_h, g.kernel_w, g.out_plane());
+    let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
     dx_group.par_chunks_mut(g.in_plane()).with_min_len(planes_per_task(g.in_plane())).enumerate().for_each(
         |(ci, dst)| {
             for ky in 0..kh {
                 for kx in 0..kw {
                     let row = (ci * kh + ky) * kw + kx;
                     let src = &col[row * plane..(row + 1) * plane];
-                    for oy in 0..g.out_h {
-                        let Some(iy) = source_index(oy, ky, g.stride, g.pad_top, g.in_h) else {
-                            continue;
-                        };
-                        for ox in 0..g.out_w {
-                            if let Some(ix) = source_index(ox, kx, g.stride, g.pad_left, g.in_w) {
-                                dst[iy * g.in_w + ix] += src[oy * g.out_w + ox];
-                            }
+                    let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
+                    for (oy, grad) in src.chunks_exact(g.out_w).enumerate() {
+                        let Some(iy) = source_index(oy, ky, s, g.pad_top, g.in_h) else { continue };
+                        let line = &mut dst[iy * g.in_w + ix0..(iy + 1) * g.in_w];
+                        let grad = &grad[columns.clone()];
+                        if s == 1 {
+                            line.iter_mut().zip(grad).for_each(|(d, &v)| *d += v);
+                        } else {
+                            line.iter_mut().step_by(s).zip(grad).for_each(|(d, &v)| *d += v);
                         }
                     }
                 }
