@@ -45,6 +45,9 @@ pub struct ModelArgs {
     /// Force the architecture instead of detecting it from the weights (e.g. resnet50)
     #[arg(long)]
     pub arch: Option<String>,
+    /// Where to run the network: cpu, cuda or cuda:N (CUDA needs a build with --features cuda)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Subcommand)]

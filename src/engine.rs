@@ -87,7 +87,7 @@ impl Engine {
                 Method::ScoreCam => cam::scorecam_weights(&self.network, &self.input, a, class, ctl)?,
                 _ => {
                     let score = self.trace.logits()[class];
-                    cam::ablationcam_weights(&self.network, stage, a, score, class, ctl)?
+                    cam::ablationcam_weights(&self.network, self.input.device(), stage, a, score, class, ctl)?
                 }
             })),
         }

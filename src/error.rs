@@ -27,6 +27,8 @@ pub enum Error {
     UnknownClass(String, usize),
     #[error("output {path}: {message}")]
     Output { path: PathBuf, message: String },
+    #[error("device: {0}")]
+    Device(String),
     #[error("computation cancelled")]
     Cancelled,
     #[error("tensor computation failed: {0}")]

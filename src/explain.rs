@@ -41,6 +41,7 @@ pub struct ExplainOptions {
     pub image: Option<PathBuf>,
     pub model: String,
     pub arch: Option<Arch>,
+    pub device: candle_core::Device,
     pub method: Method,
     pub stages: StageChoice,
     pub class: Option<String>,
@@ -63,6 +64,7 @@ impl Default for ExplainOptions {
             image: None,
             model: card::DEFAULT_MODEL.into(),
             arch: None,
+            device: candle_core::Device::Cpu,
             method: Method::GradCam,
             stages: StageChoice::Default,
             class: None,
@@ -152,7 +154,7 @@ pub fn explain_input(
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
-    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?)?;
     let trace = engine.trace();
     timings.forward = ms(t);
     let stages = if stages.is_empty() { vec![engine.default_stage()] } else { stages };

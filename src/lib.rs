@@ -2,6 +2,7 @@
 //! Candle. The library is the engine; the binary adds the command line (and the terminal UI).
 
 pub mod cam;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod explain;

@@ -50,6 +50,7 @@ fn run_tui(args: cli::TuiArgs) -> Result<()> {
         image: args.image.clone(),
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
+        device: camscope::device::parse(&args.model.device)?,
         protocol: tui::parse_protocol(&args.protocol)?,
         theme: args.theme.clone(),
         keys: args.keys.clone(),
@@ -72,6 +73,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         image: args.image.clone(),
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
+        device: camscope::device::parse(&args.model.device)?,
         method,
         stages: args.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse),
         class: args.class.clone(),
@@ -131,7 +133,8 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
     };
     let model = card::load(&args.model.model, parse_arch(&args.model)?)?;
     let input = camscope::preprocess::load_input(args.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let device = camscope::device::parse(&args.model.device)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&device)?)?;
     let net = &model.network;
     let stage = match &args.layer {
         Some(name) => net.stage_index(name)?,
@@ -151,7 +154,7 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
         let t = std::time::Instant::now();
         let map = engine.cam(method, stage, class, &ctl)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let scores = camscope::metrics::evaluate(net, &input.tensor, &map, class, args.metric_steps, &ctl)?;
+        let scores = camscope::metrics::evaluate(net, engine.input(), &map, class, args.metric_steps, &ctl)?;
         rows.push((method, ms, scores));
     }
     if args.json {

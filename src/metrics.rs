@@ -4,7 +4,7 @@
 //! Every score here is the softmax probability of the class (pytorch-grad-cam's metrics are used
 //! with `ClassifierOutputSoftmaxTarget`), so differences lie in [-1, 1].
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::cam::Control;
@@ -29,22 +29,23 @@ pub struct Scores {
     pub insertion_auc: f32,
 }
 
-/// p(class) of every image in `batch` (N×3×S×S), `ctl.batch_size` at a time.
+/// p(class) of every image in `images` (each shaped and placed like `input`), `ctl.batch_size`
+/// at a time.
 fn probabilities(
     network: &Network,
+    input: &Tensor,
     images: &[Vec<f32>],
-    shape: (usize, usize),
     class: usize,
     ctl: &Control,
     done: &mut usize,
     total: usize,
 ) -> Result<Vec<f32>> {
-    let (c, s) = shape;
+    let (_, c, s, _) = input.dims4()?;
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(ctl.batch_size.max(1)) {
         ctl.check(*done, total)?;
         let data: Vec<f32> = chunk.iter().flatten().copied().collect();
-        let x = Tensor::from_vec(data, (chunk.len(), c, s, s), &Device::Cpu)?;
+        let x = Tensor::from_vec(data, (chunk.len(), c, s, s), input.device())?;
         let logits = network.forward(&x)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         for row in logits {
@@ -279,7 +280,7 @@ pub fn evaluate(
     }
 
     let mut done = 0;
-    let probs = probabilities(network, &images, (c, s), class, ctl, &mut done, images.len())?;
+    let probs = probabilities(network, input, &images, class, ctl, &mut done, images.len())?;
     ctl.check(images.len(), images.len())?;
     let road: f32 =
         (0..ROAD_PERCENTILES.len()).map(|p| (probs[3 + 2 * p] - probs[2 + 2 * p]) / 2.0).sum::<f32>()
@@ -301,6 +302,7 @@ mod tests {
     use crate::cam::Chw;
     use crate::model::ops::{Classifier, Linear};
     use crate::model::{Arch, Layer, Stage};
+    use candle_core::Device;
 
     #[test]
     fn imputer_reproduces_a_linear_image_exactly() {

@@ -282,6 +282,10 @@ fn unknown_stage_method_class_and_bad_outputs() {
     assert_clean_failure(&["explain", "-o", p(dir.path())], &["directory"]);
     assert_clean_failure(&["explain", "--npy", p(dir.path())], &["directory"]);
     assert_clean_failure(&["explain", "--colormap", "plaid"], &["plaid"]);
+    assert_clean_failure(&["explain", "--device", "tpu"], &["tpu", "cpu, cuda, cuda:N"]);
+    if !cfg!(feature = "cuda") {
+        assert_clean_failure(&["explain", "--device", "cuda:0"], &["cuda:0", "--features cuda"]);
+    }
 }
 
 #[test]

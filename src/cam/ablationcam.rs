@@ -23,6 +23,7 @@ fn ablation_value(a: &Chw) -> f32 {
 /// The channel weights: the relative drop of the class score when each channel is removed.
 pub fn weights(
     network: &Network,
+    device: &Device,
     stage: usize,
     a: &Chw,
     score: f32,
@@ -42,7 +43,7 @@ pub fn weights(
             data.extend_from_slice(&a.data);
             data[start + k * a.plane()..start + (k + 1) * a.plane()].fill(value);
         }
-        let x = Tensor::from_vec(data, (ks.len(), a.channels, a.height, a.width), &Device::Cpu)?;
+        let x = Tensor::from_vec(data, (ks.len(), a.channels, a.height, a.width), device)?;
         let out = network.run_stages(stage + 1, last, &x)?;
         let logits = network.classify(&out)?;
         let ablated: Vec<f32> = logits.narrow(1, class, 1)?.flatten_all()?.to_vec1()?;

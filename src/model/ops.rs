@@ -168,6 +168,29 @@ pub struct Conv2d {
     linear_params: Arc<ConvParams>,
     weight: Tensor,
     bias: Option<Tensor>,
+    on_device: DeviceCopies,
+}
+
+/// Copies of a layer's constant tensors on the non-CPU device it runs on, made on first use:
+/// Candle's fallback ops would otherwise upload every weight on every call.
+#[derive(Debug, Clone, Default)]
+struct DeviceCopies(std::sync::OnceLock<Vec<Tensor>>);
+
+impl DeviceCopies {
+    /// `tensors` on `device`: themselves on the CPU, else the cached copies (or fresh ones for a
+    /// second device, which the command line never asks for).
+    fn get(&self, tensors: &[&Tensor], device: &candle_core::Device) -> Result<Vec<Tensor>> {
+        if device.is_cpu() {
+            return Ok(tensors.iter().map(|&t| t.clone()).collect());
+        }
+        let on = |c: &Vec<Tensor>| c.first().is_none_or(|t| t.device().same_device(device));
+        if let Some(cached) = self.0.get().filter(|c| on(c)) {
+            return Ok(cached.clone());
+        }
+        let fresh = tensors.iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?;
+        let cached = self.0.get_or_init(|| fresh.clone());
+        Ok(if on(cached) { cached.clone() } else { fresh })
+    }
 }
 
 /// Eval-mode BatchNorm2d parameters.
@@ -213,7 +236,7 @@ impl Conv2d {
             activation,
         };
         let linear_params = Arc::new(ConvParams { activation: Activation::Identity, ..params.clone() });
-        Ok(Self { params: Arc::new(params), linear_params, weight, bias })
+        Ok(Self { params: Arc::new(params), linear_params, weight, bias, on_device: DeviceCopies::default() })
     }
 
     /// conv followed by BatchNorm, as one convolution: w' = w·γ/σ, b' = β − μγ/σ (+ conv bias·γ/σ).
@@ -311,10 +334,11 @@ impl Conv2d {
         let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
         let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
         let x = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
-        let weight = self.weight.to_device(x.device())?;
-        let y = x.conv2d(&weight, 0, p.stride, 1, p.groups)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_device(x.device())?.reshape((1, (), 1, 1))?),
+        let constants: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();
+        let on_device = self.on_device.get(&constants, x.device())?;
+        let y = x.conv2d(&on_device[0], 0, p.stride, 1, p.groups)?;
+        match on_device.get(1) {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }
     }
@@ -542,6 +566,7 @@ pub struct Linear {
     /// (out, in) row-major, for the CPU trace.
     weight_rows: Vec<f32>,
     bias_values: Option<Vec<f32>>,
+    on_device: DeviceCopies,
 }
 
 impl Linear {
@@ -551,13 +576,15 @@ impl Linear {
         let weight_t = weight.t()?.contiguous()?;
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         let bias_values = bias.as_ref().map(Tensor::to_vec1).transpose()?;
-        Ok(Self { weight_t, bias, weight_rows, bias_values })
+        Ok(Self { weight_t, bias, weight_rows, bias_values, on_device: DeviceCopies::default() })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight_t.to_device(x.device())?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_device(x.device())?),
+        let constants: Vec<&Tensor> = std::iter::once(&self.weight_t).chain(&self.bias).collect();
+        let on_device = self.on_device.get(&constants, x.device())?;
+        let y = x.matmul(&on_device[0])?;
+        match on_device.get(1) {
+            Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }

@@ -34,6 +34,7 @@ pub struct TuiOptions {
     pub image: Option<PathBuf>,
     pub model: String,
     pub arch: Option<Arch>,
+    pub device: candle_core::Device,
     /// `None`: ask the terminal.
     pub protocol: Option<ProtocolType>,
     pub theme: Option<String>,
@@ -62,7 +63,7 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = card::load(&opts.model, opts.arch)?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.clone())?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?)?;
     let trace = engine.trace();
     let shapes = trace.shapes();
     let default_stage = engine.default_stage();

@@ -23,6 +23,7 @@ fn options() -> TuiOptions {
         image: None,
         model: "efficientnet-lite0".into(),
         arch: None,
+        device: candle_core::Device::Cpu,
         protocol: None,
         theme: None,
         keys: None,
