@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use crate::cam::{self, Chw, Control, Kind, Method, Smoothing};
 use crate::error::Result;
@@ -96,6 +97,29 @@ impl Engine {
     /// The finished map (SPEC §2): size×size in [0, 1].
     pub fn cam(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
         self.cam_smoothed(method, stage, class, Smoothing::default(), ctl)
+    }
+
+    /// The finished maps of several stages. Maps read from the trace are independent and cheap,
+    /// so they are computed in parallel; methods that run the network (perturbation, smoothing,
+    /// whole-network) parallelise inside and go one stage at a time, in order, for their progress.
+    pub fn cams(
+        &self,
+        method: Method,
+        stages: &[usize],
+        class: usize,
+        smoothing: Smoothing,
+        ctl: &Control,
+    ) -> Result<Vec<Vec<f32>>> {
+        let from_trace = matches!(method.kind(), Kind::Gradient | Kind::Activation) && !smoothing.aug;
+        if from_trace {
+            if method.needs_gradient() {
+                // One backward pass, before the parallel maps all ask for it.
+                self.trace.gradients(class)?;
+            }
+            stages.par_iter().map(|&s| self.cam_smoothed(method, s, class, smoothing, ctl)).collect()
+        } else {
+            stages.iter().map(|&s| self.cam_smoothed(method, s, class, smoothing, ctl)).collect()
+        }
     }
 
     /// The finished map with the reference's smoothing options.

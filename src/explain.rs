@@ -170,13 +170,10 @@ pub fn explain_input(
     let size = input.view.width() as usize;
     let t = Instant::now();
     let ctl = Control { batch_size: opts.batch_size, progress: opts.progress, cancelled: opts.cancelled };
-    let maps = stages
-        .iter()
-        .map(|&s| engine.cam_smoothed(opts.method, s, class, opts.smoothing, &ctl))
-        .collect::<Result<Vec<_>>>()?;
+    let maps = engine.cams(opts.method, &stages, class, opts.smoothing, &ctl)?;
     timings.maps = ms(t);
     let metrics = match opts.metric_steps {
-        Some(steps) => Some(metrics::evaluate(network, &input.tensor, &maps[0], class, steps, &ctl)?),
+        Some(steps) => Some(metrics::evaluate(network, engine.input(), &maps[0], class, steps, &ctl)?),
         None => None,
     };
 
