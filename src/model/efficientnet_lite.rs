@@ -4,6 +4,8 @@
 //! scaled). Convolutions use TensorFlow "SAME" padding; BatchNorm eps is 1e-3 and is folded into
 //! each convolution at load time.
 
+use std::borrow::Cow;
+
 use candle_core::{Result as CResult, Tensor};
 
 use super::ops::{Activation, Classifier, Conv2d, Linear, Padding};
@@ -138,7 +140,7 @@ impl Layer for ConvStage {
     }
 
     fn backward_cpu(&self, input: [usize; 3], _saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
-        self.0.backward_cpu(input, output, dy)
+        self.0.backward_cpu(input, output, Cow::Borrowed(dy))
     }
 }
 
@@ -222,10 +224,10 @@ impl Layer for MbConv {
         let depthwise = saved.last().expect("MbConv saves its depthwise output");
         // The expansion is 1×1 with stride 1: the hidden map has the input's size.
         let hidden_shape = [depthwise.channels, input[1], input[2]];
-        let d_depthwise = self.project.backward_cpu(depthwise.shape(), output, dy)?;
-        let d_hidden = self.depthwise.backward_cpu(hidden_shape, depthwise, &d_depthwise)?;
+        let d_depthwise = self.project.backward_cpu(depthwise.shape(), output, Cow::Borrowed(dy))?;
+        let d_hidden = self.depthwise.backward_cpu(hidden_shape, depthwise, Cow::Owned(d_depthwise))?;
         let mut dx = match &self.expand {
-            Some(e) => e.backward_cpu(input, &saved[0], &d_hidden)?,
+            Some(e) => e.backward_cpu(input, &saved[0], Cow::Owned(d_hidden))?,
             None => d_hidden,
         };
         if self.residual {

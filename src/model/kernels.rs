@@ -443,6 +443,23 @@ with_best_simd!(mask_gradient, fn(dy: &[f32], y: &[f32], act: Activation, out: &
     }
 });
 
+with_best_simd!(mask_chunk_in_place, fn(dy: &mut [f32], y: &[f32], act: Activation) {
+    let it = dy.iter_mut().zip(y);
+    match act {
+        Activation::Identity => {}
+        Activation::Relu => it.for_each(|(d, &y)| *d = if y > 0.0 { *d } else { 0.0 }),
+        Activation::Relu6 => it.for_each(|(d, &y)| *d = if y > 0.0 && y < 6.0 { *d } else { 0.0 }),
+    }
+});
+
+/// Zeroes the gradient `dy` where the activation whose output is `y` passes none.
+pub fn mask_in_place(dy: &mut [f32], y: &[f32], act: Activation) {
+    assert_eq!(dy.len(), y.len());
+    dy.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(y.par_chunks(ELEMENTWISE_CHUNK))
+        .for_each(|(dy, y)| mask_chunk_in_place(dy, y, act));
+}
+
 with_best_simd!(bias_activation, fn(values: &mut [f32], bias: f32, act: Activation) {
     match act {
         Activation::Identity => values.iter_mut().for_each(|v| *v += bias),
@@ -614,14 +631,11 @@ pub fn conv2d_backward_input(
         depthwise_backward_input(g, dy, mask, w, dx);
         return;
     }
-    let masked: Vec<f32>;
+    let mut masked: Vec<f32>;
     let dy = match mask {
         Some((y, act)) => {
-            let mut out = vec![0.0; dy.len()];
-            out.par_chunks_mut(ELEMENTWISE_CHUNK)
-                .zip(dy.par_chunks(ELEMENTWISE_CHUNK).zip(y.par_chunks(ELEMENTWISE_CHUNK)))
-                .for_each(|(out, (dy, y))| mask_gradient(dy, y, act, out));
-            masked = out;
+            masked = dy.to_vec();
+            mask_in_place(&mut masked, y, act);
             &masked
         }
         None => dy,

@@ -8,6 +8,7 @@
 //! Gradient conventions follow PyTorch, since the reference maps come from it: ReLU passes no
 //! gradient at exactly 0, ReLU6 none at 0 or 6, max-pool routes to the first maximum of a window.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
@@ -293,12 +294,19 @@ impl Conv2d {
     }
 
     /// Gradient at the input of [`Conv2d::forward_cpu`] (shape `input`), given its output `y`
-    /// (whose activation mask the gradient passes through) and the gradient `dy` there.
-    pub fn backward_cpu(&self, input: [usize; 3], y: &Chw, dy: &Chw) -> Result<Chw> {
+    /// (whose activation mask the gradient passes through) and the gradient `dy` there. A gemm
+    /// convolution masks an owned `dy` in place rather than in a copy.
+    pub fn backward_cpu(&self, input: [usize; 3], y: &Chw, mut dy: Cow<'_, Chw>) -> Result<Chw> {
         let p = &self.params;
         let g = p.geometry(&Shape::from((1, input[0], input[1], input[2])))?;
+        let mut mask = Some((y.data.as_slice(), p.activation));
+        if !g.is_depthwise() && p.activation != Activation::Identity {
+            // The depthwise kernel fuses the mask into its own layout; gemm needs it applied.
+            kernels::mask_in_place(&mut dy.to_mut().data, &y.data, p.activation);
+            mask = None;
+        }
         let mut dx = vec![0.0f32; g.input_len()];
-        kernels::conv2d_backward_input(&g, &dy.data, Some((&y.data, p.activation)), &p.weight, &mut dx);
+        kernels::conv2d_backward_input(&g, &dy.data, mask, &p.weight, &mut dx);
         Ok(Chw::new(input[0], input[1], input[2], dx))
     }
 

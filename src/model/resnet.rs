@@ -2,6 +2,8 @@
 //! state-dict names of `torchvision.models.resnetNN`. Stages are `maxpool` (the stem, ending with
 //! its 3×3/2 max-pool) and every residual block `layerL.i`.
 
+use std::borrow::Cow;
+
 use candle_core::{Result as CResult, Tensor};
 
 use super::ops::{relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding};
@@ -81,7 +83,7 @@ impl Layer for Stem {
 
     fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], _output: &Chw, dy: &Chw) -> CResult<Chw> {
         let conv = &saved[0];
-        self.conv.backward_cpu(input, conv, &self.pool.backward_cpu(conv, dy)?)
+        self.conv.backward_cpu(input, conv, Cow::Owned(self.pool.backward_cpu(conv, dy)?))
     }
 }
 
@@ -169,11 +171,11 @@ impl Layer for Block {
         let mut grad = d_sum.clone();
         for (i, conv) in self.convs.iter().enumerate().rev() {
             let conv_input = if i == 0 { input } else { saved[i - 1].shape() };
-            grad = conv.backward_cpu(conv_input, &saved[i], &grad)?;
+            grad = conv.backward_cpu(conv_input, &saved[i], Cow::Owned(grad))?;
         }
         match &self.downsample {
             Some(d) => {
-                let identity = d.backward_cpu(input, output, &d_sum)?;
+                let identity = d.backward_cpu(input, output, Cow::Owned(d_sum))?;
                 grad.data.iter_mut().zip(&identity.data).for_each(|(g, v)| *g += v);
             }
             None => grad.data.iter_mut().zip(&d_sum.data).for_each(|(g, v)| *g += v),
