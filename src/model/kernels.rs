@@ -192,8 +192,11 @@ fn valid_columns(
     // ox·s + k ≥ pad  and  ox·s + k < size + pad
     let lo = pad.saturating_sub(k).div_ceil(stride);
     let hi = if size + pad > k { (size + pad - k).div_ceil(stride).min(out) } else { 0 };
-    let lo = lo.min(hi);
-    (lo..hi, (lo * stride + k).saturating_sub(pad))
+    if lo >= hi {
+        // No output column reads the input (a kernel column that only ever sees padding).
+        return (hi..hi, 0);
+    }
+    (lo..hi, lo * stride + k - pad)
 }
 
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
@@ -843,6 +846,68 @@ mod tests {
                 let expected: f32 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
                 assert!((dx[j] - expected).abs() < 1e-4, "geometry {i}, input {j}: {} vs {expected}", dx[j]);
             }
+        }
+    }
+
+    /// Many random geometries (sizes 1–17, kernels 1–7, strides 1–3, any padding up to the
+    /// kernel, depthwise or grouped or dense), forward against the definition and backward by
+    /// the adjoint identity <conv(x), dy> = <x, convᵀ(dy)> on random x and dy. The depthwise
+    /// kernel's phase and block bookkeeping has many edge cases (planes smaller than the kernel,
+    /// padding on one side only, runs ending mid-block); this is where they would show.
+    #[test]
+    fn random_geometries_forward_and_adjoint() {
+        let mut state = 0x2545F4914F6CDD1Du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for case in 0..300 {
+            let k = 1 + next(7);
+            let stride = 1 + next(3);
+            let (h, w) = (1 + next(17), 1 + next(17));
+            let (pad_top, pad_left) = (next(k), next(k));
+            let (pad_bottom, pad_right) = (next(k), next(k));
+            if h + pad_top + pad_bottom < k || w + pad_left + pad_right < k {
+                continue;
+            }
+            let out_h = (h + pad_top + pad_bottom - k) / stride + 1;
+            let out_w = (w + pad_left + pad_right - k) / stride + 1;
+            let (cin, cout, groups) = match next(3) {
+                0 => {
+                    let c = 1 + next(5);
+                    (c, c, c)
+                }
+                1 => (2 + 2 * next(2), 4, 2),
+                _ => (1 + next(4), 1 + next(4), 1),
+            };
+            let g = ConvGeometry {
+                batch: 1 + next(2),
+                in_channels: cin,
+                in_h: h,
+                in_w: w,
+                out_channels: cout,
+                kernel_h: k,
+                kernel_w: k,
+                stride,
+                pad_top,
+                pad_left,
+                out_h,
+                out_w,
+                groups,
+            };
+            let x = pseudo_random(g.input_len(), 1000 + case);
+            let wt = pseudo_random(g.weight_len(), 2000 + case);
+            let dy = pseudo_random(g.output_len(), 3000 + case);
+            let mut y = vec![0.0; g.output_len()];
+            conv2d_forward(&g, &x, &wt, None, Activation::Identity, &mut y);
+            assert_close(&y, &conv_naive(&g, &x, &wt));
+            let mut dx = vec![0.0; g.input_len()];
+            conv2d_backward_input(&g, &dy, None, &wt, &mut dx);
+            let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| (a * b) as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| (a * b) as f64).sum();
+            assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "case {case} {g:?}: {lhs} vs {rhs}");
         }
     }
 
