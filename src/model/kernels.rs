@@ -157,6 +157,17 @@ fn matmul(
     }
 }
 
+/// `W · x` for a row-major (rows × x.len()) matrix: the classifier of the CPU trace (a
+/// 1000×1280 product is ~1 ms as a scalar loop, a tenth of that through gemm).
+pub fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+    let k = x.len();
+    assert!(k > 0 && w.len().is_multiple_of(k));
+    let rows = w.len() / k;
+    let mut out = vec![0.0; rows];
+    matmul(rows, 1, k, &mut out, false, w, k, 1, x, 1, 1, gemm_threads(rows * k));
+    out
+}
+
 /// Planes per rayon task, so that a task does at least ~16k elements of work: small planes (7×7
 /// at the end of a network) are otherwise dominated by scheduling.
 pub(crate) fn planes_per_task(plane: usize) -> usize {

@@ -627,12 +627,11 @@ impl Classifier {
             candle_core::bail!("the classifier expects {} channels, got {}", self.0.in_features(), x.channels)
         }
         let pooled: Vec<f32> = x.channels_iter().map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
-        Ok((0..self.num_classes())
-            .map(|k| {
-                let dot: f32 = self.0.row(k).iter().zip(&pooled).map(|(w, p)| w * p).sum();
-                dot + self.0.bias_values.as_ref().map_or(0.0, |b| b[k])
-            })
-            .collect())
+        let mut logits = kernels::matvec(&self.0.weight_rows, &pooled);
+        if let Some(bias) = &self.0.bias_values {
+            logits.iter_mut().zip(bias).for_each(|(l, b)| *l += b);
+        }
+        Ok(logits)
     }
 
     /// Gradient of logit `class` with respect to the feature map: W[class, c] / (H·W) everywhere
