@@ -38,10 +38,9 @@ fn main() {
         let g = geom(v[0], v[1], v[0], v[2], v[3], v[0]);
         let x = vec![0.5f32; g.input_len()];
         let w = vec![0.01f32; g.weight_len()];
-        let mut out = vec![0.0; g.output_len()];
         let t = Instant::now();
         for _ in 0..2000 {
-            conv2d_forward(&g, &x, &w, None, Activation::Relu6, &mut out);
+            std::hint::black_box(conv2d_forward(&g, &x, &w, None, Activation::Relu6));
         }
         println!("{:.1} us per call", t.elapsed().as_secs_f64() * 1e6 / 2000.0);
         return;
@@ -77,15 +76,13 @@ fn main() {
         let x = vec![0.5f32; g.input_len()];
         let w = vec![0.01f32; g.weight_len()];
         let dy = vec![0.1f32; g.output_len()];
-        let mut out = vec![0.0; g.output_len()];
-        let mut dx = vec![0.0; g.input_len()];
         let (mut f, mut b) = (vec![], vec![]);
         for _ in 0..30 {
             let t = Instant::now();
-            conv2d_forward(g, &x, &w, None, Activation::Relu6, &mut out);
+            let out = conv2d_forward(g, &x, &w, None, Activation::Relu6);
             f.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            conv2d_backward_input(g, &dy, Some((&out, Activation::Relu6)), &w, &mut dx);
+            std::hint::black_box(conv2d_backward_input(g, &dy, Some((&out, Activation::Relu6)), &w));
             b.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let (f, b) = (med(f), med(b));

@@ -113,15 +113,8 @@ impl CustomOp1 for ConvOp {
         let p = &self.0;
         let g = p.geometry(layout.shape())?;
         let x = contiguous_f32(storage, layout)?;
-        let mut out = vec![0.0f32; g.output_len()];
-        kernels::conv2d_forward(
-            &g,
-            x,
-            &p.weight,
-            p.bias.as_deref().map(Vec::as_slice),
-            p.activation,
-            &mut out,
-        );
+        let out =
+            kernels::conv2d_forward(&g, x, &p.weight, p.bias.as_deref().map(Vec::as_slice), p.activation);
         Ok((CpuStorage::F32(out), Shape::from((g.batch, g.out_channels, g.out_h, g.out_w))))
     }
 
@@ -154,8 +147,7 @@ impl CustomOp2 for ConvInputGradOp {
         let g = p.geometry(&self.input)?;
         let grad = contiguous_f32(grad, gl)?;
         let y = contiguous_f32(out, ol)?;
-        let mut dx = vec![0.0f32; g.input_len()];
-        kernels::conv2d_backward_input(&g, grad, Some((y, p.activation)), &p.weight, &mut dx);
+        let dx = kernels::conv2d_backward_input(&g, grad, Some((y, p.activation)), &p.weight);
         Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
@@ -281,14 +273,12 @@ impl Conv2d {
     pub fn forward_cpu(&self, x: &Chw) -> Result<Chw> {
         let p = &self.params;
         let g = p.geometry(&Shape::from((1, x.channels, x.height, x.width)))?;
-        let mut out = vec![0.0f32; g.output_len()];
-        kernels::conv2d_forward(
+        let out = kernels::conv2d_forward(
             &g,
             &x.data,
             &p.weight,
             p.bias.as_deref().map(Vec::as_slice),
             p.activation,
-            &mut out,
         );
         Ok(Chw::new(g.out_channels, g.out_h, g.out_w, out))
     }
@@ -305,8 +295,7 @@ impl Conv2d {
             kernels::mask_in_place(&mut dy.to_mut().data, &y.data, p.activation);
             mask = None;
         }
-        let mut dx = vec![0.0f32; g.input_len()];
-        kernels::conv2d_backward_input(&g, &dy.data, mask, &p.weight, &mut dx);
+        let dx = kernels::conv2d_backward_input(&g, &dy.data, mask, &p.weight);
         Ok(Chw::new(input[0], input[1], input[2], dx))
     }
 
