@@ -670,24 +670,84 @@ mod tests {
             (3, 15, 15, 5, 7, 2, 1, Padding::Symmetric(3), Activation::Identity),
         ];
         for (i, &(cin, h, w, cout, k, stride, groups, padding, act)) in cases.iter().enumerate() {
-            let seed = i as u64 * 10;
-            let x = rand(&[2, cin, h, w], seed);
-            let weight = rand(&[cout, cin / groups, k, k], seed + 1).affine(2.0, 0.0).unwrap();
-            let bias = rand(&[cout], seed + 2);
-            let conv = Conv2d::new(weight.clone(), Some(bias.clone()), stride, padding, groups, act).unwrap();
-
-            let xv = Var::from_tensor(&x).unwrap();
-            let ours = conv.forward(xv.as_tensor()).unwrap();
-            let reference = conv.forward_candle(xv.as_tensor()).unwrap();
-            assert_eq!(ours.dims(), reference.dims(), "case {i}");
-            assert!(max_diff(&ours, &reference) < 1e-4, "case {i} forward");
-
-            let dy = rand(ours.dims(), seed + 3);
-            let g_ours = ours.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = reference.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, b) = (g_ours.get(&xv).unwrap(), g_ref.get(&xv).unwrap());
-            assert!(max_diff(a, b) < 1e-4, "case {i} backward: {}", max_diff(a, b));
+            check_against_candle(i as u64, [cin, h, w, cout, k, stride, groups], padding, act);
         }
+    }
+
+    /// Random shapes, odd sizes, strides 1–3, both paddings, every activation, dense, grouped and
+    /// depthwise: our op (batched, through Candle's autograd) and our batch-1 CPU path, forward
+    /// and input gradient, against Candle's own convolution.
+    #[test]
+    fn conv_matches_candle_on_random_shapes() {
+        let mut state = 0x9E3779B97F4A7C15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for case in 0..60 {
+            let k = 1 + next(6);
+            let (h, w) = (k + next(12), k + next(12));
+            let (cin, cout, groups) = match next(3) {
+                0 => {
+                    let c = 1 + next(8);
+                    (c, c, c)
+                }
+                1 => (4, 2 + 2 * next(3), 2),
+                _ => (1 + next(5), 1 + next(6), 1),
+            };
+            let padding = if next(2) == 0 { Padding::TfSame } else { Padding::Symmetric(next(k)) };
+            let act = [Activation::Identity, Activation::Relu, Activation::Relu6][next(3)];
+            check_against_candle(100 + case, [cin, h, w, cout, k, 1 + next(3), groups], padding, act);
+        }
+    }
+
+    fn check_against_candle(seed: u64, dims: [usize; 7], padding: Padding, act: Activation) {
+        let [cin, h, w, cout, k, stride, groups] = dims;
+        let what = format!("seed {seed}: {dims:?} {padding:?} {act:?}");
+        let x = rand(&[2, cin, h, w], seed).affine(4.0, 0.0).unwrap();
+        let weight = rand(&[cout, cin / groups, k, k], seed + 1).affine(2.0, 0.0).unwrap();
+        let bias = rand(&[cout], seed + 2);
+        let conv = Conv2d::new(weight, Some(bias), stride, padding, groups, act).unwrap();
+
+        let xv = Var::from_tensor(&x).unwrap();
+        let ours = conv.forward(xv.as_tensor()).unwrap();
+        let reference = conv.forward_candle(xv.as_tensor()).unwrap();
+        assert_eq!(ours.dims(), reference.dims(), "{what}");
+        assert!(max_diff(&ours, &reference) < 1e-4, "{what}: forward");
+
+        let dy = rand(ours.dims(), seed + 3);
+        let g_ours = ours.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let a = g_ours.get(&xv).unwrap();
+        // Candle's conv2d backward returns a gradient of the wrong size when the stride does not
+        // divide (padded size − kernel) (no output padding in its transposed convolution); there
+        // the kernels' adjoint test is the reference, and the two paths of ours must agree.
+        let fits = |n: usize| {
+            let (before, after, _) = padding.resolve(n, k, stride);
+            (n + before + after - k).is_multiple_of(stride)
+        };
+        let b = if fits(h) && fits(w) {
+            let g_ref = reference.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let b = g_ref.get(&xv).unwrap().clone();
+            assert!(max_diff(a, &b) < 1e-4, "{what}: backward {}", max_diff(a, &b));
+            b
+        } else {
+            a.clone()
+        };
+
+        // The batch-1 CPU path on the first image.
+        let x0 = Chw::from_tensor(&x.get(0).unwrap()).unwrap();
+        let y0 = conv.forward_cpu(&x0).unwrap();
+        let reference0 = reference.get(0).unwrap();
+        assert!(max_diff(&chw_tensor(&y0), &reference0) < 1e-4, "{what}: forward_cpu");
+        let dy0 = Chw::from_tensor(&dy.get(0).unwrap()).unwrap();
+        let dx0 = conv.backward_cpu(x0.shape(), &y0, Cow::Borrowed(&dy0)).unwrap();
+        assert!(max_diff(&chw_tensor(&dx0), &b.get(0).unwrap()) < 1e-4, "{what}: backward_cpu");
+    }
+
+    fn chw_tensor(c: &Chw) -> Tensor {
+        Tensor::from_vec(c.data.clone(), c.shape().to_vec(), &Device::Cpu).unwrap()
     }
 
     #[test]
