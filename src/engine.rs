@@ -75,7 +75,7 @@ impl Engine {
             Kind::Gradient => pure(&self.trace.gradients(class)?[stage]),
             Kind::Activation => pure(&Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()])),
             Kind::WholeNetwork => match method {
-                Method::FullGrad => cam::fullgrad_map(&self.network, &self.input, class),
+                Method::FullGrad => cam::fullgrad_map(&self.network, &self.input, &self.trace, class),
                 Method::GuidedBackprop => cam::guided_backprop_map(&self.network, &self.input, class),
                 _ => {
                     let smoothing = Smoothing { aug: false, eigen };

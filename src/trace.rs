@@ -15,12 +15,13 @@ use candle_core::{DType, IndexOp, Tensor, Var};
 
 use crate::cam::Chw;
 use crate::error::{Error, Result};
+use crate::model::ops::{record_bias_gradients, BiasGradient};
 use crate::model::Network;
 
 /// What the backward pass of a trace runs on.
 enum Tape {
     /// Our layers' own backward; per stage, the intermediates its forward saved.
-    Cpu { network: Arc<Network>, saved: Vec<Vec<Chw>> },
+    Cpu { network: Arc<Network>, input_shape: [usize; 3], saved: Vec<Vec<Chw>> },
     /// Candle's autograd through the zero `Var` taps; `logits` is the graph's root.
     Autograd { taps: Vec<Var>, logits: Tensor },
 }
@@ -54,6 +55,7 @@ impl Trace {
 
     fn on_cpu(network: &Arc<Network>, input: &Tensor) -> Result<Self> {
         let x = Chw::from_tensor(input)?;
+        let input_shape = x.shape();
         let mut activations: Vec<Arc<Chw>> = Vec::with_capacity(network.num_stages());
         let mut saved = Vec::with_capacity(network.num_stages());
         for i in 0..network.num_stages() {
@@ -64,7 +66,7 @@ impl Trace {
         }
         let last = activations.last().expect("a network has stages");
         let logit_values = network.classifier().logits_cpu(last)?;
-        let tape = Tape::Cpu { network: network.clone(), saved };
+        let tape = Tape::Cpu { network: network.clone(), input_shape, saved };
         Self::finish(activations, tape, logit_values)
     }
 
@@ -151,7 +153,7 @@ impl Trace {
             return Ok(g.clone());
         }
         let grads = match &self.tape {
-            Tape::Cpu { network, saved } => self.backward_cpu(network, saved, class)?,
+            Tape::Cpu { network, saved, .. } => self.backward_cpu(network, saved, class)?,
             Tape::Autograd { taps, logits } => self.backward_autograd(taps, logits, class)?,
         };
         let grads = Arc::new(grads);
@@ -173,6 +175,23 @@ impl Trace {
         }
         grads.reverse();
         Ok(grads)
+    }
+
+    /// The gradient of logit `class` at the network's input, with every biased convolution's
+    /// gradient recorded on the way (what FullGrad needs), from one more CPU backward pass. `None`
+    /// when the trace runs through Candle's autograd (not on the CPU).
+    pub fn input_gradient_with_biases(&self, class: usize) -> Result<Option<(Chw, Vec<BiasGradient>)>> {
+        let Tape::Cpu { network, input_shape, saved } = &self.tape else { return Ok(None) };
+        let n = self.activations.len();
+        let (dx, biases) = record_bias_gradients(|| {
+            let mut g = network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class);
+            for i in (0..n).rev() {
+                let input = if i == 0 { *input_shape } else { self.activations[i - 1].shape() };
+                g = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], &g)?;
+            }
+            Ok(g)
+        })?;
+        Ok(Some((dx, biases)))
     }
 
     fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {

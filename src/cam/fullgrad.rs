@@ -6,12 +6,15 @@
 //! before the one resize per layer instead of after one resize per channel (same result, C times
 //! less work).
 
+use std::sync::Arc;
+
 use candle_core::{Tensor, Var};
 
 use super::{min_max, resize_bilinear, Chw};
 use crate::error::Result;
 use crate::model::ops::record_bias_taps;
 use crate::model::Network;
+use crate::trace::Trace;
 
 /// Σ_c min-max(|v_c|) at the tensor's own resolution.
 fn summed_saliency(v: &Chw) -> Vec<f32> {
@@ -24,36 +27,76 @@ fn summed_saliency(v: &Chw) -> Vec<f32> {
     sum
 }
 
-/// The map before the final ReLU and min-max, at the input's size.
-pub fn map(network: &Network, input: &Tensor, class: usize) -> Result<Vec<f32>> {
-    let x = Var::from_tensor(input)?;
-    let (logits, taps) = record_bias_taps(|| network.forward(x.as_tensor()))?;
-    let grads = logits.get(0)?.get(class)?.backward()?;
-    let (_, _, s, _) = input.dims4()?;
+/// Input ⊙ input-gradient, and every biased layer's gradient with its bias.
+type Gradients = (Chw, Vec<(Chw, Arc<Vec<f32>>)>);
 
-    let input_grad = match grads.get(x.as_tensor()) {
-        Some(g) => g.mul(input)?,
-        None => input.zeros_like()?,
+/// The map before the final ReLU and min-max, at the input's size. On the CPU the gradients come
+/// from one more backward pass over `trace`; elsewhere from Candle's autograd through a new
+/// forward pass with every bias tapped.
+pub fn map(network: &Network, input: &Tensor, trace: &Trace, class: usize) -> Result<Vec<f32>> {
+    let gradients = match trace.input_gradient_with_biases(class)? {
+        Some((dx, biases)) => {
+            (dx.mul(&Chw::from_tensor(input)?), biases.into_iter().map(|b| (b.gradient, b.bias)).collect())
+        }
+        None => autograd_gradients(network, input, class)?,
     };
-    let mut total = summed_saliency(&Chw::from_tensor(&input_grad)?);
-    for t in &taps {
-        let Some(g) = grads.get(t.tap.as_tensor()) else { continue };
-        let g = Chw::from_tensor(g)?;
+    let (_, _, s, _) = input.dims4()?;
+    Ok(combine(&gradients, s))
+}
+
+/// Σ over the input term and every layer of its summed saliency, resized to s×s.
+fn combine((input_term, layers): &Gradients, s: usize) -> Vec<f32> {
+    let mut total = summed_saliency(input_term);
+    for (g, bias) in layers {
         let scaled = Chw::new(
             g.channels,
             g.height,
             g.width,
-            g.channels_iter().zip(&t.bias).flat_map(|(gc, b)| gc.iter().map(move |v| v * b)).collect(),
+            g.channels_iter().zip(bias.iter()).flat_map(|(gc, b)| gc.iter().map(move |v| v * b)).collect(),
         );
         let term = resize_bilinear(&summed_saliency(&scaled), g.height, g.width, s, s);
         total.iter_mut().zip(&term).for_each(|(a, b)| *a += b);
     }
-    Ok(total)
+    total
+}
+
+fn autograd_gradients(network: &Network, input: &Tensor, class: usize) -> Result<Gradients> {
+    let x = Var::from_tensor(input)?;
+    let (logits, taps) = record_bias_taps(|| network.forward(x.as_tensor()))?;
+    let grads = logits.get(0)?.get(class)?.backward()?;
+    let input_term = match grads.get(x.as_tensor()) {
+        Some(g) => g.mul(input)?,
+        None => input.zeros_like()?,
+    };
+    let layers = taps
+        .into_iter()
+        .filter_map(|t| grads.get(t.tap.as_tensor()).map(|g| Ok((Chw::from_tensor(g)?, t.bias))))
+        .collect::<Result<_>>()?;
+    Ok((Chw::from_tensor(&input_term)?, layers))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{card, Arch};
+    use candle_core::Device;
+
+    /// The CPU path (one more backward over the trace, bias gradients recorded) against Candle's
+    /// autograd with every bias tapped, for both families.
+    #[test]
+    fn cpu_fullgrad_equals_autograd_fullgrad() {
+        for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
+            let model = card::synthetic(arch, 5).unwrap();
+            let input = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
+            let trace = Trace::new(&model.network, &input).unwrap();
+            let class = trace.top_class();
+            let cpu = map(&model.network, &input, &trace, class).unwrap();
+            let reference = combine(&autograd_gradients(&model.network, &input, class).unwrap(), 64);
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = cpu.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-3 * scale, "{arch}: differs by {worst} (scale {scale})");
+        }
+    }
 
     #[test]
     fn each_channel_is_normalised_before_summing() {

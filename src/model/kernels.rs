@@ -329,6 +329,7 @@ struct DepthwisePlan {
     margin: usize,
     /// See [`DepthwisePlan::input_runs`].
     input_runs: Vec<(usize, usize, usize)>,
+    /// Output columns: the part of each wide row that is kept.
     out_w: usize,
 }
 
@@ -339,7 +340,7 @@ struct DepthwiseScratch {
     wide: Vec<f32>,
 }
 
-/// Values of one register block: four AVX vectors.
+/// Values of one register block: eight AVX vectors, with room left for the broadcast weight.
 const BLOCK: usize = 64;
 
 impl DepthwisePlan {

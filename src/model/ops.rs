@@ -196,11 +196,21 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    /// (scale, shift) such that bn(x) = scale·x + shift per channel.
-    fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
-        let scale = self.weight.div(&(self.running_var.affine(1.0, self.eps)?.sqrt()?))?;
-        let shift = self.bias.sub(&self.running_mean.mul(&scale)?)?;
-        Ok((scale, shift))
+    /// (scale, shift) per channel such that bn(x) = scale·x + shift, in plain arithmetic (f64):
+    /// a handful of Candle ops per layer cost more than the values they compute.
+    fn scale_shift(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { t.to_dtype(DType::F32)?.to_vec1() };
+        let (gamma, beta) = (values(&self.weight)?, values(&self.bias)?);
+        let (mean, var) = (values(&self.running_mean)?, values(&self.running_var)?);
+        let scale: Vec<f64> =
+            gamma.iter().zip(&var).map(|(&g, &v)| g as f64 / (v as f64 + self.eps).sqrt()).collect();
+        let shift = beta
+            .iter()
+            .zip(&mean)
+            .zip(&scale)
+            .map(|((&b, &m), &s)| (b as f64 - m as f64 * s) as f32)
+            .collect();
+        Ok((scale.into_iter().map(|s| s as f32).collect(), shift))
     }
 }
 
@@ -243,12 +253,26 @@ impl Conv2d {
         activation: Activation,
     ) -> Result<Self> {
         let (scale, shift) = bn.scale_shift()?;
-        let weight = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
-        let bias = match conv_bias {
-            Some(b) => b.mul(&scale)?.add(&shift)?,
+        let shape = weight.shape().clone();
+        let mut w: Vec<f32> = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let per_output = w.len() / scale.len().max(1);
+        w.chunks_mut(per_output).zip(&scale).for_each(|(filter, &s)| filter.iter_mut().for_each(|v| *v *= s));
+        let bias: Vec<f32> = match conv_bias {
+            Some(b) => {
+                let b: Vec<f32> = b.to_dtype(DType::F32)?.to_vec1()?;
+                b.iter().zip(&scale).zip(&shift).map(|((b, s), t)| b * s + t).collect()
+            }
             None => shift,
         };
-        Self::new(weight, Some(bias), stride, padding, groups, activation)
+        let bias = Tensor::from_vec(bias, scale.len(), weight.device())?;
+        Self::new(
+            Tensor::from_vec(w, shape, weight.device())?,
+            Some(bias),
+            stride,
+            padding,
+            groups,
+            activation,
+        )
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -295,6 +319,15 @@ impl Conv2d {
             kernels::mask_in_place(&mut dy.to_mut().data, &y.data, p.activation);
             mask = None;
         }
+        if let Some(bias) = &p.bias {
+            record_bias_gradient(bias, || {
+                let mut z = dy.as_ref().clone();
+                if let Some((y, act)) = mask {
+                    kernels::mask_in_place(&mut z.data, y, act);
+                }
+                z
+            });
+        }
         let dx = kernels::conv2d_backward_input(&g, &dy.data, mask, &p.weight);
         Ok(Chw::new(input[0], input[1], input[2], dx))
     }
@@ -317,7 +350,7 @@ impl Conv2d {
         if let Some(bias) = &self.params.bias {
             BIAS_TAPS.with(|t| {
                 if let Some(taps) = t.borrow_mut().as_mut() {
-                    taps.push(BiasTap { tap, bias: bias.to_vec() });
+                    taps.push(BiasTap { tap, bias: bias.clone() });
                 }
             });
         }
@@ -363,7 +396,40 @@ fn activate(y: &Tensor, activation: Activation) -> Result<Tensor> {
 /// output and its bias (for a folded BatchNorm, β − μγ/σ).
 pub struct BiasTap {
     pub tap: candle_core::Var,
-    pub bias: Vec<f32>,
+    pub bias: Arc<Vec<f32>>,
+}
+
+/// One biased convolution seen during [`record_bias_gradients`]: the gradient at its
+/// (pre-activation) output and its bias.
+pub struct BiasGradient {
+    pub gradient: Chw,
+    pub bias: Arc<Vec<f32>>,
+}
+
+thread_local! {
+    static BIAS_GRADIENTS: std::cell::RefCell<Option<Vec<BiasGradient>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (CPU backward passes on this thread) recording every biased convolution's gradient
+/// before its activation: FullGrad from one CPU backward pass.
+pub fn record_bias_gradients<T>(
+    f: impl FnOnce() -> crate::Result<T>,
+) -> crate::Result<(T, Vec<BiasGradient>)> {
+    BIAS_GRADIENTS.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let recorded = BIAS_GRADIENTS.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    Ok((out?, recorded))
+}
+
+/// Records `gradient()` for `bias` when [`record_bias_gradients`] is listening (computing it only
+/// then).
+fn record_bias_gradient(bias: &Arc<Vec<f32>>, gradient: impl FnOnce() -> Chw) {
+    BIAS_GRADIENTS.with(|r| {
+        if let Some(recorded) = r.borrow_mut().as_mut() {
+            recorded.push(BiasGradient { gradient: gradient(), bias: bias.clone() });
+        }
+    });
 }
 
 thread_local! {
