@@ -76,11 +76,13 @@ impl Engine {
             Kind::Activation => pure(&Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()])),
             Kind::WholeNetwork => match method {
                 Method::FullGrad => cam::fullgrad_map(&self.network, &self.input, &self.trace, class),
-                Method::GuidedBackprop => cam::guided_backprop_map(&self.network, &self.input, class),
+                Method::GuidedBackprop => {
+                    cam::guided_backprop_map(&self.network, &self.input, &self.trace, class)
+                }
                 _ => {
                     let smoothing = Smoothing { aug: false, eigen };
                     let gradcam = self.cam_smoothed(Method::GradCam, stage, class, smoothing, ctl)?;
-                    let guided = cam::guided_backprop_map(&self.network, &self.input, class)?;
+                    let guided = cam::guided_backprop_map(&self.network, &self.input, &self.trace, class)?;
                     Ok(gradcam.iter().zip(&guided).map(|(a, b)| a * b).collect())
                 }
             },

@@ -15,7 +15,7 @@ use candle_core::{DType, IndexOp, Tensor, Var};
 
 use crate::cam::Chw;
 use crate::error::{Error, Result};
-use crate::model::ops::{record_bias_gradients, BiasGradient};
+use crate::model::ops::{guided_backward, record_bias_gradients, BiasGradient};
 use crate::model::Network;
 
 /// What the backward pass of a trace runs on.
@@ -181,17 +181,26 @@ impl Trace {
     /// gradient recorded on the way (what FullGrad needs), from one more CPU backward pass. `None`
     /// when the trace runs through Candle's autograd (not on the CPU).
     pub fn input_gradient_with_biases(&self, class: usize) -> Result<Option<(Chw, Vec<BiasGradient>)>> {
+        let (dx, biases) = record_bias_gradients(|| self.input_gradient(class))?;
+        Ok(dx.map(|dx| (dx, biases)))
+    }
+
+    /// The guided-backprop gradient of logit `class` at the network's input, from one more CPU
+    /// backward pass with guided activation gradients. `None` off the CPU.
+    pub fn guided_input_gradient(&self, class: usize) -> Result<Option<Chw>> {
+        guided_backward(|| self.input_gradient(class))
+    }
+
+    /// The whole CPU backward pass, down to the input; `None` off the CPU.
+    fn input_gradient(&self, class: usize) -> Result<Option<Chw>> {
         let Tape::Cpu { network, input_shape, saved } = &self.tape else { return Ok(None) };
         let n = self.activations.len();
-        let (dx, biases) = record_bias_gradients(|| {
-            let mut g = network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class);
-            for i in (0..n).rev() {
-                let input = if i == 0 { *input_shape } else { self.activations[i - 1].shape() };
-                g = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], &g)?;
-            }
-            Ok(g)
-        })?;
-        Ok(Some((dx, biases)))
+        let mut g = network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class);
+        for i in (0..n).rev() {
+            let input = if i == 0 { *input_shape } else { self.activations[i - 1].shape() };
+            g = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], &g)?;
+        }
+        Ok(Some(g))
     }
 
     fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {

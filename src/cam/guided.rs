@@ -9,6 +9,7 @@ use super::Chw;
 use crate::error::Result;
 use crate::model::ops::guided;
 use crate::model::Network;
+use crate::trace::Trace;
 
 /// The guided gradient of the class logit with respect to the input, (1, 3, S, S).
 pub fn gradient(network: &Network, input: &Tensor, class: usize) -> Result<Tensor> {
@@ -33,9 +34,14 @@ pub fn magnitude(g: &Chw) -> Vec<f32> {
     m
 }
 
-/// The guided-backprop map at the input's resolution, before normalisation.
-pub fn map(network: &Network, input: &Tensor, class: usize) -> Result<Vec<f32>> {
-    Ok(magnitude(&Chw::from_tensor(&gradient(network, input, class)?)?))
+/// The guided-backprop map at the input's resolution, before normalisation: on the CPU from one
+/// more backward pass over `trace`, elsewhere through a guided forward and Candle's autograd.
+pub fn map(network: &Network, input: &Tensor, trace: &Trace, class: usize) -> Result<Vec<f32>> {
+    let g = match trace.guided_input_gradient(class)? {
+        Some(g) => g,
+        None => Chw::from_tensor(&gradient(network, input, class)?)?,
+    };
+    Ok(magnitude(&g))
 }
 
 #[cfg(test)]
@@ -110,6 +116,24 @@ mod tests {
             ours.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2),
             "guided equals the plain gradient"
         );
+    }
+
+    /// The CPU path (guided masks in our backward) against the guided forward through Candle's
+    /// autograd, for both families (ReLU6 in convolutions, ResNet's ReLU after the residual add).
+    #[test]
+    fn cpu_guided_gradient_equals_autograd() {
+        use crate::model::card;
+        for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
+            let model = card::synthetic(arch, 9).unwrap();
+            let input = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
+            let trace = Trace::new(&model.network, &input).unwrap();
+            let class = trace.top_class();
+            let cpu = trace.guided_input_gradient(class).unwrap().unwrap();
+            let reference = Chw::from_tensor(&gradient(&model.network, &input, class).unwrap()).unwrap();
+            let scale = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = cpu.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(scale > 0.0 && worst <= 1e-4 * scale, "{arch}: differs by {worst} (scale {scale})");
+        }
     }
 
     #[test]

@@ -314,7 +314,11 @@ impl Conv2d {
         let p = &self.params;
         let g = p.geometry(&Shape::from((1, input[0], input[1], input[2])))?;
         let mut mask = Some((y.data.as_slice(), p.activation));
-        if !g.is_depthwise() && p.activation != Activation::Identity {
+        if GUIDED_BACKWARD.get() && p.activation != Activation::Identity {
+            // Guided masks also drop negative gradient: applied here for every kernel.
+            mask_activation_gradient(&mut dy.to_mut().data, &y.data, p.activation);
+            mask = None;
+        } else if !g.is_depthwise() && p.activation != Activation::Identity {
             // The depthwise kernel fuses the mask into its own layout; gemm needs it applied.
             kernels::mask_in_place(&mut dy.to_mut().data, &y.data, p.activation);
             mask = None;
@@ -434,6 +438,31 @@ fn record_bias_gradient(bias: &Arc<Vec<f32>>, gradient: impl FnOnce() -> Chw) {
 
 thread_local! {
     static GUIDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static GUIDED_BACKWARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (CPU backward passes on this thread) with guided-backprop activation gradients: the
+/// CPU counterpart of [`guided`], which changes the forward pass instead.
+pub fn guided_backward<T>(f: impl FnOnce() -> T) -> T {
+    GUIDED_BACKWARD.set(true);
+    let out = f();
+    GUIDED_BACKWARD.set(false);
+    out
+}
+
+/// Zeroes the gradient `dy` at an activation with output `y` where no gradient passes: where
+/// the activation is flat (PyTorch's convention at the boundaries) and, during
+/// [`guided_backward`], also where the gradient itself is negative.
+pub fn mask_activation_gradient(dy: &mut [f32], y: &[f32], act: Activation) {
+    if GUIDED_BACKWARD.get() && act != Activation::Identity {
+        dy.iter_mut().zip(y).for_each(|(d, &y)| {
+            if !(*d > 0.0 && act.passes(y)) {
+                *d = 0.0;
+            }
+        });
+    } else {
+        kernels::mask_in_place(dy, y, act);
+    }
 }
 
 /// Runs `f` (a forward pass on this thread) with guided-backprop activations: their backward

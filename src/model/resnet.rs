@@ -6,7 +6,9 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding};
+use super::ops::{
+    mask_activation_gradient, relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
+};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
 use crate::cam::Chw;
@@ -166,8 +168,8 @@ impl Layer for Block {
 
     fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
         // Through the final ReLU (no gradient where the output is 0, as in PyTorch).
-        let data = dy.data.iter().zip(&output.data).map(|(&d, &y)| if y > 0.0 { d } else { 0.0 }).collect();
-        let d_sum = Chw::new(dy.channels, dy.height, dy.width, data);
+        let mut d_sum = dy.clone();
+        mask_activation_gradient(&mut d_sum.data, &output.data, Activation::Relu);
         let mut grad = d_sum.clone();
         for (i, conv) in self.convs.iter().enumerate().rev() {
             let conv_input = if i == 0 { input } else { saved[i - 1].shape() };
