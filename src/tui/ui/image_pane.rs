@@ -10,7 +10,8 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use ratatui::Frame;
-use ratatui_image::picker::Picker;
+use ratatui_image::picker::{Picker, ProtocolType};
+use ratatui_image::protocol::halfblocks::Halfblocks;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, Image, Resize};
 
@@ -81,11 +82,16 @@ impl ImageCache {
                 self.encoded.clear();
             }
             let size = Size::new(area.width, area.height);
-            match self.picker.new_protocol(
-                DynamicImage::ImageRgb8(picture),
-                size,
-                Resize::Scale(Some(FilterType::Triangle)),
-            ) {
+            let picture = DynamicImage::ImageRgb8(picture);
+            let encoded = if self.picker.protocol_type() == ProtocolType::Halfblocks {
+                // Straight to half-block resolution (one pixel per half cell). Through
+                // `new_protocol` the picture is first scaled to the area at an assumed 10×20
+                // pixel font (~1000² pixels) and then down again: 50–90 ms for the first frame.
+                Halfblocks::new(picture, size).map(Protocol::Halfblocks)
+            } else {
+                self.picker.new_protocol(picture, size, Resize::Scale(Some(FilterType::Triangle)))
+            };
+            match encoded {
                 Ok(p) => {
                     self.encoded.insert(key, p);
                 }
