@@ -3,6 +3,7 @@
 //! depthwise layer 2000 times instead (for `perf record`).
 //!
 //!     RAYON_NUM_THREADS=1 cargo run --release --example kernel_profile
+use camscope::model::efficientnet_lite::Variant;
 use camscope::model::kernels::{conv2d_backward_input, conv2d_forward, Activation, ConvGeometry};
 use std::time::Instant;
 
@@ -45,31 +46,21 @@ fn main() {
         println!("{:.1} us per call", t.elapsed().as_secs_f64() * 1e6 / 2000.0);
         return;
     }
-    let stages = [
-        (1, 3, 1, 1, 32, 16),
-        (2, 3, 2, 6, 16, 24),
-        (2, 5, 2, 6, 24, 40),
-        (3, 3, 2, 6, 40, 80),
-        (3, 5, 1, 6, 80, 112),
-        (4, 5, 2, 6, 112, 192),
-        (1, 3, 1, 6, 192, 320),
-    ];
+    // The model's own block list, so this follows the architecture code.
+    let blocks = Variant::get(0).blocks();
     let mut layers = vec![("stem", geom(3, 224, 32, 3, 2, 1))];
     let mut h = 112;
-    for &(rep, k, s, e, cin, cout) in &stages {
-        for r in 0..rep {
-            let cin = if r == 0 { cin } else { cout };
-            let s = if r == 0 { s } else { 1 };
-            let hid = cin * e;
-            if e != 1 {
-                layers.push(("expand", geom(cin, h, hid, 1, 1, 1)));
-            }
-            layers.push(("dw", geom(hid, h, hid, k, s, hid)));
-            h = h.div_ceil(s);
-            layers.push(("project", geom(hid, h, cout, 1, 1, 1)));
+    for b in &blocks {
+        let hid = b.in_channels * b.expand;
+        if b.expand != 1 {
+            layers.push(("expand", geom(b.in_channels, h, hid, 1, 1, 1)));
         }
+        layers.push(("dw", geom(hid, h, hid, b.kernel, b.stride, hid)));
+        h = h.div_ceil(b.stride);
+        layers.push(("project", geom(hid, h, b.out_channels, 1, 1, 1)));
     }
-    layers.push(("head", geom(320, 7, 1280, 1, 1, 1)));
+    let last = blocks.last().map_or(32, |b| b.out_channels);
+    layers.push(("head", geom(last, h, 1280, 1, 1, 1)));
     let (mut tf, mut tb) = (0.0, 0.0);
     let mut by_kind = std::collections::BTreeMap::<&str, (f64, f64, f64)>::new();
     for (name, g) in &layers {

@@ -153,7 +153,9 @@ impl Trace {
             return Ok(g.clone());
         }
         let grads = match &self.tape {
-            Tape::Cpu { network, saved, .. } => self.backward_cpu(network, saved, class)?,
+            Tape::Cpu { network, input_shape, saved } => {
+                self.backward_cpu(network, *input_shape, saved, class, false)?.0
+            }
             Tape::Autograd { taps, logits } => self.backward_autograd(taps, logits, class)?,
         };
         let grads = Arc::new(grads);
@@ -162,19 +164,32 @@ impl Trace {
     }
 
     /// Hands the gradient from each stage's output to its input, last stage first.
-    fn backward_cpu(&self, network: &Network, saved: &[Vec<Chw>], class: usize) -> Result<Vec<Arc<Chw>>> {
+    /// The gradient at every stage's output, and with `to_input` at the network's input too
+    /// (only FullGrad and guided backprop want that last step).
+    fn backward_cpu(
+        &self,
+        network: &Network,
+        input_shape: [usize; 3],
+        saved: &[Vec<Chw>],
+        class: usize,
+        to_input: bool,
+    ) -> Result<(Vec<Arc<Chw>>, Option<Chw>)> {
         let n = self.activations.len();
         let mut grads =
             vec![Arc::new(network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class))];
-        // The gradient at the network's input is of no use to any method: stop at stage 0's output.
         for i in (1..n).rev() {
             let input = self.activations[i - 1].shape();
             let dy = grads.last().expect("seeded above");
             let dx = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], dy)?;
             grads.push(Arc::new(dx));
         }
+        let dx = to_input
+            .then(|| {
+                network.stage_backward_cpu(0, input_shape, &saved[0], &self.activations[0], &grads[n - 1])
+            })
+            .transpose()?;
         grads.reverse();
-        Ok(grads)
+        Ok((grads, dx))
     }
 
     /// The gradient of logit `class` at the network's input, with every biased convolution's
@@ -194,13 +209,7 @@ impl Trace {
     /// The whole CPU backward pass, down to the input; `None` off the CPU.
     fn input_gradient(&self, class: usize) -> Result<Option<Chw>> {
         let Tape::Cpu { network, input_shape, saved } = &self.tape else { return Ok(None) };
-        let n = self.activations.len();
-        let mut g = network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class);
-        for i in (0..n).rev() {
-            let input = if i == 0 { *input_shape } else { self.activations[i - 1].shape() };
-            g = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], &g)?;
-        }
-        Ok(Some(g))
+        Ok(self.backward_cpu(network, *input_shape, saved, class, true)?.1)
     }
 
     fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {
@@ -219,13 +228,14 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::test_support::worst_and_scale;
     use crate::model::{card, Arch};
     use candle_core::Device;
 
     fn assert_same(a: &Chw, b: &Chw, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
-        let scale = b.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let worst = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let (worst, scale) = worst_and_scale(&a.data, &b.data);
+        let scale = scale.max(1e-6);
         assert!(worst <= 1e-4 * scale, "{what}: differs by {worst} (scale {scale})");
     }
 
@@ -248,8 +258,8 @@ mod tests {
                 assert_same(a, b, &format!("{arch} activation {i}"));
             }
             let (l, r) = (cpu.logits(), reference.logits());
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(l.iter().zip(r).all(|(a, b)| (a - b).abs() <= 1e-4 * scale), "{arch} logits");
+            let (worst, scale) = worst_and_scale(l, r);
+            assert!(worst <= 1e-4 * scale, "{arch} logits");
             for class in [cpu.top_class(), 7] {
                 let (g, h) = (cpu.gradients(class).unwrap(), reference.gradients(class).unwrap());
                 for (i, (a, b)) in g.iter().zip(h.iter()).enumerate() {

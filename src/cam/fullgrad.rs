@@ -78,6 +78,7 @@ fn autograd_gradients(network: &Network, input: &Tensor, class: usize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cam::test_support::worst_and_scale;
     use crate::model::{card, Arch};
     use candle_core::Device;
 
@@ -92,8 +93,7 @@ mod tests {
             let class = trace.top_class();
             let cpu = map(&model.network, &input, &trace, class).unwrap();
             let reference = combine(&autograd_gradients(&model.network, &input, class).unwrap(), 64);
-            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = cpu.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let (worst, scale) = worst_and_scale(&cpu, &reference);
             assert!(worst <= 1e-3 * scale, "{arch}: differs by {worst} (scale {scale})");
         }
     }

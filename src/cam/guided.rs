@@ -122,6 +122,7 @@ mod tests {
     /// autograd, for both families (ReLU6 in convolutions, ResNet's ReLU after the residual add).
     #[test]
     fn cpu_guided_gradient_equals_autograd() {
+        use crate::cam::test_support::worst_and_scale;
         use crate::model::card;
         for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
             let model = card::synthetic(arch, 9).unwrap();
@@ -130,8 +131,7 @@ mod tests {
             let class = trace.top_class();
             let cpu = trace.guided_input_gradient(class).unwrap().unwrap();
             let reference = Chw::from_tensor(&gradient(&model.network, &input, class).unwrap()).unwrap();
-            let scale = reference.data.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = cpu.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let (worst, scale) = worst_and_scale(&cpu.data, &reference.data);
             assert!(scale > 0.0 && worst <= 1e-4 * scale, "{arch}: differs by {worst} (scale {scale})");
         }
     }

@@ -368,6 +368,25 @@ pub(crate) mod test_support {
     pub fn g() -> Chw {
         Chw::new(2, 2, 2, vec![1.0, -1.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0])
     }
+    /// A xorshift generator of integers below `n`, for tests that draw random shapes (fixed
+    /// seeds: the same shapes every run).
+    pub fn random_below(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut state = seed;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        }
+    }
+
+    /// (largest |got − want|, largest |want|): the two numbers a check relative to the size of
+    /// the reference compares.
+    pub fn worst_and_scale(got: &[f32], want: &[f32]) -> (f32, f32) {
+        assert_eq!(got.len(), want.len());
+        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        (worst, want.iter().fold(0f32, |m, v| m.max(v.abs())))
+    }
     pub fn assert_close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
         for (i, (x, y)) in got.iter().zip(want).enumerate() {

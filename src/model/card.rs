@@ -184,16 +184,16 @@ fn assemble(
     let network = Network::load(arch, &weights)?;
     let labels = match labels {
         Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
-        None if network.num_classes == 1000 => IMAGENET_LABELS.to_string(),
-        None => (0..network.num_classes).map(|i| format!("class {i}\n")).collect(),
+        None if network.num_classes() == 1000 => IMAGENET_LABELS.to_string(),
+        None => (0..network.num_classes()).map(|i| format!("class {i}\n")).collect(),
     };
     let labels: Vec<String> =
         labels.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-    if labels.len() != network.num_classes {
+    if labels.len() != network.num_classes() {
         return Err(Error::Model(format!(
             "{} labels for a network with {} classes",
             labels.len(),
-            network.num_classes
+            network.num_classes()
         )));
     }
     let preprocess = preprocess.unwrap_or_else(|| Preprocess::for_arch(arch));

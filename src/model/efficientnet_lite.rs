@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::ops::{Activation, Classifier, Conv2d, Linear, Padding};
+use super::ops::{add_assign, Activation, Classifier, Conv2d, Linear, Padding};
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
 use crate::cam::Chw;
@@ -235,10 +235,6 @@ impl Layer for MbConv {
         }
         Ok(dx)
     }
-}
-
-fn add_assign(dst: &mut [f32], src: &[f32]) {
-    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
 }
 
 pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {

@@ -487,15 +487,6 @@ const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 // The activation is matched once, outside each loop, so that every loop body is a branch-free
 // select the compiler vectorises (a match per element kept them scalar: 15% of a trace).
-with_best_simd!(mask_gradient, fn(dy: &[f32], y: &[f32], act: Activation, out: &mut [f32]) {
-    let it = out.iter_mut().zip(dy).zip(y);
-    match act {
-        Activation::Identity => out.copy_from_slice(dy),
-        Activation::Relu => it.for_each(|((o, &d), &y)| *o = if y > 0.0 { d } else { 0.0 }),
-        Activation::Relu6 => it.for_each(|((o, &d), &y)| *o = if y > 0.0 && y < 6.0 { d } else { 0.0 }),
-    }
-});
-
 with_best_simd!(mask_chunk_in_place, fn(dy: &mut [f32], y: &[f32], act: Activation) {
     let it = dy.iter_mut().zip(y);
     match act {
@@ -561,7 +552,10 @@ with_best_simd!(depthwise_plane_backward, fn(
     for (oy, grad) in dy.chunks_exact(out_w).enumerate() {
         let dst = &mut extended[plan.margin + oy * plan.phase_cols..][..out_w];
         match mask {
-            Some((y, act)) => mask_gradient(grad, &y[oy * out_w..(oy + 1) * out_w], act, dst),
+            Some((y, act)) => {
+                dst.copy_from_slice(grad);
+                mask_chunk_in_place(dst, &y[oy * out_w..(oy + 1) * out_w], act);
+            }
             None => dst.copy_from_slice(grad),
         }
     }
@@ -939,13 +933,7 @@ mod tests {
     /// padding on one side only, runs ending mid-block); this is where they would show.
     #[test]
     fn random_geometries_forward_and_adjoint() {
-        let mut state = 0x2545F4914F6CDD1Du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::cam::test_support::random_below(0x2545F4914F6CDD1Du64);
         for case in 0..300 {
             let k = 1 + next(7);
             let stride = 1 + next(3);

@@ -124,13 +124,15 @@ pub struct Network {
     pub arch: Arch,
     stages: Vec<Stage>,
     classifier: Classifier,
-    pub num_classes: usize,
 }
 
 impl Network {
     pub fn new(arch: Arch, stages: Vec<Stage>, classifier: Classifier) -> Self {
-        let num_classes = classifier.num_classes();
-        Self { arch, stages, classifier, num_classes }
+        Self { arch, stages, classifier }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.classifier.num_classes()
     }
 
     /// Builds `arch` from `weights`, checking every tensor.

@@ -314,13 +314,10 @@ impl Conv2d {
         let p = &self.params;
         let g = p.geometry(&Shape::from((1, input[0], input[1], input[2])))?;
         let mut mask = Some((y.data.as_slice(), p.activation));
-        if GUIDED_BACKWARD.get() && p.activation != Activation::Identity {
-            // Guided masks also drop negative gradient: applied here for every kernel.
+        // The depthwise kernel fuses the plain mask into its own layout; gemm needs it applied
+        // first, and so does every kernel for the guided mask.
+        if p.activation != Activation::Identity && (GUIDED_BACKWARD.get() || !g.is_depthwise()) {
             mask_activation_gradient(&mut dy.to_mut().data, &y.data, p.activation);
-            mask = None;
-        } else if !g.is_depthwise() && p.activation != Activation::Identity {
-            // The depthwise kernel fuses the mask into its own layout; gemm needs it applied.
-            kernels::mask_in_place(&mut dy.to_mut().data, &y.data, p.activation);
             mask = None;
         }
         if let Some(bias) = &p.bias {
@@ -645,6 +642,12 @@ impl CustomOp2 for MaxPoolGradOp {
     }
 }
 
+/// `dst += src`, element by element: residual connections and their gradients.
+pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
 /// (N, C, H, W) → (N, C): mean over positions.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.flatten_from(2)?.mean(D::Minus1)
@@ -774,13 +777,7 @@ mod tests {
     /// and input gradient, against Candle's own convolution.
     #[test]
     fn conv_matches_candle_on_random_shapes() {
-        let mut state = 0x9E3779B97F4A7C15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::cam::test_support::random_below(0x9E3779B97F4A7C15u64);
         for case in 0..60 {
             let k = 1 + next(6);
             let (h, w) = (k + next(12), k + next(12));

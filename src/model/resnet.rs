@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use candle_core::{Result as CResult, Tensor};
 
 use super::ops::{
-    mask_activation_gradient, relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
+    add_assign, mask_activation_gradient, relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
 };
 use super::weights::WeightStore;
 use super::{Arch, Layer, Network, Stage};
@@ -178,9 +178,9 @@ impl Layer for Block {
         match &self.downsample {
             Some(d) => {
                 let identity = d.backward_cpu(input, output, Cow::Owned(d_sum))?;
-                grad.data.iter_mut().zip(&identity.data).for_each(|(g, v)| *g += v);
+                add_assign(&mut grad.data, &identity.data);
             }
-            None => grad.data.iter_mut().zip(&d_sum.data).for_each(|(g, v)| *g += v),
+            None => add_assign(&mut grad.data, &d_sum.data),
         }
         Ok(grad)
     }
