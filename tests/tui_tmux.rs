@@ -48,13 +48,24 @@ impl Session {
 
     /// Waits (up to 30 s: CI machines are slow) until the screen shows `text`.
     fn wait_for(&self, text: &str) -> String {
+        self.wait_for_all(&[text])
+    }
+
+    /// Waits until one capture of the screen shows every one of `texts`: a frame is written in
+    /// pieces, so a capture can hold a popup's title before its lines.
+    fn wait_for_all(&self, texts: &[&str]) -> String {
+        self.wait_until(&format!("{texts:?}"), |screen| texts.iter().all(|t| screen.contains(t)))
+    }
+
+    /// Waits until a capture of the screen satisfies `ok`; `what` names it in the failure.
+    fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
         let start = Instant::now();
         loop {
             let screen = self.screen();
-            if screen.contains(text) {
+            if ok(&screen) {
                 return screen;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "'{text}' never appeared; screen:\n{screen}");
+            assert!(start.elapsed() < Duration::from_secs(30), "{what} never appeared; screen:\n{screen}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -80,9 +91,7 @@ fn debugger_in_tmux() {
         return;
     }
     let s = Session::start("camscope-e2e", 160, 50, "");
-    let screen = s.wait_for("first map on screen");
-    assert!(screen.contains("bull mastiff"));
-    assert!(screen.contains("gradcam · _conv_head"));
+    s.wait_for_all(&["first map on screen", "bull mastiff", "gradcam · _conv_head"]);
 
     s.keys("[");
     s.wait_for("gradcam · _blocks.15");
@@ -91,16 +100,17 @@ fn debugger_in_tmux() {
     s.wait_for("hirescam · _blocks.15");
 
     s.keys("?");
-    let help = s.wait_for("Keys (Esc closes)");
-    assert!(help.contains("next method") && help.contains("quit"));
+    s.wait_for_all(&["Keys (Esc closes)", "next method", "quit"]);
     s.keys("Escape");
     s.wait_for("hirescam · _blocks.15");
 
     s.keys("g");
-    let grid = s.wait_for("every stage");
-    let stages_shown =
-        ["_conv_stem", "_blocks.0", "_blocks.3", "_blocks.7"].iter().filter(|n| grid.contains(*n)).count();
-    assert!(stages_shown >= 3, "grid shows few stages:\n{grid}");
+    let stages_shown = |screen: &str| {
+        ["_conv_stem", "_blocks.0", "_blocks.3", "_blocks.7"].iter().filter(|n| screen.contains(*n)).count()
+    };
+    s.wait_until("the stage grid with at least 3 of its first stages", |screen| {
+        screen.contains("every stage") && stages_shown(screen) >= 3
+    });
     s.keys("g");
 
     s.keys("2");
