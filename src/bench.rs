@@ -8,7 +8,7 @@ use camscope::cam::{Control, Method, Smoothing};
 use camscope::engine::Engine;
 use camscope::explain::{self, ExplainOptions, StageChoice, Timings};
 use camscope::model::card::{self, Model};
-use camscope::model::Arch;
+use camscope::model::{Arch, EngineKind};
 use camscope::preprocess;
 use camscope::Result;
 
@@ -17,6 +17,7 @@ use crate::cli::BenchArgs;
 #[derive(serde::Serialize)]
 struct Row {
     model: String,
+    engine: EngineKind,
     threads: usize,
     forward_ms: f64,
     backward_ms: f64,
@@ -44,25 +45,28 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     Ok((t.elapsed().as_secs_f64() * 1e3, out))
 }
 
+/// A card or weights file; an architecture name without a card gets synthetic weights.
 fn load(name: &str) -> Result<Model> {
-    match Arch::parse(name) {
-        Ok(arch @ Arch::ResNet(_)) => card::synthetic(arch, 0),
-        _ => card::load(name, None),
+    match card::load(name, None) {
+        Ok(model) => Ok(model),
+        Err(e) => match Arch::parse(name) {
+            Ok(arch) => card::synthetic(arch, 0),
+            Err(_) => Err(e),
+        },
     }
 }
 
-fn bench_model(model: &Model, runs: usize) -> Result<Row> {
-    let s = model.preprocess.input_size;
-    let input = candle_core::Tensor::randn(0f32, 1.0, (1, 3, s, s), &candle_core::Device::Cpu)?;
+fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
+    let input = preprocess::load_input(None, &model.preprocess)?.tensor;
     let net = &model.network;
-    let stages: Vec<usize> = (0..net.num_stages()).collect();
+    let stages: Vec<usize> = (0..net.stages().len()).collect();
     let ctl = Control::default();
     let (mut fwd, mut bwd, mut maps, mut all, mut explain_all) = (vec![], vec![], vec![], vec![], vec![]);
-    let opts = ExplainOptions { stages: StageChoice::All, ..ExplainOptions::default() };
+    let opts = ExplainOptions { stages: StageChoice::All, engine, ..ExplainOptions::default() };
     // The first run warms caches and the allocator; it is not counted.
     for run in 0..=runs {
         let (t_all, (t_f, t_b, t_m)) = time(|| {
-            let (t_f, engine) = time(|| Engine::new(net.clone(), input.clone()))?;
+            let (t_f, engine) = time(|| Engine::new(net.clone(), input.clone(), engine))?;
             let class = engine.trace().top_class();
             let (t_b, _) = time(|| engine.trace().gradients(class))?;
             let (t_m, _) = time(|| engine.cams(Method::GradCam, &stages, class, Smoothing::default(), &ctl))?;
@@ -82,6 +86,7 @@ fn bench_model(model: &Model, runs: usize) -> Result<Row> {
     }
     Ok(Row {
         model: model.name.clone(),
+        engine,
         threads: rayon::current_num_threads(),
         forward_ms: median(fwd),
         backward_ms: median(bwd),
@@ -94,9 +99,15 @@ fn bench_model(model: &Model, runs: usize) -> Result<Row> {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let runs = args.runs.max(1);
     let mut rows = Vec::new();
+    let engines = match &args.engine {
+        Some(e) => vec![EngineKind::parse(e)?],
+        None => vec![EngineKind::Fast, EngineKind::Portable],
+    };
     for name in &args.models {
         let model = load(name)?;
-        rows.push(bench_model(&model, runs)?);
+        for &engine in &engines {
+            rows.push(bench_model(&model, engine, runs)?);
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string(&rows).expect("rows serialise"));
@@ -104,14 +115,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!("median of {runs} runs, batch 1, gradcam at every stage");
     println!(
-        "{:<30} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
-        "model", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
+        "{:<30} {:>8} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
+        "model", "engine", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
     );
-    for r in rows {
+    for r in &rows {
         println!(
-            "{:<30} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
-            r.model, r.threads, r.forward_ms, r.backward_ms, r.maps_ms, r.all_stages_ms, r.explain_all_ms
+            "{:<30} {:>8} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
+            r.model,
+            r.engine.to_string(),
+            r.threads,
+            r.forward_ms,
+            r.backward_ms,
+            r.maps_ms,
+            r.all_stages_ms,
+            r.explain_all_ms
         );
+    }
+    // The cost of portability, per model: portable / fast, all stages.
+    for pair in rows.chunks(2).filter(|p| p.len() == 2 && p[0].engine != p[1].engine) {
+        println!("{}: portable/fast {:.2}×", pair[0].model, pair[1].all_stages_ms / pair[0].all_stages_ms);
     }
     Ok(())
 }

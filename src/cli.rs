@@ -48,6 +48,10 @@ pub struct ModelArgs {
     /// Where to run the network: cpu, cuda or cuda:N (CUDA needs a build with --features cuda)
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// fast: the model's own CPU kernels where it has them; portable: only Candle's tensor ops
+    /// and autograd, the code that runs on CUDA
+    #[arg(long, default_value = "fast")]
+    pub engine: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +151,9 @@ pub struct BenchArgs {
     /// Timed repetitions per measurement (the median is reported)
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// Time only this engine (fast or portable); default: both
+    #[arg(long)]
+    pub engine: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

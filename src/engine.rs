@@ -8,30 +8,35 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::cam::{self, Chw, Control, Kind, Method, Smoothing};
-use crate::error::Result;
-use crate::model::Network;
+use crate::error::{Error, Result};
+use crate::model::{self, EngineKind, ImageClassifier};
 use crate::trace::Trace;
 
 pub struct Engine {
-    network: Arc<Network>,
+    model: Arc<dyn ImageClassifier>,
+    kind: EngineKind,
     input: Tensor,
     trace: Trace,
 }
 
 impl Engine {
-    /// Runs the forward pass of `input` (1×3×S×S).
-    pub fn new(network: Arc<Network>, input: Tensor) -> Result<Self> {
-        let trace = Trace::new(&network, &input)?;
-        Ok(Self { network, input, trace })
+    /// Runs the forward pass of `input` (1×3×S×S) on `kind` of engine.
+    pub fn new(model: Arc<dyn ImageClassifier>, input: Tensor, kind: EngineKind) -> Result<Self> {
+        let trace = Trace::new(&model, &input, kind)?;
+        Ok(Self { model, kind, input, trace })
     }
 
     pub fn trace(&self) -> &Trace {
         &self.trace
     }
 
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
     /// The stage to explain when none is named: the last one whose output is still spatial.
     pub fn default_stage(&self) -> usize {
-        self.network.default_stage(&self.trace.shapes())
+        model::default_stage(&self.trace.shapes())
     }
 
     /// The normalised input tensor (1×3×S×S).
@@ -39,8 +44,29 @@ impl Engine {
         &self.input
     }
 
-    pub fn network(&self) -> &Network {
-        &self.network
+    pub fn model(&self) -> &dyn ImageClassifier {
+        self.model.as_ref()
+    }
+
+    /// Whether `method` can run on this engine's model at all: a method that needs what the
+    /// model does not offer is refused before any work, naming both.
+    pub fn check_supported(&self, method: Method) -> Result<()> {
+        let offers = self.model.capabilities();
+        let missing = match method {
+            Method::FullGrad if !offers.bias_gradients => Some("its biases (FullGrad sums their gradients)"),
+            Method::GuidedBackprop | Method::GuidedGradCam if !offers.guided_relu => {
+                Some("its ReLUs (guided backprop changes their gradient)")
+            }
+            _ => None,
+        };
+        match missing {
+            Some(what) => Err(Error::Unsupported {
+                method: method.name().into(),
+                model: self.model.name(),
+                what: what.into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Side of the (square) input, which is the side of every finished map.
@@ -59,6 +85,7 @@ impl Engine {
         eigen: bool,
         ctl: &Control,
     ) -> Result<Vec<f32>> {
+        self.check_supported(method)?;
         let a = self.trace.activation(stage);
         let pure = |g: &Chw| {
             let map = if eigen { method.eigen_smoothed_map(a, g) } else { method.stage_map(a, g) };
@@ -75,22 +102,34 @@ impl Engine {
             Kind::Gradient => pure(&self.trace.gradients(class)?[stage]),
             Kind::Activation => pure(&Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()])),
             Kind::WholeNetwork => match method {
-                Method::FullGrad => cam::fullgrad_map(&self.network, &self.input, &self.trace, class),
+                Method::FullGrad => {
+                    cam::fullgrad_map(self.model(), self.kind, &self.input, &self.trace, class)
+                }
                 Method::GuidedBackprop => {
-                    cam::guided_backprop_map(&self.network, &self.input, &self.trace, class)
+                    cam::guided_backprop_map(self.model(), self.kind, &self.input, &self.trace, class)
                 }
                 _ => {
                     let smoothing = Smoothing { aug: false, eigen };
                     let gradcam = self.cam_smoothed(Method::GradCam, stage, class, smoothing, ctl)?;
-                    let guided = cam::guided_backprop_map(&self.network, &self.input, &self.trace, class)?;
+                    let guided =
+                        cam::guided_backprop_map(self.model(), self.kind, &self.input, &self.trace, class)?;
                     Ok(gradcam.iter().zip(&guided).map(|(a, b)| a * b).collect())
                 }
             },
             Kind::Perturbation => Ok(weighted(match method {
-                Method::ScoreCam => cam::scorecam_weights(&self.network, &self.input, a, class, ctl)?,
+                Method::ScoreCam => {
+                    cam::scorecam_weights(self.model(), self.kind, &self.input, a, class, ctl)?
+                }
                 _ => {
-                    let score = self.trace.logits()[class];
-                    cam::ablationcam_weights(&self.network, self.input.device(), stage, a, score, class, ctl)?
+                    let ablation = cam::Ablation {
+                        model: self.model(),
+                        engine: self.kind,
+                        input: &self.input,
+                        stage,
+                        activation: &self.trace.raw_activation(stage, self.input.device())?,
+                        score: self.trace.logits()[class],
+                    };
+                    ablation.weights(class, ctl)?
                 }
             })),
         }
@@ -164,7 +203,7 @@ impl Engine {
                 if flip {
                     x = x.flip(&[3])?;
                 }
-                let engine = Engine::new(self.network.clone(), x)?;
+                let engine = Engine::new(self.model.clone(), x, self.kind)?;
                 let map = engine.cam_smoothed(method, stage, class, smoothing, ctl)?;
                 for (i, v) in map.iter().enumerate() {
                     let (y, col) = (i / s, i % s);

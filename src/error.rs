@@ -29,6 +29,10 @@ pub enum Error {
     Output { path: PathBuf, message: String },
     #[error("device: {0}")]
     Device(String),
+    #[error("{method} needs {what}, which model {model} does not report to camscope's taps")]
+    Unsupported { method: String, model: String, what: String },
+    #[error("{0}")]
+    Usage(String),
     #[error("computation cancelled")]
     Cancelled,
     #[error("tensor computation failed: {0}")]

@@ -13,7 +13,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Scores};
 use crate::model::card::{self, Model};
-use crate::model::Arch;
+use crate::model::{stage_index, Arch, EngineKind};
 use crate::preprocess::{self, ModelInput};
 use crate::render::{self, Colormap};
 use crate::trace::Prediction;
@@ -42,6 +42,8 @@ pub struct ExplainOptions {
     pub model: String,
     pub arch: Option<Arch>,
     pub device: candle_core::Device,
+    /// The fast path where the model offers one, or Candle's own ops only.
+    pub engine: EngineKind,
     pub method: Method,
     pub stages: StageChoice,
     pub class: Option<String>,
@@ -65,6 +67,7 @@ impl Default for ExplainOptions {
             model: card::DEFAULT_MODEL.into(),
             arch: None,
             device: candle_core::Device::Cpu,
+            engine: EngineKind::Fast,
             method: Method::GradCam,
             stages: StageChoice::Default,
             class: None,
@@ -91,7 +94,8 @@ pub struct Timings {
 /// Everything `explain` computed.
 pub struct Explanation {
     pub model: String,
-    pub arch: Arch,
+    /// The model's own name for its architecture.
+    pub arch: String,
     pub input_shape: Vec<usize>,
     pub source: String,
     pub top_k: Vec<Prediction>,
@@ -130,7 +134,7 @@ fn ms(since: Instant) -> f64 {
 /// Runs the whole pipeline.
 pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
     let t = Instant::now();
-    let model = card::load(&opts.model, opts.arch)?;
+    let model = card::load(&opts.model, opts.arch.clone())?;
     let load = ms(t);
     let t = Instant::now();
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
@@ -145,16 +149,17 @@ pub fn explain_input(
     opts: &ExplainOptions,
     mut timings: Timings,
 ) -> Result<Explanation> {
-    let network = &model.network;
+    let network = model.network.as_ref();
     let stages: Vec<usize> = match &opts.stages {
-        StageChoice::Named(name) => vec![network.stage_index(name)?],
-        StageChoice::All => (0..network.num_stages()).collect(),
+        StageChoice::Named(name) => vec![stage_index(network, name)?],
+        StageChoice::All => (0..network.stages().len()).collect(),
         StageChoice::Default => vec![],
     };
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
+    engine.check_supported(opts.method)?;
     let trace = engine.trace();
     timings.forward = ms(t);
     let stages = if stages.is_empty() { vec![engine.default_stage()] } else { stages };
@@ -173,20 +178,22 @@ pub fn explain_input(
     let maps = engine.cams(opts.method, &stages, class, opts.smoothing, &ctl)?;
     timings.maps = ms(t);
     let metrics = match opts.metric_steps {
-        Some(steps) => Some(metrics::evaluate(network, engine.input(), &maps[0], class, steps, &ctl)?),
+        Some(steps) => {
+            Some(metrics::evaluate((network, opts.engine), engine.input(), &maps[0], class, steps, &ctl)?)
+        }
         None => None,
     };
 
     Ok(Explanation {
         model: model.name.clone(),
-        arch: network.arch,
+        arch: network.name(),
         input_shape: input.tensor.dims().to_vec(),
         source: input.source.clone(),
         top_k: trace.top_k(opts.top_k, &model.labels),
         class,
         class_label: model.label(class).to_string(),
         method: opts.method,
-        stages: stages.iter().map(|&s| network.stage_name(s).to_string()).collect(),
+        stages: stages.iter().map(|&s| network.stages()[s].name.clone()).collect(),
         maps,
         size,
         view: input.view.clone(),
@@ -199,7 +206,7 @@ impl Explanation {
     pub fn json(&self) -> String {
         let report = Report {
             model: &self.model,
-            arch: self.arch.to_string(),
+            arch: self.arch.clone(),
             image: &self.source,
             input: &self.input_shape,
             top_k: &self.top_k,

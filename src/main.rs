@@ -11,7 +11,7 @@ use clap::Parser;
 
 use camscope::cam::Method;
 use camscope::explain::{self, ExplainOptions, StageChoice};
-use camscope::model::{card, Arch};
+use camscope::model::{card, Arch, EngineKind};
 use camscope::render::Colormap;
 use camscope::Result;
 use cli::{Cli, Command, ExplainArgs, ModelArgs};
@@ -51,6 +51,7 @@ fn run_tui(args: cli::TuiArgs) -> Result<()> {
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
         device: camscope::device::parse(&args.model.device)?,
+        engine: EngineKind::parse(&args.model.engine)?,
         protocol: tui::parse_protocol(&args.protocol)?,
         theme: args.theme.clone(),
         keys: args.keys.clone(),
@@ -74,6 +75,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
         device: camscope::device::parse(&args.model.device)?,
+        engine: EngineKind::parse(&args.model.engine)?,
         method,
         stages: args.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse),
         class: args.class.clone(),
@@ -134,10 +136,12 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
     let model = card::load(&args.model.model, parse_arch(&args.model)?)?;
     let input = camscope::preprocess::load_input(args.image.as_deref(), &model.preprocess)?;
     let device = camscope::device::parse(&args.model.device)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&device)?)?;
-    let net = &model.network;
+    let kind = EngineKind::parse(&args.model.engine)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&device)?, kind)?;
+    let net = model.network.as_ref();
+    let stage_name = |i: usize| net.stages()[i].name.as_str();
     let stage = match &args.layer {
-        Some(name) => net.stage_index(name)?,
+        Some(name) => camscope::model::stage_index(net, name)?,
         None => engine.default_stage(),
     };
     let class = match &args.class {
@@ -154,7 +158,8 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
         let t = std::time::Instant::now();
         let map = engine.cam(method, stage, class, &ctl)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let scores = camscope::metrics::evaluate(net, engine.input(), &map, class, args.metric_steps, &ctl)?;
+        let scores =
+            camscope::metrics::evaluate((net, kind), engine.input(), &map, class, args.metric_steps, &ctl)?;
         rows.push((method, ms, scores));
     }
     if args.json {
@@ -164,7 +169,7 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
             .collect();
         let report = serde_json::json!({
             "model": model.name, "class": class, "class_label": model.label(class),
-            "layer": net.stage_name(stage), "methods": rows,
+            "layer": stage_name(stage), "methods": rows,
         });
         println!("{report}");
         return Ok(());
@@ -172,7 +177,7 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
     println!(
         "class {class} ({}) at {}; * marks the best of each column",
         model.label(class),
-        net.stage_name(stage)
+        stage_name(stage)
     );
     println!(
         "{:<20} {:>10} {:>11} {:>9} {:>9} {:>9}",
@@ -226,29 +231,39 @@ fn show_progress(done: usize, total: usize) {
 
 fn run_layers(args: &ModelArgs, json: bool) -> Result<()> {
     let model = card::load(&args.model, parse_arch(args)?)?;
-    let net = &model.network;
+    let engine = EngineKind::parse(&args.engine)?;
+    let net = model.network.as_ref();
     let size = model.preprocess.input_size;
-    let shapes = net.stage_shapes(size)?;
-    let default = net.default_stage(&shapes);
+    let shapes = camscope::model::stage_shapes(net, size, size, engine)?;
+    let grids: Vec<[usize; 3]> = shapes.iter().map(|s| s.grid).collect();
+    let default = camscope::model::default_stage(&grids);
+    let specs = net.stages();
     if json {
-        let stages: Vec<serde_json::Value> = net
-            .stage_names()
+        let stages: Vec<serde_json::Value> = specs
+            .iter()
             .zip(&shapes)
-            .map(|(name, s)| serde_json::json!({ "name": name, "shape": s }))
+            .map(|(spec, s)| {
+                serde_json::json!({ "name": spec.name, "shape": s.grid, "output": s.raw, "layout": spec.layout })
+            })
             .collect();
         let report = serde_json::json!({
             "model": model.name,
-            "arch": net.arch.to_string(),
+            "arch": net.name(),
             "input": [1, 3, size, size],
-            "default": net.stage_name(default),
+            "default": specs[default].name,
             "stages": stages,
         });
         println!("{report}");
     } else {
-        println!("{} ({}), input 3×{size}×{size}", model.name, net.arch);
-        for (i, (name, s)) in net.stage_names().zip(&shapes).enumerate() {
+        println!("{} ({}), input 3×{size}×{size}", model.name, net.name());
+        for (i, (spec, s)) in specs.iter().zip(&shapes).enumerate() {
             let mark = if i == default { "  (default)" } else { "" };
-            println!("{i:>3}  {name:<14} {}×{}×{}{mark}", s[0], s[1], s[2]);
+            let [c, h, w] = s.grid;
+            let layout = match spec.layout {
+                camscope::model::Layout::Nchw => String::new(),
+                other => format!("  {other}"),
+            };
+            println!("{i:>3}  {:<14} {c}×{h}×{w}{layout}{mark}", spec.name);
         }
     }
     Ok(())

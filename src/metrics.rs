@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cam::Control;
 use crate::error::{Error, Result};
-use crate::model::Network;
+use crate::model::{logits, EngineKind, ImageClassifier};
 
 /// ROAD's percentiles of removed pixels.
 pub const ROAD_PERCENTILES: [f32; 4] = [20.0, 40.0, 60.0, 80.0];
@@ -32,7 +32,7 @@ pub struct Scores {
 /// p(class) of every image in `images` (each shaped and placed like `input`), `ctl.batch_size`
 /// at a time.
 fn probabilities(
-    network: &Network,
+    (model, engine): (&dyn ImageClassifier, EngineKind),
     input: &Tensor,
     images: &[Vec<f32>],
     class: usize,
@@ -46,8 +46,8 @@ fn probabilities(
         ctl.check(*done, total)?;
         let data: Vec<f32> = chunk.iter().flatten().copied().collect();
         let x = Tensor::from_vec(data, (chunk.len(), c, s, s), input.device())?;
-        let logits = network.forward(&x)?;
-        let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+        let logits: Vec<Vec<f32>> =
+            logits(model, &x, engine)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
         for row in logits {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let total_exp: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
@@ -221,7 +221,7 @@ fn conjugate_gradient(apply: &dyn Fn(&[f64]) -> Vec<f64>, b: &[f64]) -> Vec<f64>
 /// All four scores of `map` (S×S in [0, 1]) for `class`, on `input` (1×3×S×S, normalised).
 /// `steps` is the number of deletion / insertion steps (RISE uses S: one row of pixels a step).
 pub fn evaluate(
-    network: &Network,
+    model: (&dyn ImageClassifier, EngineKind),
     input: &Tensor,
     map: &[f32],
     class: usize,
@@ -280,7 +280,7 @@ pub fn evaluate(
     }
 
     let mut done = 0;
-    let probs = probabilities(network, input, &images, class, ctl, &mut done, images.len())?;
+    let probs = probabilities(model, input, &images, class, ctl, &mut done, images.len())?;
     ctl.check(images.len(), images.len())?;
     let road: f32 =
         (0..ROAD_PERCENTILES.len()).map(|p| (probs[3 + 2 * p] - probs[2 + 2 * p]) / 2.0).sum::<f32>()
@@ -299,9 +299,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::Chw;
-    use crate::model::ops::{Classifier, Linear};
-    use crate::model::{Arch, Layer, Stage};
+    use crate::model::{StageSpec, Taps};
     use candle_core::Device;
 
     #[test]
@@ -333,40 +331,30 @@ mod tests {
         assert!((auc(&[1.0, 0.0]) - 0.5).abs() < 1e-6);
     }
 
-    /// Keeps the left half of channel 0 (zero elsewhere). With a head of weights [8, 0], logit 0
-    /// is 4 × the mean of that left half and logit 1 is 0: the "object" of class 0 is the left
-    /// half of the image.
-    struct LeftHalf;
-    impl Layer for LeftHalf {
-        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// Logit 0 is 4 × the mean of the left half of channel 0, logit 1 is 0: the "object" of
+    /// class 0 is the left half of the image. A whole model in a few lines of the contract.
+    struct LeftHalf(Vec<StageSpec>);
+    impl ImageClassifier for LeftHalf {
+        fn name(&self) -> String {
+            "left-half".into()
+        }
+        fn stages(&self) -> &[StageSpec] {
+            &self.0
+        }
+        fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
             let w = x.dim(3)?;
-            x.narrow(1, 0, 1)?.narrow(3, 0, w / 2)?.pad_with_zeros(3, 0, w - w / 2)
+            let left = x.narrow(1, 0, 1)?.narrow(3, 0, w / 2)?.pad_with_zeros(3, 0, w - w / 2)?;
+            let left = taps.stage("left", left)?;
+            let mean = left.flatten_from(1)?.mean_keepdim(1)?;
+            Tensor::cat(&[mean.affine(8.0, 0.0)?, mean.zeros_like()?], 1)
         }
-        fn forward_cpu(&self, x: &Chw, _: &mut Vec<Chw>) -> candle_core::Result<Chw> {
-            let data = x
-                .channel(0)
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| if i % x.width < x.width / 2 { v } else { 0.0 });
-            Ok(Chw::new(1, x.height, x.width, data.collect()))
-        }
-        fn backward_cpu(&self, input: [usize; 3], _: &[Chw], _: &Chw, dy: &Chw) -> candle_core::Result<Chw> {
-            let mut data = vec![0.0; input.iter().product()];
-            data[..dy.data.len()].copy_from_slice(&dy.data);
-            Ok(Chw::new(input[0], input[1], input[2], data))
-        }
-    }
-
-    fn left_half_network() -> Network {
-        let head = Tensor::from_vec(vec![8.0f32, 0.0], (2, 1), &Device::Cpu).unwrap();
-        let classifier = Classifier(Linear::new(head, None).unwrap());
-        Network::new(Arch::ResNet(18), vec![Stage::new("left", LeftHalf)], classifier)
     }
 
     #[test]
     fn a_map_of_the_object_beats_its_inverse() {
         let s = 16;
-        let network = left_half_network();
+        let network = LeftHalf(vec![StageSpec::nchw("left")]);
+        let model = (&network as &dyn ImageClassifier, EngineKind::Portable);
         // The object (left half) is bright, the background dark.
         let pixels: Vec<f32> = (0..3 * s * s).map(|i| if i % s < s / 2 { 1.0 } else { 0.0 }).collect();
         let input = Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();
@@ -374,8 +362,8 @@ mod tests {
             (0..s * s).map(|i| if i % s < s / 2 { 1.0 - 0.01 * (i / s) as f32 } else { 0.0 }).collect();
         let inverse: Vec<f32> = object.iter().map(|v| 1.0 - v).collect();
         let ctl = Control::default();
-        let good = evaluate(&network, &input, &object, 0, s, &ctl).unwrap();
-        let bad = evaluate(&network, &input, &inverse, 0, s, &ctl).unwrap();
+        let good = evaluate(model, &input, &object, 0, s, &ctl).unwrap();
+        let bad = evaluate(model, &input, &inverse, 0, s, &ctl).unwrap();
         assert!(good.deletion_auc < bad.deletion_auc, "{good:?} vs {bad:?}");
         assert!(good.insertion_auc > bad.insertion_auc, "{good:?} vs {bad:?}");
         assert!(good.confidence_change > bad.confidence_change, "{good:?} vs {bad:?}");

@@ -1,32 +1,36 @@
 //! The engine's record of one image through one network: every stage's activation from a single
 //! forward pass, and per target class every stage's gradient from a single backward pass.
 //!
-//! On the CPU the trace runs the layers' own forward and backward (`Layer::forward_cpu` /
-//! `backward_cpu`): no autograd graph, and the gradient at each stage is simply what the backward
-//! pass hands from one stage to the one before. Elsewhere it uses Candle's autograd: Candle keeps
-//! gradients only for `Var` leaves, so a zero `Var` is added to each stage's output (a "tap") and
-//! the gradient with respect to the tap is the gradient at that stage (SPEC §7). Weights are
-//! plain tensors either way, so no weight gradient is ever computed.
+//! The contract's way (any model, any device, the portable engine) is Candle's autograd: Candle
+//! keeps gradients only for `Var` leaves, so a zero `Var` is added to each stage's output through
+//! the taps, and the gradient with respect to it is the gradient at that stage (SPEC §7). On the
+//! fast engine, on the CPU, a model that offers a CPU tape runs its own forward and backward
+//! instead: no autograd graph, and the gradient at each stage is simply what the backward pass
+//! hands from one stage to the one before. Weights are plain tensors either way, so no weight
+//! gradient is ever computed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, IndexOp, Tensor, Var};
+use candle_core::{IndexOp, Tensor, Var};
 
 use crate::cam::Chw;
 use crate::error::{Error, Result};
-use crate::model::ops::{guided_backward, record_bias_gradients, BiasGradient};
-use crate::model::Network;
+use crate::model::{
+    check_all_stages_tapped, Backward, BiasGradient, EngineKind, ImageClassifier, Mode, Taps,
+};
 
 /// What the backward pass of a trace runs on.
 enum Tape {
-    /// Our layers' own backward; per stage, the intermediates its forward saved.
-    Cpu { network: Arc<Network>, input_shape: [usize; 3], saved: Vec<Vec<Chw>> },
-    /// Candle's autograd through the zero `Var` taps; `logits` is the graph's root.
-    Autograd { taps: Vec<Var>, logits: Tensor },
+    /// The model's own CPU backward; per stage, the intermediates its forward saved.
+    Cpu { input_shape: [usize; 3], saved: Vec<Vec<Chw>> },
+    /// Candle's autograd through the zero `Var` taps; `logits` is the graph's root. `raw` holds
+    /// every stage's output in the model's own layout, on its device (what Ablation-CAM edits).
+    Autograd { taps: Vec<Var>, logits: Tensor, raw: Vec<Tensor> },
 }
 
 pub struct Trace {
+    model: Arc<dyn ImageClassifier>,
     activations: Vec<Arc<Chw>>,
     tape: Tape,
     logit_values: Vec<f32>,
@@ -43,55 +47,75 @@ pub struct Prediction {
 }
 
 impl Trace {
-    /// Runs the forward pass of `input` (1×3×H×W), keeping every stage's activation: natively
-    /// on the CPU, through Candle's autograd elsewhere.
-    pub fn new(network: &Arc<Network>, input: &Tensor) -> Result<Self> {
-        if input.device().is_cpu() {
-            Self::on_cpu(network, input)
+    /// Runs the forward pass of `input` (1×3×H×W), keeping every stage's activation: with the
+    /// model's CPU tape on the fast engine where it has one, through Candle's autograd otherwise.
+    pub fn new(model: &Arc<dyn ImageClassifier>, input: &Tensor, engine: EngineKind) -> Result<Self> {
+        let fast = engine == EngineKind::Fast && input.device().is_cpu() && model.cpu_tape().is_some();
+        if fast {
+            Self::on_cpu(model, input)
         } else {
-            Self::with_autograd(network, input)
+            Self::with_autograd(model, input, engine)
         }
     }
 
-    fn on_cpu(network: &Arc<Network>, input: &Tensor) -> Result<Self> {
+    fn on_cpu(model: &Arc<dyn ImageClassifier>, input: &Tensor) -> Result<Self> {
+        let tape = model.cpu_tape().expect("checked by the caller");
         let x = Chw::from_tensor(input)?;
         let input_shape = x.shape();
-        let mut activations: Vec<Arc<Chw>> = Vec::with_capacity(network.num_stages());
-        let mut saved = Vec::with_capacity(network.num_stages());
-        for i in 0..network.num_stages() {
+        let n = model.stages().len();
+        let mut activations: Vec<Arc<Chw>> = Vec::with_capacity(n);
+        let mut saved = Vec::with_capacity(n);
+        for i in 0..n {
             let mut kept = Vec::new();
-            let a = network.stage_forward_cpu(i, activations.last().map_or(&x, |a| a), &mut kept)?;
+            let a = tape.forward_stage(i, activations.last().map_or(&x, |a| a), &mut kept)?;
             activations.push(Arc::new(a));
             saved.push(kept);
         }
-        let last = activations.last().expect("a network has stages");
-        let logit_values = network.classifier().logits_cpu(last)?;
-        let tape = Tape::Cpu { network: network.clone(), input_shape, saved };
-        Self::finish(activations, tape, logit_values)
+        let last = activations
+            .last()
+            .ok_or_else(|| Error::Model(format!("model {} has no stages", model.name())))?;
+        let logit_values = tape.logits(last)?;
+        Self::finish(model.clone(), activations, Tape::Cpu { input_shape, saved }, logit_values)
     }
 
-    /// The trace through Candle's autograd, which works on every device.
-    pub fn with_autograd(network: &Network, input: &Tensor) -> Result<Self> {
-        let mut x = input.clone();
-        let mut activations = Vec::with_capacity(network.num_stages());
-        let mut taps = Vec::with_capacity(network.num_stages());
-        for i in 0..network.num_stages() {
-            let a = network.run_stage(i, &x)?;
-            activations.push(Arc::new(Chw::from_tensor(&a)?));
-            let tap = Var::zeros(a.shape(), DType::F32, a.device())?;
-            x = a.add(tap.as_tensor())?;
+    /// The trace through Candle's autograd, which works on every device: a zero `Var` is added
+    /// to every stage output, and the gradient with respect to it is the stage's gradient.
+    pub fn with_autograd(
+        model: &Arc<dyn ImageClassifier>,
+        input: &Tensor,
+        engine: EngineKind,
+    ) -> Result<Self> {
+        let specs = model.stages();
+        let mut activations = Vec::with_capacity(specs.len());
+        let mut taps = Vec::with_capacity(specs.len());
+        let mut raw = Vec::with_capacity(specs.len());
+        let mut hook = |i: usize, a: Tensor| -> candle_core::Result<Tensor> {
+            activations.push(Arc::new(Chw::from_nchw(&specs[i].layout.to_nchw(&a)?)?));
+            raw.push(a.detach());
+            let tap = Var::zeros(a.shape(), a.dtype(), a.device())?;
+            let tapped = a.add(tap.as_tensor())?;
             taps.push(tap);
-        }
-        let logits = network.classify(&x)?;
-        let logit_values: Vec<f32> = logits.i(0)?.to_vec1()?;
-        Self::finish(activations, Tape::Autograd { taps, logits }, logit_values)
+            Ok(tapped)
+        };
+        let mut hooks = Taps::with_hook(specs, engine, Mode::Plain, &mut hook);
+        let logits = model.forward(input, &mut hooks)?;
+        let seen = hooks.stages_seen();
+        drop(hooks);
+        check_all_stages_tapped(model.as_ref(), seen)?;
+        let logit_values: Vec<f32> = logits.i(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        Self::finish(model.clone(), activations, Tape::Autograd { taps, logits, raw }, logit_values)
     }
 
-    fn finish(activations: Vec<Arc<Chw>>, tape: Tape, logit_values: Vec<f32>) -> Result<Self> {
+    fn finish(
+        model: Arc<dyn ImageClassifier>,
+        activations: Vec<Arc<Chw>>,
+        tape: Tape,
+        logit_values: Vec<f32>,
+    ) -> Result<Self> {
         if let Some(bad) = logit_values.iter().find(|v| !v.is_finite()) {
             return Err(Error::Model(format!("the network produced a non-finite logit ({bad})")));
         }
-        Ok(Self { activations, tape, logit_values, gradients: Mutex::default() })
+        Ok(Self { model, activations, tape, logit_values, gradients: Mutex::default() })
     }
 
     pub fn logits(&self) -> &[f32] {
@@ -144,6 +168,19 @@ impl Trace {
         &self.activations[stage]
     }
 
+    /// Stage `stage`'s output as the model produced it (its own layout, batch 1), on the
+    /// input's device.
+    pub fn raw_activation(&self, stage: usize, device: &candle_core::Device) -> Result<Tensor> {
+        match &self.tape {
+            Tape::Autograd { raw, .. } => Ok(raw[stage].clone()),
+            // A CPU tape's stages are C×H×W.
+            Tape::Cpu { .. } => {
+                let a = &self.activations[stage];
+                Ok(Tensor::from_slice(&a.data, (1, a.channels, a.height, a.width), device)?)
+            }
+        }
+    }
+
     /// The target score's gradient at every stage, from one backward pass per class (cached).
     pub fn gradients(&self, class: usize) -> Result<Arc<Vec<Arc<Chw>>>> {
         if class >= self.num_classes() {
@@ -153,10 +190,10 @@ impl Trace {
             return Ok(g.clone());
         }
         let grads = match &self.tape {
-            Tape::Cpu { network, input_shape, saved } => {
-                self.backward_cpu(network, *input_shape, saved, class, false)?.0
+            Tape::Cpu { input_shape, saved } => {
+                self.backward_cpu(*input_shape, saved, class, &mut Backward::plain(), false)?.0
             }
-            Tape::Autograd { taps, logits } => self.backward_autograd(taps, logits, class)?,
+            Tape::Autograd { taps, logits, .. } => self.backward_autograd(taps, logits, class)?,
         };
         let grads = Arc::new(grads);
         self.gradients.lock().expect("gradient cache poisoned").insert(class, grads.clone());
@@ -168,56 +205,57 @@ impl Trace {
     /// (only FullGrad and guided backprop want that last step).
     fn backward_cpu(
         &self,
-        network: &Network,
         input_shape: [usize; 3],
         saved: &[Vec<Chw>],
         class: usize,
+        ctx: &mut Backward,
         to_input: bool,
     ) -> Result<(Vec<Arc<Chw>>, Option<Chw>)> {
+        let tape = self.model.cpu_tape().expect("a CPU trace's model has a CPU tape");
         let n = self.activations.len();
-        let mut grads =
-            vec![Arc::new(network.classifier().logit_gradient_cpu(self.activations[n - 1].shape(), class))];
+        let mut grads = vec![Arc::new(tape.logit_gradient(self.activations[n - 1].shape(), class))];
         for i in (1..n).rev() {
             let input = self.activations[i - 1].shape();
             let dy = grads.last().expect("seeded above");
-            let dx = network.stage_backward_cpu(i, input, &saved[i], &self.activations[i], dy)?;
+            let dx = tape.backward_stage(i, input, &saved[i], &self.activations[i], dy, ctx)?;
             grads.push(Arc::new(dx));
         }
         let dx = to_input
-            .then(|| {
-                network.stage_backward_cpu(0, input_shape, &saved[0], &self.activations[0], &grads[n - 1])
-            })
+            .then(|| tape.backward_stage(0, input_shape, &saved[0], &self.activations[0], &grads[n - 1], ctx))
             .transpose()?;
         grads.reverse();
         Ok((grads, dx))
     }
 
-    /// The gradient of logit `class` at the network's input, with every biased convolution's
-    /// gradient recorded on the way (what FullGrad needs), from one more CPU backward pass. `None`
-    /// when the trace runs through Candle's autograd (not on the CPU).
+    /// The gradient of logit `class` at the network's input, with every biased layer's gradient
+    /// recorded on the way (what FullGrad needs), from one more CPU backward pass. `None` when
+    /// the trace runs through Candle's autograd.
     pub fn input_gradient_with_biases(&self, class: usize) -> Result<Option<(Chw, Vec<BiasGradient>)>> {
-        let (dx, biases) = record_bias_gradients(|| self.input_gradient(class))?;
-        Ok(dx.map(|dx| (dx, biases)))
+        let mut ctx = Backward::recording_biases();
+        let dx = self.input_gradient(class, &mut ctx)?;
+        Ok(dx.map(|dx| (dx, ctx.into_bias_gradients())))
     }
 
     /// The guided-backprop gradient of logit `class` at the network's input, from one more CPU
-    /// backward pass with guided activation gradients. `None` off the CPU.
+    /// backward pass with guided activation gradients. `None` for an autograd trace.
     pub fn guided_input_gradient(&self, class: usize) -> Result<Option<Chw>> {
-        guided_backward(|| self.input_gradient(class))
+        self.input_gradient(class, &mut Backward::guided())
     }
 
-    /// The whole CPU backward pass, down to the input; `None` off the CPU.
-    fn input_gradient(&self, class: usize) -> Result<Option<Chw>> {
-        let Tape::Cpu { network, input_shape, saved } = &self.tape else { return Ok(None) };
-        Ok(self.backward_cpu(network, *input_shape, saved, class, true)?.1)
+    /// The whole CPU backward pass, down to the input; `None` for an autograd trace.
+    fn input_gradient(&self, class: usize, ctx: &mut Backward) -> Result<Option<Chw>> {
+        let Tape::Cpu { input_shape, saved } = &self.tape else { return Ok(None) };
+        Ok(self.backward_cpu(*input_shape, saved, class, ctx, true)?.1)
     }
 
     fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {
         let store = logits.i((0, class))?.backward()?;
+        let specs = self.model.stages();
         taps.iter()
             .zip(&self.activations)
-            .map(|(tap, a)| match store.get(tap.as_tensor()) {
-                Some(g) => Ok(Arc::new(Chw::from_tensor(g)?)),
+            .zip(specs)
+            .map(|((tap, a), spec)| match store.get(tap.as_tensor()) {
+                Some(g) => Ok(Arc::new(Chw::from_nchw(&spec.layout.to_nchw(g)?)?)),
                 // A stage the score does not depend on has zero gradient.
                 None => Ok(Arc::new(Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]))),
             })
@@ -228,9 +266,8 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::test_support::worst_and_scale;
+    use crate::cam::test_support::{seeded_tensor, worst_and_scale};
     use crate::model::{card, Arch};
-    use candle_core::Device;
 
     fn assert_same(a: &Chw, b: &Chw, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
@@ -239,33 +276,43 @@ mod tests {
         assert!(worst <= 1e-4 * scale, "{what}: differs by {worst} (scale {scale})");
     }
 
-    /// The CPU trace (our layers' own backward) against Candle's autograd through the same
-    /// layers: every activation, the logits and every stage's gradient, for both families
-    /// (residual blocks with and without downsampling, the padded max-pool, depthwise stride 2).
+    /// The CPU tape (our layers' own backward) against Candle's autograd through the same
+    /// layers, on both engines (our custom ops; Candle's own ops only): every activation, the
+    /// logits and every stage's gradient, for both families (residual blocks with and without
+    /// downsampling, the padded max-pool, depthwise stride 2), on seeded random inputs.
     #[test]
     fn cpu_trace_equals_autograd_trace() {
         // 32×32 ends at 1×1 planes, where kernel taps only ever see padding.
-        let cases = [Arch::EfficientNetLite(0), Arch::ResNet(18)]
-            .into_iter()
-            .flat_map(|a| [(a, 96, 80), (a, 32, 32)]);
-        for (arch, h, w) in cases {
-            let model = card::synthetic(arch, 3).unwrap();
-            let input = Tensor::randn(0f32, 1.0, (1, 3, h, w), &Device::Cpu).unwrap();
-            let cpu = Trace::new(&model.network, &input).unwrap();
-            let reference = Trace::with_autograd(&model.network, &input).unwrap();
+        let cases = ["efficientnet-lite0", "resnet18"].into_iter().flat_map(|a| [(a, 96, 80), (a, 32, 32)]);
+        for (seed, (arch, h, w)) in cases.enumerate() {
+            let model = card::synthetic(Arch::parse(arch).unwrap(), 3).unwrap();
+            let input = seeded_tensor(&[1, 3, h, w], seed as u64);
+            let cpu = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             assert!(matches!(cpu.tape, Tape::Cpu { .. }));
-            for (i, (a, b)) in cpu.activations.iter().zip(&reference.activations).enumerate() {
-                assert_same(a, b, &format!("{arch} activation {i}"));
-            }
-            let (l, r) = (cpu.logits(), reference.logits());
-            let (worst, scale) = worst_and_scale(l, r);
-            assert!(worst <= 1e-4 * scale, "{arch} logits");
-            for class in [cpu.top_class(), 7] {
-                let (g, h) = (cpu.gradients(class).unwrap(), reference.gradients(class).unwrap());
-                for (i, (a, b)) in g.iter().zip(h.iter()).enumerate() {
-                    assert_same(a, b, &format!("{arch} class {class} gradient {i}"));
+            for engine in [EngineKind::Fast, EngineKind::Portable] {
+                let reference = Trace::with_autograd(&model.network, &input, engine).unwrap();
+                let what = format!("{arch} {h}×{w} against {engine} autograd");
+                for (i, (a, b)) in cpu.activations.iter().zip(&reference.activations).enumerate() {
+                    assert_same(a, b, &format!("{what}: activation {i}"));
+                }
+                let (worst, scale) = worst_and_scale(cpu.logits(), reference.logits());
+                assert!(worst <= 1e-4 * scale, "{what}: logits");
+                for class in [cpu.top_class(), 7] {
+                    let (g, h) = (cpu.gradients(class).unwrap(), reference.gradients(class).unwrap());
+                    for (i, (a, b)) in g.iter().zip(h.iter()).enumerate() {
+                        assert_same(a, b, &format!("{what}: class {class} gradient {i}"));
+                    }
                 }
             }
         }
+    }
+
+    /// The portable engine never takes the CPU tape, even on the CPU.
+    #[test]
+    fn portable_engine_runs_through_autograd() {
+        let model = card::synthetic(Arch::parse("resnet18").unwrap(), 1).unwrap();
+        let trace =
+            Trace::new(&model.network, &seeded_tensor(&[1, 3, 32, 32], 1), EngineKind::Portable).unwrap();
+        assert!(matches!(trace.tape, Tape::Autograd { .. }));
     }
 }

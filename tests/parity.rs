@@ -5,6 +5,7 @@ mod common;
 
 use camscope::cam::Method;
 use camscope::model::card::{self, Model};
+use camscope::model::EngineKind;
 use camscope::trace::Trace;
 use common::*;
 
@@ -48,7 +49,8 @@ fn check_case(name: &str, weights_ext: &str) {
     let model = load_model(&case, weights_ext);
     let dir = fixtures().join(&case.name);
     let input = read_npy(&dir.join("input.npy"));
-    let engine = camscope::engine::Engine::new(model.network.clone(), input.clone()).unwrap();
+    let engine =
+        camscope::engine::Engine::new(model.network.clone(), input.clone(), EngineKind::Fast).unwrap();
     let trace = engine.trace();
 
     // Logits.
@@ -59,12 +61,14 @@ fn check_case(name: &str, weights_ext: &str) {
     assert_eq!(top5, case.top5, "{name}: top-5");
 
     // Stage names and shapes.
-    let shapes = model.network.stage_shapes(input.dim(2).unwrap()).unwrap();
+    let side = input.dim(2).unwrap();
+    let shapes = camscope::model::stage_shapes(model.network.as_ref(), side, side, EngineKind::Fast).unwrap();
     let ours: Vec<(String, Vec<usize>)> = model
         .network
-        .stage_names()
+        .stages()
+        .iter()
         .zip(&shapes)
-        .map(|(n, s)| (n.to_string(), vec![1, s[0], s[1], s[2]]))
+        .map(|(spec, s)| (spec.name.clone(), s.raw.clone()))
         .collect();
     assert_eq!(ours, case.stages, "{name}: stages");
 
@@ -73,7 +77,7 @@ fn check_case(name: &str, weights_ext: &str) {
     let mut checked = 0;
     for entry in case.cams.iter().filter(|c| GRADIENT_METHODS.contains(&c.method.as_str())) {
         let method = Method::parse(&entry.method).unwrap();
-        let stage = model.network.stage_index(&entry.layer).unwrap();
+        let stage = camscope::model::stage_index(model.network.as_ref(), &entry.layer).unwrap();
         let ours = engine.cam(method, stage, entry.class_index, &camscope::cam::Control::default()).unwrap();
         let reference = npy_vec(&dir.join(&entry.file));
         let (ours, r, d) = if entry.method.starts_with("eigen") {
@@ -121,8 +125,8 @@ fn resnet18_pth_matches_reference() {
 fn resnet18_pth_and_safetensors_give_identical_logits() {
     let case = case("resnet18-random");
     let input = read_npy(&fixtures().join("resnet18-random/input.npy"));
-    let a = Trace::new(&load_model(&case, "safetensors").network, &input).unwrap();
-    let b = Trace::new(&load_model(&case, "pth").network, &input).unwrap();
+    let a = Trace::new(&load_model(&case, "safetensors").network, &input, EngineKind::Fast).unwrap();
+    let b = Trace::new(&load_model(&case, "pth").network, &input, EngineKind::Fast).unwrap();
     assert_eq!(a.logits(), b.logits());
 }
 
@@ -131,7 +135,7 @@ fn lite0_perturb_case_logits_match() {
     let case = case("lite0-both-perturb");
     let model = load_model(&case, "");
     let dir = fixtures().join(&case.name);
-    let trace = Trace::new(&model.network, &read_npy(&dir.join("input.npy"))).unwrap();
+    let trace = Trace::new(&model.network, &read_npy(&dir.join("input.npy")), EngineKind::Fast).unwrap();
     let diff = max_abs_diff(trace.logits(), &npy_vec(&dir.join("logits.npy")));
     assert!(diff <= 1e-3, "logits differ by {diff}");
 }
@@ -145,11 +149,12 @@ fn lite0_perturbation_methods_match_reference() {
     let case = case("lite0-both-perturb");
     let model = load_model(&case, "");
     let dir = fixtures().join(&case.name);
-    let engine = Engine::new(model.network.clone(), read_npy(&dir.join("input.npy"))).unwrap();
+    let engine =
+        Engine::new(model.network.clone(), read_npy(&dir.join("input.npy")), EngineKind::Fast).unwrap();
     let mut checked = 0;
     for entry in &case.cams {
         let method = Method::parse(&entry.method).unwrap();
-        let stage = model.network.stage_index(&entry.layer).unwrap();
+        let stage = camscope::model::stage_index(model.network.as_ref(), &entry.layer).unwrap();
         let ours = engine.cam(method, stage, entry.class_index, &Control::default()).unwrap();
         let reference = npy_vec(&dir.join(&entry.file));
         let (r, d) = (pearson(&ours, &reference), max_abs_diff(&ours, &reference));

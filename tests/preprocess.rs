@@ -29,7 +29,7 @@ fn builtin_sample_is_both_png() {
 fn top5(image: &str) -> Vec<usize> {
     let model = card::load("efficientnet-lite0", None).unwrap();
     let input = load_input(Some(&shared().join("images").join(image)), &model.preprocess).unwrap();
-    let trace = Trace::new(&model.network, &input.tensor).unwrap();
+    let trace = Trace::new(&model.network, &input.tensor, camscope::model::EngineKind::Fast).unwrap();
     trace.ranking().into_iter().take(5).collect()
 }
 

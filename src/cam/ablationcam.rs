@@ -1,18 +1,17 @@
 //! Ablation-CAM (Desai & Ramaswamy, 2020): a channel's weight is the relative drop of the class
 //! score when that channel is removed. The reference re-runs the whole network per channel; only
-//! the stages after the ablated one depend on it, so we run just those, from the cached
-//! activation, many channels per batch.
+//! the stages after the ablated one depend on it, so where the model can resume from a stage we
+//! run just those, from the cached activation, many channels per batch.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::{Chw, Control};
+use super::Control;
 use crate::error::Result;
-use crate::model::Network;
+use crate::model::{EngineKind, ImageClassifier, Mode, Taps};
 
 /// The value a removed channel takes: 0 for non-negative activations (the paper), otherwise far
 /// below anything the stage produces (the reference's choice for signed activations).
-fn ablation_value(a: &Chw) -> f32 {
-    let min = a.data.iter().copied().fold(f32::INFINITY, f32::min);
+fn ablation_value(min: f32) -> f32 {
     if min == 0.0 {
         0.0
     } else {
@@ -20,37 +19,79 @@ fn ablation_value(a: &Chw) -> f32 {
     }
 }
 
-/// The channel weights: the relative drop of the class score when each channel is removed.
-pub fn weights(
-    network: &Network,
-    device: &Device,
-    stage: usize,
-    a: &Chw,
-    score: f32,
-    class: usize,
-    ctl: &Control,
-) -> Result<Vec<f32>> {
-    let value = ablation_value(a);
-    let last = network.num_stages() - 1;
-    let batch = ctl.batch_size.max(1);
-    let mut weights = Vec::with_capacity(a.channels);
-    for first in (0..a.channels).step_by(batch) {
-        ctl.check(first, a.channels)?;
-        let ks: Vec<usize> = (first..(first + batch).min(a.channels)).collect();
-        let mut data = Vec::with_capacity(ks.len() * a.data.len());
-        for &k in &ks {
-            let start = data.len();
-            data.extend_from_slice(&a.data);
-            data[start + k * a.plane()..start + (k + 1) * a.plane()].fill(value);
+/// One Ablation-CAM computation: a stage's output and the score it led to.
+pub struct Ablation<'a> {
+    pub model: &'a dyn ImageClassifier,
+    pub engine: EngineKind,
+    /// The normalised input (1×3×S×S): the whole network reruns from it where the model cannot
+    /// resume from a stage.
+    pub input: &'a Tensor,
+    pub stage: usize,
+    /// The stage's output in the model's own layout (batch 1).
+    pub activation: &'a Tensor,
+    /// The class score of the unablated network.
+    pub score: f32,
+}
+
+impl Ablation<'_> {
+    /// The channel weights: the relative drop of the class score when each channel is removed.
+    pub fn weights(&self, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+        let layout = self.model.stages()[self.stage].layout;
+        let channel_dim = layout.channel_dim();
+        let channels = self.activation.dim(channel_dim)?;
+        let min = self.activation.flatten_all()?.min(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let value = ablation_value(min);
+        let batch = ctl.batch_size.max(1);
+        let mut weights = Vec::with_capacity(channels);
+        for first in (0..channels).step_by(batch) {
+            ctl.check(first, channels)?;
+            let ks: Vec<usize> = (first..(first + batch).min(channels)).collect();
+            let ablated = self.ablated(&ks, channels, channel_dim, value)?;
+            let logits = self.logits_from_stage(&ablated)?;
+            let scores: Vec<f32> =
+                logits.narrow(1, class, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            weights.extend(scores.iter().map(|y| (self.score - y) / self.score));
         }
-        let x = Tensor::from_vec(data, (ks.len(), a.channels, a.height, a.width), device)?;
-        let out = network.run_stages(stage + 1, last, &x)?;
-        let logits = network.classify(&out)?;
-        let ablated: Vec<f32> = logits.narrow(1, class, 1)?.flatten_all()?.to_vec1()?;
-        weights.extend(ablated.iter().map(|y| (score - y) / score));
+        ctl.check(channels, channels)?;
+        Ok(weights)
     }
-    ctl.check(a.channels, a.channels)?;
-    Ok(weights)
+
+    /// The activation repeated once per channel in `ks`, copy i with channel ks[i] set to
+    /// `value` everywhere (prefix tokens included, as the reference's ViT ablation layer does).
+    fn ablated(&self, ks: &[usize], channels: usize, channel_dim: usize, value: f32) -> Result<Tensor> {
+        let a = self.activation;
+        let mut one_hot = vec![0f32; ks.len() * channels];
+        for (i, &k) in ks.iter().enumerate() {
+            one_hot[i * channels + k] = 1.0;
+        }
+        // (B, 1, …, C at the channel dim, …, 1), to broadcast over the activation's other dims.
+        let mut mask_shape = vec![1; a.rank()];
+        mask_shape[0] = ks.len();
+        mask_shape[channel_dim] = channels;
+        let mask = Tensor::from_vec(one_hot, mask_shape, a.device())?.to_dtype(a.dtype())?;
+        let mut batch_shape = a.dims().to_vec();
+        batch_shape[0] = ks.len();
+        let repeated = a.broadcast_as(batch_shape)?;
+        let kept = repeated.broadcast_mul(&mask.affine(-1.0, 1.0)?)?;
+        Ok(kept.broadcast_add(&mask.affine(value as f64, 0.0)?)?)
+    }
+
+    /// Logits with the stage's output replaced by `ablated`: only the rest of the network where
+    /// the model can resume, else the whole network from the input, the stage replaced through
+    /// the taps.
+    fn logits_from_stage(&self, ablated: &Tensor) -> Result<Tensor> {
+        let stages = self.model.stages();
+        let mut taps = Taps::new(stages, self.engine, Mode::Plain);
+        if let Some(logits) = self.model.forward_from(self.stage, ablated, &mut taps) {
+            return Ok(logits?);
+        }
+        let n = ablated.dim(0)?;
+        let input = self.input.repeat((n, 1, 1, 1))?;
+        let stage = self.stage;
+        let mut replace = |i: usize, a: Tensor| if i == stage { Ok(ablated.clone()) } else { Ok(a) };
+        let mut taps = Taps::with_hook(stages, self.engine, Mode::Plain, &mut replace);
+        Ok(self.model.forward(&input, &mut taps)?)
+    }
 }
 
 #[cfg(test)]
@@ -59,7 +100,7 @@ mod tests {
 
     #[test]
     fn ablation_value_depends_on_the_sign_of_activations() {
-        assert_eq!(ablation_value(&Chw::new(1, 1, 2, vec![0.0, 3.0])), 0.0);
-        assert_eq!(ablation_value(&Chw::new(1, 1, 2, vec![-2.0, 3.0])), -2.0 - 1e7);
+        assert_eq!(ablation_value(0.0), 0.0);
+        assert_eq!(ablation_value(-2.0), -2.0 - 1e7);
     }
 }

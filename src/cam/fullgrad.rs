@@ -8,12 +8,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{Tensor, Var};
+use candle_core::{IndexOp, Tensor, Var};
 
 use super::{min_max, resize_bilinear, Chw};
 use crate::error::Result;
-use crate::model::ops::record_bias_taps;
-use crate::model::Network;
+use crate::model::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
 use crate::trace::Trace;
 
 /// Σ_c min-max(|v_c|) at the tensor's own resolution.
@@ -30,15 +29,21 @@ fn summed_saliency(v: &Chw) -> Vec<f32> {
 /// Input ⊙ input-gradient, and every biased layer's gradient with its bias.
 type Gradients = (Chw, Vec<(Chw, Arc<Vec<f32>>)>);
 
-/// The map before the final ReLU and min-max, at the input's size. On the CPU the gradients come
-/// from one more backward pass over `trace`; elsewhere from Candle's autograd through a new
-/// forward pass with every bias tapped.
-pub fn map(network: &Network, input: &Tensor, trace: &Trace, class: usize) -> Result<Vec<f32>> {
+/// The map before the final ReLU and min-max, at the input's size. With a CPU trace the
+/// gradients come from one more backward pass over it; otherwise from Candle's autograd through
+/// a new forward pass with every bias tapped.
+pub fn map(
+    model: &dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    trace: &Trace,
+    class: usize,
+) -> Result<Vec<f32>> {
     let gradients = match trace.input_gradient_with_biases(class)? {
         Some((dx, biases)) => {
             (dx.mul(&Chw::from_tensor(input)?), biases.into_iter().map(|b| (b.gradient, b.bias)).collect())
         }
-        None => autograd_gradients(network, input, class)?,
+        None => autograd_gradients(model, engine, input, class)?,
     };
     let (_, _, s, _) = input.dims4()?;
     Ok(combine(&gradients, s))
@@ -60,15 +65,23 @@ fn combine((input_term, layers): &Gradients, s: usize) -> Vec<f32> {
     total
 }
 
-fn autograd_gradients(network: &Network, input: &Tensor, class: usize) -> Result<Gradients> {
+fn autograd_gradients(
+    model: &dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    class: usize,
+) -> Result<Gradients> {
     let x = Var::from_tensor(input)?;
-    let (logits, taps) = record_bias_taps(|| network.forward(x.as_tensor()))?;
-    let grads = logits.get(0)?.get(class)?.backward()?;
+    let mut taps = Taps::new(model.stages(), engine, Mode::RecordBiases);
+    let logits = model.forward(x.as_tensor(), &mut taps)?;
+    check_all_stages_tapped(model, taps.stages_seen())?;
+    let grads = logits.i((0, class))?.backward()?;
     let input_term = match grads.get(x.as_tensor()) {
         Some(g) => g.mul(input)?,
         None => input.zeros_like()?,
     };
     let layers = taps
+        .take_bias_taps()
         .into_iter()
         .filter_map(|t| grads.get(t.tap.as_tensor()).map(|g| Ok((Chw::from_tensor(g)?, t.bias))))
         .collect::<Result<_>>()?;
@@ -78,23 +91,25 @@ fn autograd_gradients(network: &Network, input: &Tensor, class: usize) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::test_support::worst_and_scale;
+    use crate::cam::test_support::{seeded_tensor, worst_and_scale};
     use crate::model::{card, Arch};
-    use candle_core::Device;
 
     /// The CPU path (one more backward over the trace, bias gradients recorded) against Candle's
-    /// autograd with every bias tapped, for both families.
+    /// autograd with every bias tapped, on both engines, for both families.
     #[test]
     fn cpu_fullgrad_equals_autograd_fullgrad() {
-        for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
-            let model = card::synthetic(arch, 5).unwrap();
-            let input = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
-            let trace = Trace::new(&model.network, &input).unwrap();
+        for (seed, arch) in ["efficientnet-lite0", "resnet18"].into_iter().enumerate() {
+            let model = card::synthetic(Arch::parse(arch).unwrap(), 5).unwrap();
+            let input = seeded_tensor(&[1, 3, 64, 64], seed as u64);
+            let trace = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             let class = trace.top_class();
-            let cpu = map(&model.network, &input, &trace, class).unwrap();
-            let reference = combine(&autograd_gradients(&model.network, &input, class).unwrap(), 64);
-            let (worst, scale) = worst_and_scale(&cpu, &reference);
-            assert!(worst <= 1e-3 * scale, "{arch}: differs by {worst} (scale {scale})");
+            let cpu = map(model.network.as_ref(), EngineKind::Fast, &input, &trace, class).unwrap();
+            for engine in [EngineKind::Fast, EngineKind::Portable] {
+                let gradients = autograd_gradients(model.network.as_ref(), engine, &input, class).unwrap();
+                let reference = combine(&gradients, 64);
+                let (worst, scale) = worst_and_scale(&cpu, &reference);
+                assert!(worst <= 1e-3 * scale, "{arch} ({engine}): differs by {worst} (scale {scale})");
+            }
         }
     }
 

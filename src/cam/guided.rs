@@ -3,22 +3,40 @@
 //! Guided Grad-CAM multiplies it, pixel by pixel, with the Grad-CAM map. Both are shown as maps of
 //! the gradient's magnitude (its L2 norm over colour channels).
 
-use candle_core::{Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{IndexOp, Tensor, Var};
 
 use super::Chw;
 use crate::error::Result;
-use crate::model::ops::guided;
-use crate::model::Network;
+use crate::model::contract::activation_mask;
+use crate::model::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
 use crate::trace::Trace;
 
-/// The guided gradient of the class logit with respect to the input, (1, 3, S, S).
-pub fn gradient(network: &Network, input: &Tensor, class: usize) -> Result<Tensor> {
+/// The guided gradient of the class logit with respect to the input, (1, 3, S, S), through
+/// Candle's autograd. Guided backprop's rule (pass only positive gradient) is not the gradient of
+/// any forward pass, so in guided mode the taps cut the graph at every ReLU; the walk below goes
+/// through the cuts last to first, applying the rule at each and backpropagating only the
+/// segment of graph between one cut and the ones before it.
+pub fn gradient(
+    model: &dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    class: usize,
+) -> Result<Tensor> {
     let x = Var::from_tensor(input)?;
-    let grads = guided(|| -> Result<_> {
-        let logits = network.forward(x.as_tensor())?;
-        Ok(logits.get(0)?.get(class)?.backward()?)
-    })?;
-    Ok(match grads.get(x.as_tensor()) {
+    let mut taps = Taps::new(model.stages(), engine, Mode::GuidedRelu);
+    let logits = model.forward(x.as_tensor(), &mut taps)?;
+    check_all_stages_tapped(model, taps.stages_seen())?;
+    let cuts = taps.take_guided_cuts();
+    // Gradients at the leaves (every cut's output and the input), summed over all their uses.
+    let mut leaves: GradStore = logits.i((0, class))?.backward()?;
+    for cut in cuts.iter().rev() {
+        let Some(g) = leaves.remove(cut.output.as_tensor()) else { continue };
+        let guided = g.relu()?.mul(&activation_mask(&cut.input, cut.activation)?)?.detach();
+        let segment = cut.input.mul(&guided)?.sum_all()?.backward()?;
+        leaves.extend(segment)?;
+    }
+    Ok(match leaves.get(x.as_tensor()) {
         Some(g) => g.clone(),
         None => input.zeros_like()?,
     })
@@ -34,12 +52,18 @@ pub fn magnitude(g: &Chw) -> Vec<f32> {
     m
 }
 
-/// The guided-backprop map at the input's resolution, before normalisation: on the CPU from one
-/// more backward pass over `trace`, elsewhere through a guided forward and Candle's autograd.
-pub fn map(network: &Network, input: &Tensor, trace: &Trace, class: usize) -> Result<Vec<f32>> {
+/// The guided-backprop map at the input's resolution, before normalisation: with a CPU trace
+/// from one more backward pass over it, otherwise through a guided forward and Candle's autograd.
+pub fn map(
+    model: &dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    trace: &Trace,
+    class: usize,
+) -> Result<Vec<f32>> {
     let g = match trace.guided_input_gradient(class)? {
         Some(g) => g,
-        None => Chw::from_tensor(&gradient(network, input, class)?)?,
+        None => Chw::from_tensor(&gradient(model, engine, input, class)?)?,
     };
     Ok(magnitude(&g))
 }
@@ -48,19 +72,26 @@ pub fn map(network: &Network, input: &Tensor, trace: &Trace, class: usize) -> Re
 mod tests {
     use super::*;
     use crate::model::ops::{Activation, Classifier, Conv2d, Linear, Padding};
-    use crate::model::{Arch, Layer, Stage};
+    use crate::model::{Backward, Layer, Network, Stage};
     use candle_core::Device;
 
     struct ConvRelu(Conv2d);
     impl Layer for ConvRelu {
-        fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-            self.0.forward(x)
+        fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
+            self.0.forward(x, taps)
         }
         fn forward_cpu(&self, x: &Chw, _: &mut Vec<Chw>) -> candle_core::Result<Chw> {
             self.0.forward_cpu(x)
         }
-        fn backward_cpu(&self, i: [usize; 3], _: &[Chw], y: &Chw, dy: &Chw) -> candle_core::Result<Chw> {
-            self.0.backward_cpu(i, y, std::borrow::Cow::Borrowed(dy))
+        fn backward_cpu(
+            &self,
+            i: [usize; 3],
+            _: &[Chw],
+            y: &Chw,
+            dy: &Chw,
+            ctx: &mut Backward,
+        ) -> candle_core::Result<Chw> {
+            self.0.backward_cpu(i, y, std::borrow::Cow::Borrowed(dy), ctx)
         }
     }
 
@@ -77,13 +108,14 @@ mod tests {
         let b = Tensor::from_vec(vec![0.5f32; 4], 4, dev).unwrap();
         let conv = Conv2d::new(w, Some(b), 1, Padding::Symmetric(1), 1, Activation::Relu).unwrap();
         let fc = Linear::new(Tensor::from_vec(head.to_vec(), (1, 4), dev).unwrap(), None).unwrap();
-        Network::new(Arch::ResNet(18), vec![Stage::new("conv", ConvRelu(conv))], Classifier(fc))
+        Network::new("conv-relu", vec![Stage::new("conv", ConvRelu(conv))], Classifier(fc))
     }
 
     fn finite_difference(net: &Network, x: &[f32], shape: (usize, usize, usize, usize)) -> Vec<f32> {
         let score = |v: &[f32]| -> f64 {
             let t = Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
-            net.forward(&t).unwrap().get(0).unwrap().get(0).unwrap().to_scalar::<f32>().unwrap() as f64
+            let logits = crate::model::logits(net, &t, EngineKind::Portable).unwrap();
+            logits.get(0).unwrap().get(0).unwrap().to_scalar::<f32>().unwrap() as f64
         };
         let h = 1e-2;
         (0..x.len())
@@ -104,35 +136,48 @@ mod tests {
         let shape = (1, 3, 5, 6);
         let x = values(3 * 5 * 6, 3, 0.1, 1.0);
         let input = Tensor::from_vec(x.clone(), shape, &Device::Cpu).unwrap();
-        let head = [1.0, -2.0, 0.5, -0.25];
-        let ours: Vec<f32> =
-            gradient(&network(head), &input, 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let head: [f32; 4] = [1.0, -2.0, 0.5, -0.25];
         let expected = finite_difference(&network(head.map(|w| w.max(0.0))), &x, shape);
         let plain = finite_difference(&network(head), &x, shape);
-        for i in 0..x.len() {
-            assert!((ours[i] - expected[i]).abs() < 1e-3, "{i}: {} vs {}", ours[i], expected[i]);
+        for engine in [EngineKind::Fast, EngineKind::Portable] {
+            let ours: Vec<f32> = gradient(&network(head), engine, &input, 0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for i in 0..x.len() {
+                assert!((ours[i] - expected[i]).abs() < 1e-3, "{engine} {i}: {} vs {}", ours[i], expected[i]);
+            }
+            assert!(
+                ours.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2),
+                "{engine}: guided equals the plain gradient"
+            );
         }
-        assert!(
-            ours.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 1e-2),
-            "guided equals the plain gradient"
-        );
     }
 
-    /// The CPU path (guided masks in our backward) against the guided forward through Candle's
-    /// autograd, for both families (ReLU6 in convolutions, ResNet's ReLU after the residual add).
+    /// The CPU path (guided masks in our backward) against the guided walk through Candle's
+    /// autograd on both engines, for both families (ReLU6 in convolutions, ResNet's ReLU after
+    /// the residual add).
     #[test]
     fn cpu_guided_gradient_equals_autograd() {
-        use crate::cam::test_support::worst_and_scale;
-        use crate::model::card;
-        for arch in [Arch::EfficientNetLite(0), Arch::ResNet(18)] {
-            let model = card::synthetic(arch, 9).unwrap();
-            let input = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu).unwrap();
-            let trace = Trace::new(&model.network, &input).unwrap();
+        use crate::cam::test_support::{seeded_tensor, worst_and_scale};
+        use crate::model::{card, Arch};
+        for (seed, arch) in ["efficientnet-lite0", "resnet18"].into_iter().enumerate() {
+            let model = card::synthetic(Arch::parse(arch).unwrap(), 9).unwrap();
+            let input = seeded_tensor(&[1, 3, 64, 64], 10 + seed as u64);
+            let trace = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             let class = trace.top_class();
             let cpu = trace.guided_input_gradient(class).unwrap().unwrap();
-            let reference = Chw::from_tensor(&gradient(&model.network, &input, class).unwrap()).unwrap();
-            let (worst, scale) = worst_and_scale(&cpu.data, &reference.data);
-            assert!(scale > 0.0 && worst <= 1e-4 * scale, "{arch}: differs by {worst} (scale {scale})");
+            for engine in [EngineKind::Fast, EngineKind::Portable] {
+                let g = gradient(model.network.as_ref(), engine, &input, class).unwrap();
+                let reference = Chw::from_tensor(&g).unwrap();
+                let (worst, scale) = worst_and_scale(&cpu.data, &reference.data);
+                assert!(
+                    scale > 0.0 && worst <= 1e-4 * scale,
+                    "{arch} ({engine}): differs by {worst} (scale {scale})"
+                );
+            }
         }
     }
 

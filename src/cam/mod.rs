@@ -17,7 +17,7 @@ mod xgradcam;
 
 use std::fmt;
 
-pub use ablationcam::weights as ablationcam_weights;
+pub use ablationcam::Ablation;
 pub use eigen::{projection as eigen_projection, smoothed as eigen_smoothed};
 pub use fullgrad::map as fullgrad_map;
 pub use guided::map as guided_backprop_map;
@@ -40,6 +40,16 @@ impl Chw {
     pub fn new(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), channels * height * width, "Chw data does not match its shape");
         Self { channels, height, width, data }
+    }
+
+    /// From a (1, C, H, W) tensor, in Candle's error type (for use inside a model's taps).
+    pub fn from_nchw(t: &Tensor) -> candle_core::Result<Self> {
+        let t = t.to_dtype(candle_core::DType::F32)?;
+        let (_, c, h, w) = t.dims4()?;
+        if t.dim(0)? != 1 {
+            candle_core::bail!("expected one image's activation, got shape {:?}", t.dims())
+        }
+        Ok(Self::new(c, h, w, t.flatten_all()?.to_vec1()?))
     }
 
     /// From a (1, C, H, W) or (C, H, W) tensor.
@@ -378,6 +388,15 @@ pub(crate) mod test_support {
             state ^= state << 17;
             (state % n as u64) as usize
         }
+    }
+
+    /// A tensor of `shape` with values uniform in [-1, 1) from a fixed seed: the same inputs
+    /// every run.
+    pub fn seeded_tensor(shape: &[usize], seed: u64) -> candle_core::Tensor {
+        let mut next = random_below(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| next(1 << 24) as f32 / (1 << 23) as f32 - 1.0).collect();
+        candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu).expect("shape matches data")
     }
 
     /// (largest |got − want|, largest |want|): the two numbers a check relative to the size of

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 
 use super::{Chw, Control};
 use crate::error::Result;
-use crate::model::Network;
+use crate::model::{logits, EngineKind, ImageClassifier};
 
 /// Bilinear upsampling with `align_corners = true` (PyTorch `UpsamplingBilinear2d`), which the
 /// reference uses here, unlike the half-pixel resize of the final maps.
@@ -41,7 +41,14 @@ fn mask(channel: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
 }
 
 /// The channel weights: softmax over channels of the masked inputs' class scores.
-pub fn weights(network: &Network, input: &Tensor, a: &Chw, class: usize, ctl: &Control) -> Result<Vec<f32>> {
+pub fn weights(
+    model: &dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    a: &Chw,
+    class: usize,
+    ctl: &Control,
+) -> Result<Vec<f32>> {
     let (_, channels, s, _) = input.dims4()?;
     let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
     let plane = s * s;
@@ -58,8 +65,9 @@ pub fn weights(network: &Network, input: &Tensor, a: &Chw, class: usize, ctl: &C
             }
         }
         let batch_input = Tensor::from_vec(data, (ks.len(), channels, s, s), &Device::Cpu)?;
-        let logits = network.forward(&batch_input.to_device(input.device())?)?;
-        let column: Vec<f32> = logits.narrow(1, class, 1)?.flatten_all()?.to_vec1()?;
+        let logits = logits(model, &batch_input.to_device(input.device())?, engine)?;
+        let column: Vec<f32> =
+            logits.narrow(1, class, 1)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         scores.extend(column);
     }
     ctl.check(a.channels, a.channels)?;

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::weights::WeightStore;
-use super::{Arch, Network};
+use super::{Arch, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
 
 /// Built into the binary so that it works from any directory with nothing else installed.
@@ -28,22 +30,14 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// What a checkpoint of `arch` was trained with, for weights that come without a card.
-    pub fn for_arch(arch: Arch) -> Self {
-        let size = arch.default_input_size();
-        match arch {
-            Arch::EfficientNetLite(_) => Preprocess {
-                input_size: size,
-                resize: (size as f64 / 0.875).round() as usize,
-                mean: [127.0; 3],
-                std: [128.0; 3],
-            },
-            Arch::ResNet(_) => Preprocess {
-                input_size: 224,
-                resize: 256,
-                mean: [123.675, 116.28, 103.53],
-                std: [58.395, 57.12, 57.375],
-            },
+    /// ImageNet's mean and std at `size` (resize to size/0.875, centre crop): what torchvision
+    /// and timm classifiers expect unless told otherwise.
+    pub fn imagenet(size: usize) -> Self {
+        Preprocess {
+            input_size: size,
+            resize: (size as f64 / 0.875).round() as usize,
+            mean: [123.675, 116.28, 103.53],
+            std: [58.395, 57.12, 57.375],
         }
     }
 }
@@ -61,12 +55,70 @@ struct Card {
 /// A network ready to run, with what it takes to feed it and read its output.
 pub struct Model {
     pub name: String,
-    pub network: std::sync::Arc<Network>,
+    pub network: Arc<dyn ImageClassifier>,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
 }
 
 impl Model {
+    /// Wraps any [`ImageClassifier`]: one forward pass on a blank input of the preprocessing's
+    /// size checks that the model runs and taps every stage, and counts its classes. Without
+    /// `labels`, 1000 classes get the ImageNet names and other counts "class N".
+    pub fn new(
+        name: impl Into<String>,
+        network: Arc<dyn ImageClassifier>,
+        preprocess: Preprocess,
+        labels: Option<Vec<String>>,
+    ) -> Result<Self> {
+        let name = name.into();
+        let size = preprocess.input_size;
+        let x = candle_core::Tensor::zeros(
+            (1, 3, size, size),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
+        let stages = network.stages();
+        let mut taps = super::Taps::new(stages, EngineKind::Portable, super::Mode::Plain);
+        let logits = network
+            .forward(&x, &mut taps)
+            .map_err(|e| Error::Model(format!("model {name} failed on a {size}×{size} input: {e}")))?;
+        super::check_all_stages_tapped(network.as_ref(), taps.stages_seen())?;
+        let classes = match logits.dims() {
+            [1, n] => *n,
+            d => {
+                return Err(Error::Model(format!(
+                    "model {name} returned logits of shape {d:?}, not (1, classes)"
+                )))
+            }
+        };
+        let labels = match labels {
+            Some(l) => l,
+            None => default_labels(classes),
+        };
+        Self::checked(name, network, preprocess, labels, classes)
+    }
+
+    fn checked(
+        name: String,
+        network: Arc<dyn ImageClassifier>,
+        preprocess: Preprocess,
+        labels: Vec<String>,
+        classes: usize,
+    ) -> Result<Self> {
+        if labels.len() != classes {
+            return Err(Error::Model(format!(
+                "{} labels for a network with {classes} classes",
+                labels.len()
+            )));
+        }
+        Ok(Model { name, network, preprocess, labels })
+    }
+
+    /// The ImageNet class names: the labels of any 1000-class model without its own.
+    pub fn imagenet_labels() -> Vec<String> {
+        parse_labels(IMAGENET_LABELS)
+    }
+
     pub fn label(&self, class: usize) -> &str {
         &self.labels[class]
     }
@@ -181,27 +233,31 @@ fn assemble(
         Some(a) => a,
         None => Arch::detect(&weights)?,
     };
-    let network = Network::load(arch, &weights)?;
+    let network = arch.build(&weights)?;
+    let classes = network.num_classes();
     let labels = match labels {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
-        None if network.num_classes() == 1000 => IMAGENET_LABELS.to_string(),
-        None => (0..network.num_classes()).map(|i| format!("class {i}\n")).collect(),
+        Some(path) => parse_labels(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?),
+        None => default_labels(classes),
     };
-    let labels: Vec<String> =
-        labels.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
-    if labels.len() != network.num_classes() {
-        return Err(Error::Model(format!(
-            "{} labels for a network with {} classes",
-            labels.len(),
-            network.num_classes()
-        )));
+    let preprocess = preprocess.unwrap_or_else(|| arch.preprocess());
+    Model::checked(name, Arc::new(network), preprocess, labels, classes)
+}
+
+fn parse_labels(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+fn default_labels(classes: usize) -> Vec<String> {
+    if classes == 1000 {
+        Model::imagenet_labels()
+    } else {
+        (0..classes).map(|i| format!("class {i}")).collect()
     }
-    let preprocess = preprocess.unwrap_or_else(|| Preprocess::for_arch(arch));
-    Ok(Model { name, network: std::sync::Arc::new(network), preprocess, labels })
 }
 
 /// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.
 pub fn synthetic(arch: Arch, seed: u64) -> Result<Model> {
     let weights = WeightStore::synthetic(seed);
-    assemble(format!("{arch} (synthetic weights)"), weights, Some(arch), None, None)
+    let name = format!("{arch} (synthetic weights)");
+    assemble(name, weights, Some(arch), None, None)
 }

@@ -8,9 +8,11 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
+use super::card::Preprocess;
 use super::ops::{add_assign, Activation, Classifier, Conv2d, Linear, Padding};
+use super::registry::Family;
 use super::weights::WeightStore;
-use super::{Arch, Layer, Network, Stage};
+use super::{Backward, Layer, Network, Stage, Taps};
 use crate::cam::Chw;
 use crate::error::{Error, Result};
 
@@ -48,6 +50,17 @@ impl Variant {
 
     pub fn get(index: u8) -> Variant {
         Self::ALL[index as usize]
+    }
+
+    fn name(&self) -> String {
+        format!("efficientnet-lite{}", self.index)
+    }
+
+    fn named(arch: &str) -> Result<Variant> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == arch)
+            .ok_or_else(|| Error::Model(format!("no EfficientNet-Lite variant '{arch}'")))
     }
 
     /// TF `round_filters` with divisor 8.
@@ -93,8 +106,23 @@ pub struct BlockArgs {
     pub out_channels: usize,
 }
 
+pub static FAMILY: Family = Family {
+    archs: || Variant::ALL.iter().map(Variant::name).collect(),
+    detect: |w| w.contains("_conv_stem.weight").then(|| detect(w)),
+    build: |arch, w| build(Variant::named(arch)?, w),
+    preprocess: |arch| {
+        let size = Variant::named(arch).map_or(224, |v| v.input_size);
+        Preprocess {
+            input_size: size,
+            resize: (size as f64 / 0.875).round() as usize,
+            mean: [127.0; 3],
+            std: [128.0; 3],
+        }
+    },
+};
+
 /// Picks the variant whose block count and channel widths match the checkpoint.
-pub fn detect(w: &WeightStore) -> Result<Arch> {
+fn detect(w: &WeightStore) -> Result<String> {
     let count = (0..).take_while(|i| w.contains(&format!("_blocks.{i}._project_conv.weight"))).count();
     let widths: Vec<Option<usize>> =
         (0..count).map(|i| w.shape_of(&format!("_blocks.{i}._project_conv.weight")).map(|s| s[0])).collect();
@@ -104,7 +132,7 @@ pub fn detect(w: &WeightStore) -> Result<Arch> {
             let blocks = v.blocks();
             blocks.len() == count && blocks.iter().zip(&widths).all(|(b, w)| Some(b.out_channels) == *w)
         })
-        .map(|v| Arch::EfficientNetLite(v.index))
+        .map(Variant::name)
         .ok_or_else(|| Error::Weights {
             source_name: w.source_name().into(),
             message: format!(
@@ -131,16 +159,23 @@ fn conv_bn(
 struct ConvStage(Conv2d);
 
 impl Layer for ConvStage {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.0.forward(x)
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> CResult<Tensor> {
+        self.0.forward(x, taps)
     }
 
     fn forward_cpu(&self, x: &Chw, _saved: &mut Vec<Chw>) -> CResult<Chw> {
         self.0.forward_cpu(x)
     }
 
-    fn backward_cpu(&self, input: [usize; 3], _saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
-        self.0.backward_cpu(input, output, Cow::Borrowed(dy))
+    fn backward_cpu(
+        &self,
+        input: [usize; 3],
+        _saved: &[Chw],
+        output: &Chw,
+        dy: &Chw,
+        ctx: &mut Backward,
+    ) -> CResult<Chw> {
+        self.0.backward_cpu(input, output, Cow::Borrowed(dy), ctx)
     }
 }
 
@@ -192,12 +227,13 @@ impl MbConv {
 }
 
 impl Layer for MbConv {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> CResult<Tensor> {
         let h = match &self.expand {
-            Some(e) => e.forward(x)?,
+            Some(e) => e.forward(x, taps)?,
             None => x.clone(),
         };
-        let y = self.project.forward(&self.depthwise.forward(&h)?)?;
+        let d = self.depthwise.forward(&h, taps)?;
+        let y = self.project.forward(&d, taps)?;
         if self.residual {
             y.add(x)
         } else {
@@ -220,14 +256,21 @@ impl Layer for MbConv {
         Ok(y)
     }
 
-    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
+    fn backward_cpu(
+        &self,
+        input: [usize; 3],
+        saved: &[Chw],
+        output: &Chw,
+        dy: &Chw,
+        ctx: &mut Backward,
+    ) -> CResult<Chw> {
         let depthwise = saved.last().expect("MbConv saves its depthwise output");
         // The expansion is 1×1 with stride 1: the hidden map has the input's size.
         let hidden_shape = [depthwise.channels, input[1], input[2]];
-        let d_depthwise = self.project.backward_cpu(depthwise.shape(), output, Cow::Borrowed(dy))?;
-        let d_hidden = self.depthwise.backward_cpu(hidden_shape, depthwise, Cow::Owned(d_depthwise))?;
+        let d_depthwise = self.project.backward_cpu(depthwise.shape(), output, Cow::Borrowed(dy), ctx)?;
+        let d_hidden = self.depthwise.backward_cpu(hidden_shape, depthwise, Cow::Owned(d_depthwise), ctx)?;
         let mut dx = match &self.expand {
-            Some(e) => e.backward_cpu(input, &saved[0], Cow::Owned(d_hidden))?,
+            Some(e) => e.backward_cpu(input, &saved[0], Cow::Owned(d_hidden), ctx)?,
             None => d_hidden,
         };
         if self.residual {
@@ -237,7 +280,7 @@ impl Layer for MbConv {
     }
 }
 
-pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {
+fn build(v: Variant, w: &WeightStore) -> Result<Network> {
     let mut stages = Vec::new();
     let stem = conv_bn(w, "_conv_stem", "_bn0", [STEM_CHANNELS, 3, 3, 3], 2, 1, Activation::Relu6)?;
     stages.push(Stage::new("_conv_stem", ConvStage(stem)));
@@ -255,7 +298,7 @@ pub fn build(v: Variant, w: &WeightStore) -> Result<Network> {
         w.get("_fc.weight", &[num_classes, HEAD_CHANNELS])?,
         Some(w.get("_fc.bias", &[num_classes])?),
     )?;
-    Ok(Network::new(Arch::EfficientNetLite(v.index), stages, Classifier(fc)))
+    Ok(Network::new(v.name(), stages, Classifier(fc)))
 }
 
 #[cfg(test)]

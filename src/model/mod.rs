@@ -1,32 +1,38 @@
-//! What a network is to camscope: an ordered list of named stages, each a function from the
-//! previous stage's output to its own, followed by a classifier head. Any stage range can be run,
-//! which is what lets perturbation methods re-run only the part of the network after a stage.
+//! What a model is to camscope. Every model meets one contract ([`ImageClassifier`]: named
+//! stages with their layouts, a forward pass that hands each stage output to the engine's taps).
+//! The built-in families are [`Network`]s, an ordered list of [`Layer`]s and a classifier head,
+//! which also offer a hand-written CPU tape and can resume from any stage; the [`registry`]
+//! knows how to build them from a checkpoint.
 
 pub mod card;
+pub mod contract;
 pub mod efficientnet_lite;
 pub mod kernels;
 pub mod ops;
+pub mod registry;
 pub mod resnet;
 pub mod weights;
 
-use std::fmt;
-
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::cam::Chw;
 use crate::error::{Error, Result};
+pub use contract::{
+    Backward, BiasGradient, Capabilities, CpuTape, EngineKind, ImageClassifier, Layout, Mode, StageHook,
+    StageSpec, Taps,
+};
 use ops::Classifier;
-use weights::WeightStore;
+pub use registry::{Arch, Family};
 
-/// A piece of network with a single input and output, runnable two ways.
+/// A piece of a built-in network with a single input and output, runnable two ways.
 pub trait Layer: Send + Sync {
-    /// Candle tensors on any device, batched, with Candle's autograd available: what
-    /// perturbation methods, FullGrad and guided backprop run.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Candle tensors on any device, batched, through the taps (which pick the kernels and see
+    /// biases and activations in FullGrad and guided modes).
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor>;
 
-    /// One image on the CPU with no autograd graph: what the trace runs, several times faster
-    /// (no graph bookkeeping, no zero-filled gradient buffers, masks and adds fused). Pushes
-    /// onto `saved` the intermediates that [`Layer::backward_cpu`] needs.
+    /// One image on the CPU with no autograd graph: what the fast trace runs, several times
+    /// faster (no graph bookkeeping, no zero-filled gradient buffers, masks and adds fused).
+    /// Pushes onto `saved` the intermediates that [`Layer::backward_cpu`] needs.
     fn forward_cpu(&self, x: &Chw, saved: &mut Vec<Chw>) -> candle_core::Result<Chw>;
 
     /// Gradient at the layer's input (of shape `input`), given what its forward saved, its
@@ -37,76 +43,8 @@ pub trait Layer: Send + Sync {
         saved: &[Chw],
         output: &Chw,
         dy: &Chw,
+        ctx: &mut Backward,
     ) -> candle_core::Result<Chw>;
-}
-
-/// The architectures camscope can build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// EfficientNet-Lite0 … Lite4.
-    EfficientNetLite(u8),
-    /// torchvision ResNet-18/34/50/101/152.
-    ResNet(u16),
-}
-
-impl Arch {
-    pub const ALL: [Arch; 10] = [
-        Arch::EfficientNetLite(0),
-        Arch::EfficientNetLite(1),
-        Arch::EfficientNetLite(2),
-        Arch::EfficientNetLite(3),
-        Arch::EfficientNetLite(4),
-        Arch::ResNet(18),
-        Arch::ResNet(34),
-        Arch::ResNet(50),
-        Arch::ResNet(101),
-        Arch::ResNet(152),
-    ];
-
-    pub fn parse(s: &str) -> Result<Self> {
-        let lower = s.to_ascii_lowercase().replace('_', "-");
-        Arch::ALL.into_iter().find(|a| a.to_string() == lower).ok_or_else(|| {
-            let names: Vec<String> = Arch::ALL.iter().map(Arch::to_string).collect();
-            Error::Model(format!("unknown architecture '{s}'; known: {}", names.join(", ")))
-        })
-    }
-
-    /// Guesses the architecture from tensor names and shapes.
-    pub fn detect(weights: &WeightStore) -> Result<Self> {
-        if weights.contains("_conv_stem.weight") {
-            efficientnet_lite::detect(weights)
-        } else if weights.contains("conv1.weight") && weights.contains("layer1.0.conv1.weight") {
-            resnet::detect(weights)
-        } else {
-            let mut names = weights.names();
-            names.sort_unstable();
-            let sample: Vec<&str> = names.into_iter().take(4).collect();
-            Err(Error::Weights {
-                source_name: weights.source_name().into(),
-                message: format!(
-                    "cannot tell the architecture from its tensor names (first: {}); pass --arch",
-                    sample.join(", ")
-                ),
-            })
-        }
-    }
-
-    /// Input side the architecture was trained at.
-    pub fn default_input_size(self) -> usize {
-        match self {
-            Arch::EfficientNetLite(v) => efficientnet_lite::Variant::get(v).input_size,
-            Arch::ResNet(_) => 224,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Arch::EfficientNetLite(v) => write!(f, "efficientnet-lite{v}"),
-            Arch::ResNet(d) => write!(f, "resnet{d}"),
-        }
-    }
 }
 
 pub struct Stage {
@@ -120,110 +58,159 @@ impl Stage {
     }
 }
 
+/// A built-in network: named NCHW stages, each one [`Layer`], then global average pooling and a
+/// linear classifier. It offers everything the contract asks for, the CPU tape included.
 pub struct Network {
-    pub arch: Arch,
+    name: String,
     stages: Vec<Stage>,
+    specs: Vec<StageSpec>,
     classifier: Classifier,
 }
 
 impl Network {
-    pub fn new(arch: Arch, stages: Vec<Stage>, classifier: Classifier) -> Self {
-        Self { arch, stages, classifier }
+    pub fn new(name: impl Into<String>, stages: Vec<Stage>, classifier: Classifier) -> Self {
+        let specs = stages.iter().map(|s| StageSpec::nchw(&s.name)).collect();
+        Self { name: name.into(), stages, specs, classifier }
     }
 
     pub fn num_classes(&self) -> usize {
         self.classifier.num_classes()
     }
 
-    /// Builds `arch` from `weights`, checking every tensor.
-    pub fn load(arch: Arch, weights: &WeightStore) -> Result<Self> {
-        let net = match arch {
-            Arch::EfficientNetLite(v) => {
-                efficientnet_lite::build(efficientnet_lite::Variant::get(v), weights)?
-            }
-            Arch::ResNet(depth) => resnet::build(depth, weights)?,
-        };
-        weights.finish()?;
-        Ok(net)
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+}
+
+impl ImageClassifier for Network {
+    fn name(&self) -> String {
+        self.name.clone()
     }
 
-    pub fn stage_names(&self) -> impl Iterator<Item = &str> {
-        self.stages.iter().map(|s| s.name.as_str())
+    fn stages(&self) -> &[StageSpec] {
+        &self.specs
     }
 
-    pub fn num_stages(&self) -> usize {
-        self.stages.len()
-    }
-
-    pub fn stage_name(&self, index: usize) -> &str {
-        &self.stages[index].name
-    }
-
-    pub fn stage_index(&self, name: &str) -> Result<usize> {
-        self.stages.iter().position(|s| s.name == name).ok_or_else(|| Error::UnknownStage {
-            name: name.into(),
-            available: self.stage_names().collect::<Vec<_>>().join(", "),
-        })
-    }
-
-    /// Runs stages `from..=to`; `x` is the output of stage `from - 1` (the input image for 0).
-    pub fn run_stages(&self, from: usize, to: usize, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
-        for stage in &self.stages[from..=to] {
-            x = stage.layer.forward(&x)?;
+        for stage in &self.stages {
+            x = stage.layer.forward(&x, taps)?;
+            x = taps.stage(&stage.name, x)?;
         }
-        Ok(x)
+        self.classifier.forward(&x)
     }
 
-    /// Runs one stage.
-    pub fn run_stage(&self, index: usize, x: &Tensor) -> Result<Tensor> {
-        Ok(self.stages[index].layer.forward(x)?)
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { guided_relu: true, bias_gradients: true }
     }
 
-    /// Logits from the last stage's output.
-    pub fn classify(&self, last: &Tensor) -> Result<Tensor> {
-        Ok(self.classifier.forward(last)?)
-    }
-
-    /// [`Layer::forward_cpu`] of stage `index`.
-    pub fn stage_forward_cpu(&self, index: usize, x: &Chw, saved: &mut Vec<Chw>) -> Result<Chw> {
-        Ok(self.stages[index].layer.forward_cpu(x, saved)?)
-    }
-
-    /// [`Layer::backward_cpu`] of stage `index`.
-    pub fn stage_backward_cpu(
+    fn forward_from(
         &self,
-        index: usize,
+        stage: usize,
+        activation: &Tensor,
+        taps: &mut Taps,
+    ) -> Option<candle_core::Result<Tensor>> {
+        let mut run = || {
+            let mut x = activation.clone();
+            for s in &self.stages[stage + 1..] {
+                x = s.layer.forward(&x, taps)?;
+            }
+            self.classifier.forward(&x)
+        };
+        Some(run())
+    }
+
+    fn cpu_tape(&self) -> Option<&dyn CpuTape> {
+        Some(self)
+    }
+}
+
+impl CpuTape for Network {
+    fn forward_stage(&self, stage: usize, x: &Chw, saved: &mut Vec<Chw>) -> candle_core::Result<Chw> {
+        self.stages[stage].layer.forward_cpu(x, saved)
+    }
+
+    fn backward_stage(
+        &self,
+        stage: usize,
         input: [usize; 3],
         saved: &[Chw],
         output: &Chw,
         dy: &Chw,
-    ) -> Result<Chw> {
-        Ok(self.stages[index].layer.backward_cpu(input, saved, output, dy)?)
+        ctx: &mut Backward,
+    ) -> candle_core::Result<Chw> {
+        self.stages[stage].layer.backward_cpu(input, saved, output, dy, ctx)
     }
 
-    pub fn classifier(&self) -> &Classifier {
-        &self.classifier
+    fn logits(&self, last: &Chw) -> candle_core::Result<Vec<f32>> {
+        self.classifier.logits_cpu(last)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.classify(&self.run_stages(0, self.stages.len() - 1, x)?)
+    fn logit_gradient(&self, last: [usize; 3], class: usize) -> Chw {
+        self.classifier.logit_gradient_cpu(last, class)
     }
+}
 
-    /// Output shape (C, H, W) of every stage for a `size`×`size` input.
-    pub fn stage_shapes(&self, size: usize) -> Result<Vec<[usize; 3]>> {
-        let mut x = Tensor::zeros((1, 3, size, size), candle_core::DType::F32, &Device::Cpu)?;
-        let mut shapes = Vec::with_capacity(self.stages.len());
-        for stage in &self.stages {
-            x = stage.layer.forward(&x)?;
-            let (_, c, h, w) = x.dims4()?;
-            shapes.push([c, h, w]);
-        }
-        Ok(shapes)
-    }
+/// The index of stage `name` of `model`.
+pub fn stage_index(model: &dyn ImageClassifier, name: &str) -> Result<usize> {
+    let stages = model.stages();
+    stages.iter().position(|s| s.name == name).ok_or_else(|| Error::UnknownStage {
+        name: name.into(),
+        available: stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+    })
+}
 
-    /// The default stage to explain: the last one whose output is still spatial (H·W > 1).
-    pub fn default_stage(&self, shapes: &[[usize; 3]]) -> usize {
-        shapes.iter().rposition(|s| s[1] * s[2] > 1).unwrap_or(self.stages.len() - 1)
+/// Logits of a batch through the model's plain forward pass.
+pub fn logits(model: &dyn ImageClassifier, x: &Tensor, engine: EngineKind) -> Result<Tensor> {
+    Ok(model.forward(x, &mut Taps::new(model.stages(), engine, Mode::Plain))?)
+}
+
+/// What one forward pass shows of a stage: its raw output shape and its C×H×W grid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageShape {
+    pub raw: Vec<usize>,
+    pub grid: [usize; 3],
+}
+
+/// Every stage's output shape for a `height`×`width` input, from one forward pass on zeros.
+pub fn stage_shapes(
+    model: &dyn ImageClassifier,
+    height: usize,
+    width: usize,
+    engine: EngineKind,
+) -> Result<Vec<StageShape>> {
+    let x = Tensor::zeros((1, 3, height, width), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let specs = model.stages();
+    let mut shapes = Vec::with_capacity(specs.len());
+    let mut hook = |i: usize, t: Tensor| -> candle_core::Result<Tensor> {
+        let grid = specs[i].layout.to_nchw(&t)?;
+        let (_, c, h, w) = grid.dims4()?;
+        shapes.push(StageShape { raw: t.dims().to_vec(), grid: [c, h, w] });
+        Ok(t)
+    };
+    let mut taps = Taps::with_hook(specs, engine, Mode::Plain, &mut hook);
+    model.forward(&x, &mut taps)?;
+    check_all_stages_tapped(model, taps.stages_seen())?;
+    Ok(shapes)
+}
+
+/// A forward pass that skipped the taps of some stages leaves the engine without their maps.
+pub(crate) fn check_all_stages_tapped(model: &dyn ImageClassifier, seen: usize) -> Result<()> {
+    let n = model.stages().len();
+    if n == 0 {
+        return Err(Error::Model(format!("model {} has no stages to explain", model.name())));
     }
+    if seen != n {
+        return Err(Error::Model(format!(
+            "model {}'s forward pass handed {seen} of its {n} stages to the taps (it must call \
+             taps.stage for every stage, in order)",
+            model.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The default stage to explain: the last one whose grid is still spatial (H·W > 1).
+pub fn default_stage(grids: &[[usize; 3]]) -> usize {
+    grids.iter().rposition(|s| s[1] * s[2] > 1).unwrap_or(grids.len().saturating_sub(1))
 }

@@ -6,11 +6,13 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
+use super::card::Preprocess;
 use super::ops::{
-    add_assign, mask_activation_gradient, relu, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
+    add_assign, mask_activation_gradient, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
 };
+use super::registry::Family;
 use super::weights::WeightStore;
-use super::{Arch, Layer, Network, Stage};
+use super::{Backward, Layer, Network, Stage, Taps};
 use crate::cam::Chw;
 use crate::error::{Error, Result};
 
@@ -34,20 +36,40 @@ fn layout(depth: u16) -> Result<(bool, [usize; 4])> {
         .ok_or_else(|| Error::Model(format!("no ResNet-{depth} layout")))
 }
 
-pub fn detect(w: &WeightStore) -> Result<Arch> {
+pub static FAMILY: Family = Family {
+    archs: || LAYOUTS.iter().map(|l| format!("resnet{}", l.0)).collect(),
+    detect: |w| (w.contains("conv1.weight") && w.contains("layer1.0.conv1.weight")).then(|| detect(w)),
+    build: |arch, w| build(depth(arch)?, w),
+    preprocess: |_| Preprocess {
+        input_size: 224,
+        resize: 256,
+        mean: [123.675, 116.28, 103.53],
+        std: [58.395, 57.12, 57.375],
+    },
+};
+
+fn depth(arch: &str) -> Result<u16> {
+    arch.strip_prefix("resnet")
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| Error::Model(format!("'{arch}' is not a ResNet")))
+}
+
+fn detect(w: &WeightStore) -> Result<String> {
     let bottleneck = w.contains("layer1.0.conv3.weight");
     let counts: Vec<usize> = (1..=4)
         .map(|l| (0..).take_while(|i| w.contains(&format!("layer{l}.{i}.conv1.weight"))).count())
         .collect();
-    LAYOUTS.iter().find(|l| l.1 == bottleneck && l.2[..] == counts[..]).map(|l| Arch::ResNet(l.0)).ok_or_else(
-        || Error::Weights {
+    LAYOUTS
+        .iter()
+        .find(|l| l.1 == bottleneck && l.2[..] == counts[..])
+        .map(|l| format!("resnet{}", l.0))
+        .ok_or_else(|| Error::Weights {
             source_name: w.source_name().into(),
             message: format!(
                 "ResNet-style tensors with {} blocks {counts:?} match no torchvision ResNet",
                 if bottleneck { "bottleneck" } else { "basic" }
             ),
-        },
-    )
+        })
 }
 
 fn conv_bn(
@@ -71,8 +93,9 @@ struct Stem {
 }
 
 impl Layer for Stem {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        self.pool.forward(&self.conv.forward(x)?)
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> CResult<Tensor> {
+        let conv = self.conv.forward(x, taps)?;
+        self.pool.forward(&conv, taps)
     }
 
     /// Saves the convolution's output: the pool's input and the ReLU's mask.
@@ -83,9 +106,16 @@ impl Layer for Stem {
         Ok(y)
     }
 
-    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], _output: &Chw, dy: &Chw) -> CResult<Chw> {
+    fn backward_cpu(
+        &self,
+        input: [usize; 3],
+        saved: &[Chw],
+        _output: &Chw,
+        dy: &Chw,
+        ctx: &mut Backward,
+    ) -> CResult<Chw> {
         let conv = &saved[0];
-        self.conv.backward_cpu(input, conv, Cow::Owned(self.pool.backward_cpu(conv, dy)?))
+        self.conv.backward_cpu(input, conv, Cow::Owned(self.pool.backward_cpu(conv, dy)?), ctx)
     }
 }
 
@@ -140,16 +170,16 @@ impl Block {
 }
 
 impl Layer for Block {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> CResult<Tensor> {
         let mut y = x.clone();
         for conv in &self.convs {
-            y = conv.forward(&y)?;
+            y = conv.forward(&y, taps)?;
         }
         let identity = match &self.downsample {
-            Some(d) => d.forward(x)?,
+            Some(d) => d.forward(x, taps)?,
             None => x.clone(),
         };
-        relu(&y.add(&identity)?)
+        taps.relu(&y.add(&identity)?)
     }
 
     /// Saves every convolution's output (their masks, and the next one's input shape).
@@ -166,18 +196,25 @@ impl Layer for Block {
         Ok(y)
     }
 
-    fn backward_cpu(&self, input: [usize; 3], saved: &[Chw], output: &Chw, dy: &Chw) -> CResult<Chw> {
+    fn backward_cpu(
+        &self,
+        input: [usize; 3],
+        saved: &[Chw],
+        output: &Chw,
+        dy: &Chw,
+        ctx: &mut Backward,
+    ) -> CResult<Chw> {
         // Through the final ReLU (no gradient where the output is 0, as in PyTorch).
         let mut d_sum = dy.clone();
-        mask_activation_gradient(&mut d_sum.data, &output.data, Activation::Relu);
+        mask_activation_gradient(&mut d_sum.data, &output.data, Activation::Relu, ctx);
         let mut grad = d_sum.clone();
         for (i, conv) in self.convs.iter().enumerate().rev() {
             let conv_input = if i == 0 { input } else { saved[i - 1].shape() };
-            grad = conv.backward_cpu(conv_input, &saved[i], Cow::Owned(grad))?;
+            grad = conv.backward_cpu(conv_input, &saved[i], Cow::Owned(grad), ctx)?;
         }
         match &self.downsample {
             Some(d) => {
-                let identity = d.backward_cpu(input, output, Cow::Owned(d_sum))?;
+                let identity = d.backward_cpu(input, output, Cow::Owned(d_sum), ctx)?;
                 add_assign(&mut grad.data, &identity.data);
             }
             None => add_assign(&mut grad.data, &d_sum.data),
@@ -191,7 +228,7 @@ fn add_relu(y: &mut [f32], identity: &[f32]) {
     y.iter_mut().zip(identity).for_each(|(y, i)| *y = (*y + i).max(0.0));
 }
 
-pub fn build(depth: u16, w: &WeightStore) -> Result<Network> {
+fn build(depth: u16, w: &WeightStore) -> Result<Network> {
     let (bottleneck, counts) = layout(depth)?;
     let stem = Stem {
         conv: conv_bn(w, "conv1", "bn1", [64, 3, 7, 7], 2, 3, Activation::Relu)?,
@@ -210,5 +247,5 @@ pub fn build(depth: u16, w: &WeightStore) -> Result<Network> {
     }
     let num_classes = w.shape_of("fc.weight").map_or(1000, |s| s[0]);
     let fc = Linear::new(w.get("fc.weight", &[num_classes, cin])?, Some(w.get("fc.bias", &[num_classes])?))?;
-    Ok(Network::new(Arch::ResNet(depth), stages, Classifier(fc)))
+    Ok(Network::new(format!("resnet{depth}"), stages, Classifier(fc)))
 }

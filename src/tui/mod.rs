@@ -18,7 +18,7 @@ use ratatui::Terminal;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use camscope::engine::Engine;
-use camscope::model::{card, Arch};
+use camscope::model::{card, Arch, EngineKind};
 use camscope::preprocess;
 use camscope::{Error, Result};
 
@@ -35,6 +35,7 @@ pub struct TuiOptions {
     pub model: String,
     pub arch: Option<Arch>,
     pub device: candle_core::Device,
+    pub engine: EngineKind,
     /// `None`: ask the terminal.
     pub protocol: Option<ProtocolType>,
     pub theme: Option<String>,
@@ -61,17 +62,17 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let keymap = Keymap::load(opts.keys.as_deref())?;
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
-    let model = card::load(&opts.model, opts.arch)?;
+    let model = card::load(&opts.model, opts.arch.clone())?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?)?;
+    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
     let trace = engine.trace();
     let shapes = trace.shapes();
     let default_stage = engine.default_stage();
     let info = ModelInfo {
         model: model.name.clone(),
-        arch: model.network.arch.to_string(),
+        arch: model.network.name(),
         source: input.source.clone(),
-        stages: model.network.stage_names().map(String::from).collect(),
+        stages: model.network.stages().iter().map(|s| s.name.clone()).collect(),
         shapes,
         labels: Arc::new(model.labels.clone()),
         view: Arc::new(input.view.clone()),

@@ -24,6 +24,7 @@ fn options() -> TuiOptions {
         model: "efficientnet-lite0".into(),
         arch: None,
         device: candle_core::Device::Cpu,
+        engine: camscope::model::EngineKind::Fast,
         protocol: None,
         theme: None,
         keys: None,

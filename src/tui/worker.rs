@@ -172,8 +172,14 @@ fn serve(engine: &Engine, requests: &Receiver<Vec<Job>>, events: &Sender<Event>,
                 Job::Map(_) => Event::Map { key, map, ms: t.elapsed().as_secs_f64() * 1e3 },
                 Job::Scores(_) => {
                     let input = engine.input();
-                    let scores =
-                        metrics::evaluate(engine.network(), input, &map, key.class, GRID_METRIC_STEPS, &ctl)?;
+                    let scores = metrics::evaluate(
+                        (engine.model(), engine.kind()),
+                        input,
+                        &map,
+                        key.class,
+                        GRID_METRIC_STEPS,
+                        &ctl,
+                    )?;
                     Event::Scores { key, scores }
                 }
             })
