@@ -27,7 +27,11 @@ pub enum Layout {
     Nhwc,
     /// (N, prefix + h·w, C): a transformer's tokens; the first `prefix` (class, distillation,
     /// register tokens) are dropped and the rest laid row-major on the h×w patch grid.
-    Tokens { prefix: usize, grid: [usize; 2] },
+    Tokens {
+        #[serde(rename = "prefix_tokens")]
+        prefix: usize,
+        grid: [usize; 2],
+    },
 }
 
 impl Layout {

@@ -224,6 +224,24 @@ impl Conv2d {
         activation: Activation,
     ) -> Result<Self> {
         let (out_channels, group_in, kernel_h, kernel_w) = weight.dims4()?;
+        // Our kernels index with these numbers: refuse any that do not describe a convolution.
+        if groups == 0 || stride == 0 || group_in == 0 || kernel_h == 0 || kernel_w == 0 {
+            candle_core::bail!(
+                "convolution with a zero size: weight {:?}, stride {stride}, {groups} groups",
+                weight.dims()
+            )
+        }
+        if !out_channels.is_multiple_of(groups) {
+            candle_core::bail!("convolution with {out_channels} output channels cannot have {groups} groups")
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [out_channels] {
+                candle_core::bail!(
+                    "convolution bias of shape {:?} for {out_channels} output channels",
+                    b.dims()
+                )
+            }
+        }
         let weight = weight.to_dtype(DType::F32)?.contiguous()?;
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         let params = ConvParams {
@@ -395,6 +413,9 @@ impl MaxPool2d {
     fn geometry(&self, shape: &Shape) -> Result<PoolGeometry> {
         let (n, c, in_h, in_w) = shape.dims4()?;
         let out = |size: usize| (size + 2 * self.pad).saturating_sub(self.kernel) / self.stride + 1;
+        if self.kernel == 0 || self.stride == 0 {
+            candle_core::bail!("max-pool with kernel {} and stride {}", self.kernel, self.stride)
+        }
         if self.pad >= self.kernel || in_h + 2 * self.pad < self.kernel || in_w + 2 * self.pad < self.kernel {
             candle_core::bail!(
                 "max-pool {}×{} does not fit an input of {in_h}×{in_w}",
