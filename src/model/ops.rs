@@ -75,7 +75,7 @@ impl ConvParams {
                 self.kernel_w
             )
         }
-        Ok(ConvGeometry {
+        let g = ConvGeometry {
             batch,
             in_channels,
             in_h,
@@ -89,7 +89,9 @@ impl ConvParams {
             out_h,
             out_w,
             groups: self.groups,
-        })
+        };
+        g.validate().map_err(candle_core::Error::wrap)?;
+        Ok(g)
     }
 }
 
@@ -894,5 +896,22 @@ mod tests {
         // Every output sends exactly 1 to one input.
         let total: f32 = g.get(&x).unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert_eq!(total, 24.0);
+    }
+
+    /// Channels not divisible by the groups are an error on every path (they used to reach the
+    /// gemm kernel, which then returned the last output channels uninitialised).
+    #[test]
+    fn conv_with_channels_not_divisible_by_groups_is_an_error() {
+        // 5 output channels in 2 groups of 2 input channels each.
+        let conv =
+            Conv2d::new(rand(&[5, 2, 3, 3], 1), None, 1, Padding::Symmetric(1), 2, Activation::Relu).unwrap();
+        let x = rand(&[1, 4, 6, 6], 2);
+        let e = conv.forward(&x).unwrap_err().to_string();
+        assert!(e.contains("divisible"), "{e}");
+        let e = conv.forward_cpu(&Chw::from_tensor(&x.get(0).unwrap()).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("divisible"), "{e}");
+        let dy = Chw::new(5, 6, 6, vec![1.0; 180]);
+        let e = conv.backward_cpu([4, 6, 6], &dy, Cow::Borrowed(&dy)).unwrap_err().to_string();
+        assert!(e.contains("divisible"), "{e}");
     }
 }
