@@ -41,7 +41,50 @@ impl Activation {
     }
 }
 
+/// A convolution or pooling shape the kernels cannot run: the fields do not describe one
+/// consistent operation (see [`ConvGeometry::validate`], [`PoolGeometry::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeometryError(String);
+
+impl std::fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GeometryError {}
+
+/// Returns a [`GeometryError`] with a formatted message when `cond` holds.
+macro_rules! reject_if {
+    ($cond:expr, $($msg:tt)+) => {
+        if $cond {
+            return Err(GeometryError(format!($($msg)+)));
+        }
+    };
+}
+
+/// The largest number of `f32` values one buffer may hold (`Vec` allocations stop at
+/// `isize::MAX` bytes). Every length a geometry implies is checked against it, so that no size
+/// computation in the kernels can overflow and wrap around to a small, wrong length.
+const MAX_VALUES: usize = isize::MAX as usize / std::mem::size_of::<f32>();
+
+/// The product of `factors` if it fits in [`MAX_VALUES`].
+fn checked_len(what: &str, factors: &[usize]) -> Result<usize, GeometryError> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .filter(|&n| n <= MAX_VALUES)
+        .ok_or_else(|| GeometryError(format!("{what} of {factors:?} values is too large")))
+}
+
 /// Shape of one 2-D convolution. Padding may be asymmetric (TensorFlow "SAME").
+///
+/// The fields are public so that a geometry is easy to read and to write down, but the kernels
+/// never trust them: every entry point runs [`ConvGeometry::validate`] before touching memory,
+/// because the gemm path writes its output into uninitialised storage block by block, and a
+/// geometry whose blocks do not tile the output (say, output channels not divisible by the
+/// groups) would otherwise hand back uninitialised memory. [`ConvGeometry::new`] builds a valid
+/// one from the padding on all four sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
     pub batch: usize,
@@ -60,6 +103,133 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry of a convolution of an NCHW `input` by a (out_channels, in_channels/groups,
+    /// kernel\[0\], kernel\[1\]) weight, with `pads` = (top, bottom, left, right) zeros and
+    /// PyTorch's output size floor((n + before + after − k) / stride) + 1.
+    pub fn new(
+        input: [usize; 4],
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: usize,
+        pads: [usize; 4],
+        groups: usize,
+    ) -> Result<Self, GeometryError> {
+        let [batch, in_channels, in_h, in_w] = input;
+        let [kernel_h, kernel_w] = kernel;
+        let [pad_top, pad_bottom, pad_left, pad_right] = pads;
+        reject_if!(stride == 0, "convolution stride must be at least 1");
+        let out = |size: usize, before: usize, after: usize, k: usize| -> Result<usize, GeometryError> {
+            let padded = size
+                .checked_add(before)
+                .and_then(|n| n.checked_add(after))
+                .ok_or_else(|| GeometryError("convolution padding overflows".into()))?;
+            reject_if!(
+                k == 0 || padded < k,
+                "a {k}-wide kernel does not fit an input of {size} padded by {before} and {after}"
+            );
+            Ok((padded - k) / stride + 1)
+        };
+        let g = ConvGeometry {
+            batch,
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            kernel_h,
+            kernel_w,
+            stride,
+            pad_top,
+            pad_left,
+            out_h: out(in_h, pad_top, pad_bottom, kernel_h)?,
+            out_w: out(in_w, pad_left, pad_right, kernel_w)?,
+            groups,
+        };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks that the fields describe one convolution the kernels can run without reading or
+    /// writing out of bounds: positive kernel, stride, groups and sizes; channels divisible by
+    /// the groups (else the (image, group) blocks do not tile the output, and part of it would
+    /// be left uninitialised); an output size that some bottom/right padding ≥ 0 gives
+    /// (in + pad_before < out·stride + kernel: no input row is a whole stride or more past the
+    /// last window); and no buffer length that overflows.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        let g = self;
+        reject_if!(
+            g.kernel_h == 0 || g.kernel_w == 0 || g.stride == 0 || g.groups == 0,
+            "kernel {}×{}, stride {} and groups {} must all be at least 1",
+            g.kernel_h,
+            g.kernel_w,
+            g.stride,
+            g.groups
+        );
+        reject_if!(
+            g.in_channels == 0 || g.out_channels == 0,
+            "a convolution needs channels ({} in, {} out)",
+            g.in_channels,
+            g.out_channels
+        );
+        reject_if!(
+            !g.in_channels.is_multiple_of(g.groups) || !g.out_channels.is_multiple_of(g.groups),
+            "{} input and {} output channels are not both divisible by {} groups",
+            g.in_channels,
+            g.out_channels,
+            g.groups
+        );
+        reject_if!(
+            g.in_h == 0 || g.in_w == 0 || g.out_h == 0 || g.out_w == 0,
+            "empty plane: input {}×{}, output {}×{}",
+            g.in_h,
+            g.in_w,
+            g.out_h,
+            g.out_w
+        );
+        checked_len("the input", &[g.batch, g.in_channels, g.in_h, g.in_w])?;
+        checked_len("the output", &[g.batch, g.out_channels, g.out_h, g.out_w])?;
+        checked_len("the weight", &[g.out_channels, g.in_channels / g.groups, g.kernel_h, g.kernel_w])?;
+        checked_len(
+            "the unfolded input",
+            &[g.in_channels / g.groups, g.kernel_h, g.kernel_w, g.out_h, g.out_w],
+        )?;
+        // Past the last window by two strides: bounds every extent the kernels derive from the
+        // geometry (the depthwise phases round each side up by at most one stride and one row).
+        let reach = |out: usize, k: usize, pad: usize, size: usize| {
+            checked_len("the padded extent", &[out, g.stride])?
+                .checked_add(k)
+                .and_then(|n| n.checked_add(2 * g.stride))
+                .filter(|&n| n <= MAX_VALUES && pad <= MAX_VALUES && size <= MAX_VALUES)
+                .ok_or_else(|| GeometryError("the padded extent is too large".into()))
+        };
+        let reach_h = reach(g.out_h, g.kernel_h, g.pad_top, g.in_h)?;
+        let reach_w = reach(g.out_w, g.kernel_w, g.pad_left, g.in_w)?;
+        // Each phase buffer is rounded up to a whole register block (64 values) per phase.
+        checked_len("the depthwise phases", &[reach_h, reach_w, 128])?;
+        // All terms are at most MAX_VALUES (a quarter of usize::MAX) here: no overflow.
+        reject_if!(
+            g.in_h + g.pad_top >= g.out_h * g.stride + g.kernel_h
+                || g.in_w + g.pad_left >= g.out_w * g.stride + g.kernel_w,
+            "output {}×{} is too small for input {}×{} with kernel {}×{}, stride {}, padding {}/{}",
+            g.out_h,
+            g.out_w,
+            g.in_h,
+            g.in_w,
+            g.kernel_h,
+            g.kernel_w,
+            g.stride,
+            g.pad_top,
+            g.pad_left
+        );
+        Ok(())
+    }
+
+    /// Panics, before any kernel touches memory, unless the geometry is valid.
+    fn assert_valid(&self) {
+        if let Err(e) = self.validate() {
+            panic!("invalid convolution geometry: {e}");
+        }
+    }
+
     fn group_in(&self) -> usize {
         self.in_channels / self.groups
     }
@@ -117,7 +287,7 @@ fn matmul(
     b_cs: usize,
     threads: usize,
 ) {
-    assert!(dst.len() >= m * n);
+    assert!(m.checked_mul(n).is_some_and(|len| len <= dst.len()), "matmul: `dst` too short");
     // SAFETY: `dst` is an initialised slice of at least m·n values.
     unsafe { matmul_raw(m, n, k, dst.as_mut_ptr(), accumulate, a, a_rs, a_cs, b, b_rs, b_cs, threads) }
 }
@@ -153,8 +323,12 @@ unsafe fn matmul_raw(
         }
         return;
     }
-    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // Checked: a wrapped-around product would let the asserts pass with indices out of bounds.
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c))
+    };
+    assert!(last(m, a_rs, k, a_cs).is_some_and(|i| i < a.len()), "matmul: `a` too short");
+    assert!(last(k, b_rs, n, b_cs).is_some_and(|i| i < b.len()), "matmul: `b` too short");
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every index the strides can reach inside `a` and `b`; the
     // caller guarantees `dst`, which does not alias them (they are shared borrows).
@@ -197,7 +371,7 @@ unsafe fn written_by(len: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
 
 /// `W · x` for a row-major (rows × x.len()) matrix: the classifier of the CPU trace (a
 /// 1000×1280 product is ~1 ms as a scalar loop, a tenth of that through gemm).
-pub fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
+pub(crate) fn matvec(w: &[f32], x: &[f32]) -> Vec<f32> {
     let k = x.len();
     assert!(k > 0 && w.len().is_multiple_of(k));
     let rows = w.len() / k;
@@ -497,7 +671,7 @@ with_best_simd!(mask_chunk_in_place, fn(dy: &mut [f32], y: &[f32], act: Activati
 });
 
 /// Zeroes the gradient `dy` where the activation whose output is `y` passes none.
-pub fn mask_in_place(dy: &mut [f32], y: &[f32], act: Activation) {
+pub(crate) fn mask_in_place(dy: &mut [f32], y: &[f32], act: Activation) {
     assert_eq!(dy.len(), y.len());
     dy.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(y.par_chunks(ELEMENTWISE_CHUNK))
@@ -619,6 +793,10 @@ fn depthwise_backward_input(
 }
 
 /// `act(conv(x, w) + bias)`. `w` is (out_channels, in_channels/groups, kh, kw).
+///
+/// # Panics
+/// If `g` is not valid ([`ConvGeometry::validate`]) or a slice's length is not the one `g`
+/// implies; both are checked before anything is computed.
 pub fn conv2d_forward(
     g: &ConvGeometry,
     x: &[f32],
@@ -626,8 +804,12 @@ pub fn conv2d_forward(
     bias: Option<&[f32]>,
     act: Activation,
 ) -> Vec<f32> {
-    assert_eq!(x.len(), g.input_len());
-    assert_eq!(w.len(), g.weight_len());
+    g.assert_valid();
+    assert_eq!(x.len(), g.input_len(), "input length does not match the geometry");
+    assert_eq!(w.len(), g.weight_len(), "weight length does not match the geometry");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), g.out_channels, "one bias per output channel");
+    }
     if g.is_depthwise() {
         let mut out = vec![0.0; g.output_len()];
         depthwise_forward(g, x, w, bias, act, &mut out);
@@ -647,7 +829,8 @@ pub fn conv2d_forward(
                 };
                 let ws = &w[grp * go * rows..(grp + 1) * go * rows];
                 let threads = gemm_threads(go * plane * rows);
-                // SAFETY: the (image, group) blocks of go·plane values tile the output exactly.
+                // SAFETY: the (image, group) blocks of go·plane values tile the output exactly:
+                // out_channels = groups·go, which `assert_valid` checked on entry.
                 unsafe {
                     let dst = out.add((n * g.out_channels + grp * go) * plane);
                     matmul_raw(go, plane, rows, dst, false, ws, rows, 1, b, plane, 1, threads);
@@ -668,16 +851,20 @@ pub fn conv2d_forward(
 /// Gradient of `act(conv(x, w) + bias)` with respect to `x` only (weights are constants here).
 /// `mask` is the forward output and its activation: the gradient passes where the activation's
 /// derivative is 1, judged from the output (see [`Activation::passes`]).
+///
+/// # Panics
+/// As [`conv2d_forward`], checked before anything is computed.
 pub fn conv2d_backward_input(
     g: &ConvGeometry,
     dy: &[f32],
     mask: Option<(&[f32], Activation)>,
     w: &[f32],
 ) -> Vec<f32> {
-    assert_eq!(dy.len(), g.output_len());
-    assert_eq!(w.len(), g.weight_len());
+    g.assert_valid();
+    assert_eq!(dy.len(), g.output_len(), "output gradient length does not match the geometry");
+    assert_eq!(w.len(), g.weight_len(), "weight length does not match the geometry");
     let mask = mask.filter(|(y, act)| {
-        assert_eq!(y.len(), g.output_len());
+        assert_eq!(y.len(), g.output_len(), "output length does not match the geometry");
         *act != Activation::Identity
     });
     if g.is_depthwise() {
@@ -722,7 +909,8 @@ pub fn conv2d_backward_input(
         let write = |dx: *mut f32| {
             for n in 0..g.batch {
                 for grp in 0..g.groups {
-                    // SAFETY: the (image, group) blocks of gi·in_plane = rows·plane values tile dx.
+                    // SAFETY: the (image, group) blocks of gi·in_plane = rows·plane values tile dx
+                    // (in_channels = groups·gi, checked on entry; in_plane = plane, pointwise).
                     product(n, grp, unsafe { dx.add((n * g.in_channels + grp * gi) * g.in_plane()) });
                 }
             }
@@ -757,6 +945,86 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// The geometry of a max-pool over `planes` planes of `in_h`×`in_w`, with PyTorch's output
+    /// size floor((n + 2·pad − kernel) / stride) + 1 (no `ceil_mode`).
+    pub fn new(
+        planes: usize,
+        in_hw: (usize, usize),
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self, GeometryError> {
+        let (in_h, in_w) = in_hw;
+        reject_if!(
+            kernel == 0 || stride == 0,
+            "max-pool kernel {kernel} and stride {stride} must be at least 1"
+        );
+        let out = |size: usize| {
+            size.checked_add(2 * pad.min(MAX_VALUES))
+                .filter(|&padded| padded >= kernel)
+                .map(|padded| (padded - kernel) / stride + 1)
+                .ok_or_else(|| {
+                    GeometryError(format!("max-pool {kernel}×{kernel} does not fit {in_h}×{in_w}"))
+                })
+        };
+        let g =
+            PoolGeometry { planes, in_h, in_w, kernel, stride, pad, out_h: out(in_h)?, out_w: out(in_w)? };
+        g.validate()?;
+        Ok(g)
+    }
+
+    /// Checks that the fields describe one max-pool: kernel and stride at least 1, padding
+    /// smaller than the kernel and output sizes exactly PyTorch's. Together these put at least
+    /// one input element in every window (the first starts at −pad > −kernel, the last at
+    /// most at n − 1 since pad ≤ kernel − 1), so every window has a maximum to route its gradient
+    /// to, and no length below overflows.
+    pub fn validate(&self) -> Result<(), GeometryError> {
+        let g = self;
+        reject_if!(
+            g.kernel == 0 || g.stride == 0,
+            "max-pool kernel {} and stride {} must be at least 1",
+            g.kernel,
+            g.stride
+        );
+        reject_if!(
+            g.pad >= g.kernel,
+            "max-pool padding {} must be smaller than the kernel {}",
+            g.pad,
+            g.kernel
+        );
+        reject_if!(g.in_h == 0 || g.in_w == 0, "empty max-pool input {}×{}", g.in_h, g.in_w);
+        checked_len("the max-pool input", &[g.planes, g.in_h, g.in_w])?;
+        checked_len("the max-pool output", &[g.planes, g.out_h, g.out_w])?;
+        let expected = |size: usize| {
+            g.pad
+                .checked_mul(2)
+                .and_then(|pads| size.checked_add(pads))
+                .filter(|&padded| padded >= g.kernel)
+                .map(|padded| (padded - g.kernel) / g.stride + 1)
+        };
+        reject_if!(
+            expected(g.in_h) != Some(g.out_h) || expected(g.in_w) != Some(g.out_w),
+            "max-pool output {}×{} is not the one of input {}×{}, kernel {}, stride {}, padding {}",
+            g.out_h,
+            g.out_w,
+            g.in_h,
+            g.in_w,
+            g.kernel,
+            g.stride,
+            g.pad
+        );
+        Ok(())
+    }
+
+    /// Panics unless the geometry is valid and the slices have the lengths it implies.
+    fn assert_valid(&self, input_len: usize, output_len: usize) {
+        if let Err(e) = self.validate() {
+            panic!("invalid max-pool geometry: {e}");
+        }
+        assert_eq!(input_len, self.planes * self.in_h * self.in_w, "max-pool input length");
+        assert_eq!(output_len, self.planes * self.out_h * self.out_w, "max-pool output length");
+    }
+
     /// Flat index inside one input plane of the first maximum of the window at (oy, ox), the
     /// element PyTorch routes the gradient to. NaN wins, as in PyTorch.
     #[inline]
@@ -782,7 +1050,13 @@ impl PoolGeometry {
     }
 }
 
-pub fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
+/// Max-pool forward with PyTorch's semantics (-∞ padding).
+///
+/// # Panics
+/// If `g` is not valid ([`PoolGeometry::validate`]) or a slice does not have the length it
+/// implies.
+pub(crate) fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
+    g.assert_valid(x.len(), out.len());
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
     out.par_chunks_mut(op).with_min_len(planes_per_task(op)).enumerate().for_each(|(p, dst)| {
         let plane = &x[p * ip..(p + 1) * ip];
@@ -794,7 +1068,14 @@ pub fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
     });
 }
 
-pub fn max_pool2d_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+/// Gradient of [`max_pool2d_forward`] at its input `x`: each window's gradient goes whole to
+/// its first maximum in row-major order (PyTorch's rule), and adds up where windows overlap.
+///
+/// # Panics
+/// As [`max_pool2d_forward`].
+pub(crate) fn max_pool2d_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    g.assert_valid(x.len(), dy.len());
+    assert_eq!(dx.len(), x.len(), "max-pool input gradient length");
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
     dx.par_chunks_mut(ip).with_min_len(planes_per_task(ip)).enumerate().for_each(|(p, dst)| {
         dst.fill(0.0);
@@ -1018,5 +1299,134 @@ mod tests {
         expected[12] = 3.0;
         expected[10] = 4.0; // the first of three tied 5s in row-major order
         assert_eq!(dx, expected);
+    }
+
+    /// A geometry that passes validation, to break one field at a time.
+    fn valid_geometry() -> ConvGeometry {
+        ConvGeometry::new([2, 4, 9, 8], 6, [3, 3], 2, [1, 1, 0, 1], 2).unwrap()
+    }
+
+    /// The message of the panic `f` raises (and that it raises one).
+    fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let err = std::panic::catch_unwind(f).expect_err("expected a panic");
+        err.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap()
+    }
+
+    #[test]
+    fn new_computes_pytorch_output_sizes_and_validates() {
+        let g = valid_geometry();
+        // (9 + 2 − 3) / 2 + 1 = 5 and (8 + 1 − 3) / 2 + 1 = 4.
+        assert_eq!((g.out_h, g.out_w, g.pad_top, g.pad_left), (5, 4, 1, 0));
+        // ResNet's stem on an odd and an even input; TF-SAME on an even one.
+        assert_eq!(ConvGeometry::new([1, 3, 225, 224], 64, [7, 7], 2, [3, 3, 3, 3], 1).unwrap().out_h, 113);
+        assert_eq!(ConvGeometry::new([1, 3, 225, 224], 64, [7, 7], 2, [3, 3, 3, 3], 1).unwrap().out_w, 112);
+        assert_eq!(ConvGeometry::new([1, 3, 224, 224], 32, [3, 3], 2, [0, 1, 0, 1], 1).unwrap().out_h, 112);
+        let bad = [
+            ([1, 5, 8, 8], 4, [3, 3], 1, [1, 1, 1, 1], 2, "divisible"),
+            ([1, 4, 8, 8], 5, [3, 3], 1, [1, 1, 1, 1], 2, "divisible"),
+            ([1, 4, 8, 8], 4, [3, 3], 0, [1, 1, 1, 1], 1, "stride"),
+            ([1, 4, 8, 8], 4, [0, 3], 1, [1, 1, 1, 1], 1, "kernel"),
+            ([1, 4, 8, 8], 4, [3, 3], 1, [1, 1, 1, 1], 0, "groups"),
+            ([1, 4, 2, 8], 4, [5, 3], 1, [1, 1, 1, 1], 1, "does not fit"),
+            ([1, 0, 8, 8], 4, [3, 3], 1, [1, 1, 1, 1], 1, "channels"),
+            ([1, 4, 8, 0], 4, [1, 1], 1, [1, 1, 1, 1], 1, "empty"),
+            ([1, 4, 8, usize::MAX - 1], 4, [3, 3], 1, [1, 1, 1, 1], 1, "overflows"),
+            ([1 << 40, 1 << 20, 8, 8], 4, [3, 3], 1, [1, 1, 1, 1], 1, "too large"),
+        ];
+        for (input, cout, kernel, stride, pads, groups, why) in bad {
+            let e = ConvGeometry::new(input, cout, kernel, stride, pads, groups).unwrap_err();
+            assert!(
+                e.to_string().contains(why),
+                "{input:?} {cout} {kernel:?} {stride} {pads:?} {groups}: {e}"
+            );
+        }
+    }
+
+    /// Geometries written field by field are checked too: every way the fields can disagree
+    /// with each other is an error, not a kernel reading or writing out of bounds.
+    #[test]
+    fn validate_rejects_inconsistent_fields() {
+        assert_eq!(valid_geometry().validate(), Ok(()));
+        type Breakage = (fn(&mut ConvGeometry), &'static str);
+        let broken: [Breakage; 9] = [
+            // The case that used to return uninitialised output channels from the gemm path.
+            (|g| g.out_channels = 7, "divisible"),
+            // And the one that did so for input-gradient channels of a 1×1 convolution.
+            (|g| g.in_channels = 5, "divisible"),
+            (|g| g.groups = 0, "groups"),
+            (|g| g.out_h = 0, "empty"),
+            // An output that stops a whole stride or more before the input ends.
+            (|g| g.out_h = 3, "too small"),
+            (|g| g.out_w = 2, "too small"),
+            (|g| g.stride = 0, "stride"),
+            (|g| g.in_w = usize::MAX / 2, "too large"),
+            (|g| g.out_w = usize::MAX / 3, "too large"),
+        ];
+        for (i, (breaks, why)) in broken.iter().enumerate() {
+            let mut g = valid_geometry();
+            breaks(&mut g);
+            let e = g.validate().unwrap_err();
+            assert!(e.to_string().contains(why), "case {i}: {e}");
+        }
+        // More output than the input needs is fine: it is padding at the bottom/right.
+        let mut g = valid_geometry();
+        g.out_h += 3;
+        assert_eq!(g.validate(), Ok(()));
+    }
+
+    /// The entry points stop on a bad geometry before any kernel runs: a panic with the
+    /// validation's message, never uninitialised memory or an out-of-bounds access.
+    #[test]
+    fn kernels_refuse_invalid_geometry_before_computing() {
+        // Output channels not divisible by the groups (gemm path), with slices of exactly the
+        // lengths the broken geometry implies, so that only the validation can catch it.
+        let mut g = valid_geometry();
+        g.out_channels = 7;
+        let (x, w) = (vec![0.5; g.input_len()], vec![0.5; g.weight_len()]);
+        let msg = panic_message(|| drop(conv2d_forward(&g, &x, &w, None, Activation::Identity)));
+        assert!(msg.contains("invalid convolution geometry"), "{msg}");
+        let dy = vec![0.5; g.output_len()];
+        let msg = panic_message(|| drop(conv2d_backward_input(&g, &dy, None, &w)));
+        assert!(msg.contains("invalid convolution geometry"), "{msg}");
+
+        // Input channels not divisible (the pointwise input-gradient path).
+        let mut g = ConvGeometry::new([1, 4, 5, 5], 4, [1, 1], 1, [0; 4], 2).unwrap();
+        g.in_channels = 5;
+        let (dy, w) = (vec![0.5; g.output_len()], vec![0.5; g.weight_len()]);
+        let msg = panic_message(|| drop(conv2d_backward_input(&g, &dy, None, &w)));
+        assert!(msg.contains("invalid convolution geometry"), "{msg}");
+
+        // A valid geometry with a slice of the wrong length.
+        let g = valid_geometry();
+        let (x, w) = (vec![0.5; g.input_len() - 1], vec![0.5; g.weight_len()]);
+        let msg = panic_message(|| drop(conv2d_forward(&g, &x, &w, None, Activation::Identity)));
+        assert!(msg.contains("input length"), "{msg}");
+        let x = vec![0.5; g.input_len()];
+        let msg = panic_message(|| drop(conv2d_forward(&g, &x, &w, Some(&[1.0; 5]), Activation::Relu)));
+        assert!(msg.contains("bias"), "{msg}");
+    }
+
+    #[test]
+    fn pool_geometry_is_checked() {
+        let g = PoolGeometry::new(3, (56, 55), 3, 2, 1).unwrap();
+        assert_eq!((g.out_h, g.out_w), (28, 28));
+        assert!(PoolGeometry::new(1, (8, 8), 3, 2, 3).unwrap_err().to_string().contains("smaller than"));
+        assert!(PoolGeometry::new(1, (8, 8), 3, 0, 1).unwrap_err().to_string().contains("stride"));
+        assert!(PoolGeometry::new(1, (1, 8), 4, 1, 1).unwrap_err().to_string().contains("does not fit"));
+        // A window lying wholly in the padding would have no element to route its gradient to.
+        let mut bad = g;
+        bad.out_h += 1;
+        assert!(bad.validate().unwrap_err().to_string().contains("not the one"));
+        let x = vec![0.0; 3 * 56 * 55];
+        let mut out = vec![0.0; 3 * 29 * 28];
+        let msg = panic_message(move || max_pool2d_forward(&bad, &x, &mut out));
+        assert!(msg.contains("invalid max-pool geometry"), "{msg}");
+        let x = vec![0.0; 3 * 56 * 55];
+        let (dy, mut dx) = (vec![0.0; 3 * 28 * 28], vec![0.0; 3 * 56 * 55 - 1]);
+        let msg = panic_message(move || max_pool2d_backward(&g, &x, &dy, &mut dx));
+        assert!(msg.contains("input gradient length"), "{msg}");
     }
 }

@@ -75,7 +75,7 @@ impl ConvParams {
                 self.kernel_w
             )
         }
-        Ok(ConvGeometry {
+        let g = ConvGeometry {
             batch,
             in_channels,
             in_h,
@@ -89,7 +89,9 @@ impl ConvParams {
             out_h,
             out_w,
             groups: self.groups,
-        })
+        };
+        g.validate().map_err(candle_core::Error::wrap)?;
+        Ok(g)
     }
 }
 
@@ -232,7 +234,9 @@ impl Conv2d {
             )
         }
         if !out_channels.is_multiple_of(groups) {
-            candle_core::bail!("convolution with {out_channels} output channels cannot have {groups} groups")
+            candle_core::bail!(
+                "convolution: {out_channels} output channels are not divisible by {groups} groups"
+            )
         }
         if let Some(b) = &bias {
             if b.dims() != [out_channels] {
@@ -739,15 +743,65 @@ mod tests {
         assert!(max_diff(&folded.forward(&x, &mut taps(EngineKind::Fast)).unwrap(), &normed) < 1e-5);
     }
 
+    /// ResNet's stem pool (3×3, stride 2, padding 1) on a hand-made input full of ties, through
+    /// Candle's autograd and through the batch-1 CPU path: each window's gradient must land whole
+    /// on its first maximum in row-major order (PyTorch's rule), never split between ties and
+    /// never on the padding; overlapping windows add up at a shared maximum.
     #[test]
     fn max_pool_gradient_goes_to_first_maximum() {
-        let x = Var::from_tensor(&rand(&[1, 2, 7, 5], 9)).unwrap();
+        #[rustfmt::skip]
+        let x = [
+            0.0, 0.0, 3.0, 3.0, 0.0,
+            0.0, 0.0, 3.0, 0.0, 0.0,
+            2.0, 2.0, 0.0, 0.0, 1.0,
+            2.0, 0.0, 0.0, 1.0, 1.0,
+            0.0, 0.0, 0.0, 1.0, 1.0,
+        ];
+        // Windows (rows × columns of the input they cover) and their first maximum:
+        //   (0,0): rows 0–1, cols 0–1, all 0           → (0,0)
+        //   (0,1): rows 0–1, cols 1–3, 3s at (0,2) (0,3) (1,2) → (0,2)
+        //   (0,2): rows 0–1, cols 3–4, 3 at (0,3)      → (0,3)
+        //   (1,0): rows 1–3, cols 0–1, 2s at (2,0) (2,1) (3,0) → (2,0)
+        //   (1,1): rows 1–3, cols 1–3, 3 at (1,2)      → (1,2)
+        //   (1,2): rows 1–3, cols 3–4, 1s at (2,4) (3,3) (3,4) → (2,4)
+        //   (2,0): rows 3–4, cols 0–1, 2 at (3,0)      → (3,0)  (shared with window (1,0)'s 2s)
+        //   (2,1): rows 3–4, cols 1–3, 1s at (3,3) (4,3) → (3,3)
+        //   (2,2): rows 3–4, cols 3–4, all 1           → (3,3)  (adds to window (2,1)'s)
+        let dy = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+        let mut expected = [0.0f32; 25];
+        for (window, at) in [(0, (0, 0)), (1, (0, 2)), (2, (0, 3)), (3, (2, 0)), (4, (1, 2))]
+            .into_iter()
+            .chain([(5, (2, 4)), (6, (3, 0)), (7, (3, 3)), (8, (3, 3))])
+        {
+            expected[at.0 * 5 + at.1] += dy[window];
+        }
         let pool = MaxPool2d { kernel: 3, stride: 2, pad: 1 };
-        let y = pool.forward(x.as_tensor(), &taps(EngineKind::Fast)).unwrap();
-        assert_eq!(y.dims(), [1, 2, 4, 3]);
-        let g = y.sum_all().unwrap().backward().unwrap();
-        // Every output sends exactly 1 to one input.
-        let total: f32 = g.get(&x).unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert_eq!(total, 24.0);
+
+        let xv =
+            Var::from_tensor(&Tensor::from_vec(x.to_vec(), (1, 1, 5, 5), &Device::Cpu).unwrap()).unwrap();
+        let y = pool.forward(xv.as_tensor(), &taps(EngineKind::Fast)).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0.0, 3.0, 3.0, 2.0, 3.0, 1.0, 2.0, 1.0, 1.0]
+        );
+        let dyt = Tensor::from_vec(dy.to_vec(), (1, 1, 3, 3), &Device::Cpu).unwrap();
+        let grads = y.mul(&dyt).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(dx, expected, "autograd");
+
+        let x = Chw::new(1, 5, 5, x.to_vec());
+        let dx = pool.backward_cpu(&x, &Chw::new(1, 3, 3, dy.to_vec())).unwrap();
+        assert_eq!(dx.data, expected, "CPU trace");
+    }
+
+    /// Channels not divisible by the groups are an error on every path (they used to reach the
+    /// gemm kernel, which then returned the last output channels uninitialised).
+    #[test]
+    fn conv_with_channels_not_divisible_by_groups_is_an_error() {
+        // 5 output channels in 2 groups of 2 input channels each: refused when built, so no
+        // kernel ever sees it (the kernels validate their geometry too, tested in kernels.rs).
+        let conv = Conv2d::new(rand(&[5, 2, 3, 3], 1), None, 1, Padding::Symmetric(1), 2, Activation::Relu);
+        let e = conv.unwrap_err().to_string();
+        assert!(e.contains("divisible"), "{e}");
     }
 }
