@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
 use ratatui::backend::Backend;
 use ratatui::Terminal;
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use camscope::engine::Engine;
@@ -83,21 +84,64 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
 
 pub fn run(opts: &TuiOptions) -> Result<()> {
     let start = Instant::now();
-    let (app, engine, keymap) = prepare(opts)?;
+    // Asking the terminal about graphics takes a round trip (up to QUERY_TIMEOUT where nothing
+    // answers); loading the model and the forward pass take about as long. Do both at once. The
+    // query leaves the terminal as it found it, so a loading error still prints on a clean line.
+    let (prepared, picker) = std::thread::scope(|s| {
+        let loading = s.spawn(|| prepare(opts));
+        let picker = graphics(opts.protocol);
+        (loading.join(), picker)
+    });
+    let (app, engine, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
     let worker = Worker::spawn(engine);
     let mut terminal = ratatui::init();
-    let picker = match opts.protocol {
-        Some(ProtocolType::Halfblocks) => Picker::halfblocks(),
-        Some(p) => {
-            let mut picker = Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
-            picker.set_protocol_type(p);
-            picker
-        }
-        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
-    };
     let result = event_loop(&mut terminal, app, &worker, &keymap, ImageCache::new(picker), start);
     ratatui::restore();
     result
+}
+
+/// How long to wait for the terminal's answer about graphics. Terminals answer in a round trip
+/// (milliseconds locally, the ping time over SSH); the library's 2 s is only ever spent in full
+/// where nothing answers, and that wait delays the first map.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The picture protocol: `--protocol`, else what the terminal says it supports (kitty, sixel,
+/// iTerm2 with its cell size), else half-blocks. The query is skipped where no answer can come.
+fn graphics(protocol: Option<ProtocolType>) -> Picker {
+    if protocol == Some(ProtocolType::Halfblocks) || !terminal_can_answer() {
+        return Picker::halfblocks();
+    }
+    let options = QueryStdioOptions { timeout_ms: QUERY_TIMEOUT.as_millis() as i32, ..Default::default() };
+    let mut picker = Picker::from_query_stdio_with_options(options).unwrap_or_else(|_| Picker::halfblocks());
+    if let Some(p) = protocol {
+        picker.set_protocol_type(p);
+    }
+    picker
+}
+
+/// False where a graphics query is known to go unanswered: no terminal on stdin/stdout, a
+/// terminal type without graphics, or a tmux session with no client attached (tmux passes the
+/// query through to the client's terminal, and a detached session has none).
+fn terminal_can_answer() -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return false;
+    }
+    let term = std::env::var("TERM").unwrap_or_default();
+    if term.is_empty() || term == "dumb" || term == "linux" {
+        return false;
+    }
+    !tmux_session_detached()
+}
+
+fn tmux_session_detached() -> bool {
+    let (Some(_), Some(pane)) = (std::env::var_os("TMUX"), std::env::var_os("TMUX_PANE")) else {
+        return false;
+    };
+    let mut cmd = std::process::Command::new("tmux");
+    cmd.arg("display-message").arg("-p").arg("-t").arg(pane).arg("#{session_attached}");
+    cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn save(app: &mut App) {
