@@ -162,7 +162,7 @@ impl App {
             partial: None,
             paused: false,
             status: None,
-            keys_help: super::keymap::Keymap::new(None).map(|k| k.help()).unwrap_or_default(),
+            keys_help: super::keymap::Keymap::defaults().help(),
             quit: false,
         }
     }

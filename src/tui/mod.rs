@@ -3,6 +3,7 @@
 //! is restored on quit, on error and on panic (ratatui's hook).
 
 mod app;
+mod config_file;
 mod keymap;
 mod theme;
 mod ui;
@@ -49,11 +50,7 @@ pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
         "sixel" => Some(ProtocolType::Sixel),
         "kitty" => Some(ProtocolType::Kitty),
         "iterm2" => Some(ProtocolType::Iterm2),
-        other => {
-            return Err(Error::Model(format!(
-                "unknown protocol '{other}'; protocols are: auto, halfblocks, sixel, kitty, iterm2"
-            )))
-        }
+        other => return Err(Error::UnknownProtocol(other.into())),
     })
 }
 
@@ -168,7 +165,7 @@ where
     B::Error: Send + Sync + 'static,
 {
     let io = |e: std::io::Error| Error::io("terminal", e);
-    let draw_err = |e: B::Error| Error::Model(format!("drawing failed: {e}"));
+    let draw_err = |e: B::Error| Error::Terminal(format!("drawing failed: {e}"));
     let mut last_request = Vec::new();
     let mut first_map_shown = false;
     let mut key_pressed: Option<Instant> = None;
