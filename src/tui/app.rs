@@ -232,14 +232,15 @@ impl App {
         &self.info.labels[class]
     }
 
-    /// Classes whose label contains the query (case-insensitive), in class order.
+    /// Classes whose label contains the query, best matches first (the same matcher as the
+    /// suggestions of `--class`).
     pub fn search_results(&self) -> Vec<usize> {
         let Some(Popup::Search(s)) = &self.popup else { return vec![] };
-        let q = s.query.to_lowercase();
-        (0..self.info.labels.len()).filter(|&i| self.info.labels[i].to_lowercase().contains(&q)).collect()
+        camscope::model::card::labels_matching(&self.info.labels, &s.query)
     }
 
-    fn set_class(&mut self, class: usize) {
+    /// Makes `class` the target, with the cursor on it if it is among the predictions.
+    pub fn set_class(&mut self, class: usize) {
         self.class = class;
         if let Some(i) = self.predictions.iter().position(|p| p.index == class) {
             self.prediction_cursor = i;
