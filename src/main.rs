@@ -69,6 +69,9 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
     for path in args.npy.iter().chain(&args.out) {
         explain::check_output_path(path)?;
     }
+    if let Some(path) = &args.out {
+        explain::image_format(path)?;
+    }
     let opts = ExplainOptions {
         image: args.image.clone(),
         model: args.model.model.clone(),
@@ -87,11 +90,24 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
     };
     let result = explain::explain(&opts)?;
 
+    // Said on stderr, so that a script piping stdout (or reading --json) still learns it.
+    let what = |stages: &str| {
+        format!("{} of class {} ({}) at {stages}", result.method, result.class, result.class_label)
+    };
+    let written = what(&match &result.stages[..] {
+        [first, .., last] if result.stages.len() > 3 => {
+            format!("{} stages, {first} … {last}", result.stages.len())
+        }
+        stages => stages.join(", "),
+    });
     if let Some(path) = &args.npy {
         result.write_npy(path)?;
+        let shape = if result.maps.len() == 1 { String::new() } else { format!("{}×", result.maps.len()) };
+        eprintln!("camscope: wrote {} ({shape}{s}×{s} f32: {written})", path.display(), s = result.size);
     }
     if let Some(path) = &args.out {
-        result.write_png(path, colormap)?;
+        result.write_image(path, colormap)?;
+        eprintln!("camscope: wrote {} (overlay: {written})", path.display());
     }
     if args.json {
         println!("{}", result.json());
@@ -103,13 +119,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
             let mark = if p.index == result.class { '>' } else { ' ' };
             println!("{mark} {:>5.1}%  {:<4} {}", 100.0 * p.prob, p.index, p.label);
         }
-        println!(
-            "{} of class {} ({}) at {}",
-            result.method,
-            result.class,
-            result.class_label,
-            result.stages.join(", ")
-        );
+        println!("{}", what(&result.stages.join(", ")));
     }
     if !quiet && std::io::stdout().is_terminal() {
         let image = image::DynamicImage::ImageRgb8(result.overlay(colormap));
