@@ -154,18 +154,33 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
         Some(c) => model.parse_class(c)?,
         None => engine.trace().top_class(),
     };
-    let ctl = Control {
-        batch_size: Control::DEFAULT_BATCH,
-        progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
-        cancelled: &|| false,
-    };
+    let on_terminal = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
-    for method in methods {
+    for (i, &method) in methods.iter().enumerate() {
+        // Progress names the method and the step: some take minutes (Score-CAM at a wide stage).
+        let step = |what: &str| format!("[{}/{}] {}: {what}", i + 1, methods.len(), method.name());
+        let (map_step, scores_step) = (step("map"), step("scores"));
+        let map_progress = |done, total| show_step_progress(&map_step, done, total);
+        let scores_progress = |done, total| show_step_progress(&scores_step, done, total);
+        let quiet = |_, _| {};
         let t = std::time::Instant::now();
-        let map = engine.cam(method, stage, class, &ctl)?;
+        let map_ctl = Control {
+            batch_size: Control::DEFAULT_BATCH,
+            progress: if on_terminal { &map_progress } else { &quiet },
+            cancelled: &|| false,
+        };
+        if on_terminal {
+            show_step_progress(&map_step, 0, 1);
+        }
+        let map = engine.cam(method, stage, class, &map_ctl)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let scores = camscope::metrics::evaluate(net, engine.input(), &map, class, args.metric_steps, &ctl)?;
+        let scores_ctl = Control { progress: if on_terminal { &scores_progress } else { &quiet }, ..map_ctl };
+        let scores =
+            camscope::metrics::evaluate(net, engine.input(), &map, class, args.metric_steps, &scores_ctl)?;
         rows.push((method, ms, scores));
+    }
+    if on_terminal {
+        show_step_progress("", 1, 1);
     }
     if args.json {
         let rows: Vec<serde_json::Value> = rows
@@ -224,13 +239,20 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
 
 /// A one-line progress counter for long methods, rewritten in place on stderr.
 fn show_progress(done: usize, total: usize) {
+    show_step_progress("", done, total);
+}
+
+/// "`step`: done/total forward passes" rewritten in place on stderr; cleared when done = total.
+fn show_step_progress(step: &str, done: usize, total: usize) {
     use std::io::Write;
     let mut err = std::io::stderr();
-    if done < total {
-        let _ = write!(err, "\r{done}/{total} forward passes");
-    } else {
-        let _ = write!(err, "\r{:30}\r", "");
-    }
+    // \r and "erase to the end of the line": the line is rewritten, never scrolled.
+    let _ = match (done < total, step.is_empty()) {
+        (false, _) => write!(err, "\r\x1b[K"),
+        (true, true) => write!(err, "\r\x1b[K{done}/{total} forward passes"),
+        (true, false) if done == 0 => write!(err, "\r\x1b[K{step}…"),
+        (true, false) => write!(err, "\r\x1b[K{step} {done}/{total} forward passes"),
+    };
     let _ = err.flush();
 }
 
