@@ -14,7 +14,7 @@ use camscope::explain::{self, ExplainOptions, StageChoice};
 use camscope::model::{card, Arch};
 use camscope::render::Colormap;
 use camscope::Result;
-use cli::{Cli, Command, ExplainArgs, ModelArgs};
+use cli::{Cli, Command, ExplainArgs, MapArgs, ModelArgs};
 
 /// A trace allocates and frees tens of megabytes of feature maps; glibc's allocator hands big
 /// blocks back to the kernel and faults them in again (zeroed) on the next use, which was ~40% of
@@ -46,16 +46,33 @@ fn main() -> ExitCode {
 }
 
 fn run_tui(args: cli::TuiArgs) -> Result<()> {
+    // The same checks as `explain`, before the terminal is taken over; the stage and the class
+    // need the model and are checked when it is loaded, still before.
+    let map = &args.map;
     let opts = tui::TuiOptions {
         image: args.image.clone(),
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
         device: camscope::device::parse(&args.model.device)?,
+        method: Method::parse(&map.method)?,
+        stages: stage_choice(map),
+        class: map.class.clone(),
+        colormap: map.colormap.as_deref().map(Colormap::parse).transpose()?,
+        smoothing: smoothing(map),
+        batch_size: map.batch_size.max(1),
         protocol: tui::parse_protocol(&args.protocol)?,
         theme: args.theme.clone(),
         keys: args.keys.clone(),
     };
     tui::run(&opts)
+}
+
+fn stage_choice(map: &MapArgs) -> StageChoice {
+    map.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse)
+}
+
+fn smoothing(map: &MapArgs) -> camscope::cam::Smoothing {
+    camscope::cam::Smoothing { aug: map.aug_smooth, eigen: map.eigen_smooth }
 }
 
 fn parse_arch(model: &ModelArgs) -> Result<Option<Arch>> {
@@ -64,8 +81,9 @@ fn parse_arch(model: &ModelArgs) -> Result<Option<Arch>> {
 
 fn run_explain(args: ExplainArgs) -> Result<()> {
     // Validate everything that needs no computation first, so mistakes fail in milliseconds.
-    let method = Method::parse(&args.method)?;
-    let colormap = Colormap::parse(&args.colormap)?;
+    let map = &args.map;
+    let method = Method::parse(&map.method)?;
+    let colormap = map.colormap.as_deref().map_or(Ok(Colormap::Jet), Colormap::parse)?;
     for path in args.npy.iter().chain(&args.out) {
         explain::check_output_path(path)?;
     }
@@ -78,13 +96,13 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         arch: parse_arch(&args.model)?,
         device: camscope::device::parse(&args.model.device)?,
         method,
-        stages: args.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse),
-        class: args.class.clone(),
+        stages: stage_choice(map),
+        class: map.class.clone(),
         top_k: args.top_k,
         colormap,
-        batch_size: args.batch_size.max(1),
+        batch_size: map.batch_size.max(1),
         metric_steps: args.metrics.then_some(args.metric_steps),
-        smoothing: camscope::cam::Smoothing { aug: args.aug_smooth, eigen: args.eigen_smooth },
+        smoothing: smoothing(map),
         progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
         cancelled: &|| false,
     };

@@ -8,7 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 use image::RgbImage;
 
 use camscope::cam::{Method, Smoothing};
-use camscope::render;
+use camscope::render::{self, Colormap};
 use camscope::trace::Prediction;
 
 use super::theme::Theme;
@@ -110,6 +110,8 @@ pub struct App {
     pub opacity: f32,
     pub themes: Vec<Theme>,
     pub theme: usize,
+    /// `--colormap`; `None`: the theme's.
+    pub colormap: Option<Colormap>,
     /// First visible row of tiles in a grid.
     pub grid_scroll: usize,
     pub maps: HashMap<MapKey, Arc<Vec<f32>>>,
@@ -154,6 +156,7 @@ impl App {
             opacity: 0.5,
             themes,
             theme,
+            colormap: None,
             grid_scroll: 0,
             maps: HashMap::new(),
             scores: HashMap::new(),
@@ -169,6 +172,11 @@ impl App {
 
     pub fn theme(&self) -> &Theme {
         &self.themes[self.theme]
+    }
+
+    /// The colormap of the maps: `--colormap` if given, else the theme's.
+    pub fn colormap(&self) -> Colormap {
+        self.colormap.unwrap_or(self.theme().colormap)
     }
 
     pub fn key(&self) -> MapKey {
@@ -407,7 +415,7 @@ impl App {
             return Some((**view).clone());
         }
         let map = self.maps.get(key)?;
-        let colormap = self.theme().colormap;
+        let colormap = self.colormap();
         Some(match self.view {
             ViewMode::Overlay => render::overlay(view, map, colormap, self.opacity),
             _ => render::heatmap(map, view.width(), view.height(), colormap),

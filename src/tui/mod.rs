@@ -19,12 +19,15 @@ use ratatui::Terminal;
 use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
+use camscope::cam::{Method, Smoothing};
 use camscope::engine::Engine;
+use camscope::explain::StageChoice;
 use camscope::model::{card, Arch};
 use camscope::preprocess;
+use camscope::render::Colormap;
 use camscope::{Error, Result};
 
-use app::{App, Command, ModelInfo};
+use app::{App, Command, ModelInfo, Screen};
 use keymap::Keymap;
 use ui::ImageCache;
 use worker::Worker;
@@ -37,6 +40,16 @@ pub struct TuiOptions {
     pub model: String,
     pub arch: Option<Arch>,
     pub device: candle_core::Device,
+    /// Where the debugger starts (the keys change them): method, stage (`All`: the stage grid),
+    /// class (index or label), smoothing.
+    pub method: Method,
+    pub stages: StageChoice,
+    pub class: Option<String>,
+    pub smoothing: Smoothing,
+    /// `None`: the theme's.
+    pub colormap: Option<Colormap>,
+    /// Forward passes per batch of the perturbation methods.
+    pub batch_size: usize,
     /// `None`: ask the terminal.
     pub protocol: Option<ProtocolType>,
     pub theme: Option<String>,
@@ -60,21 +73,36 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = card::load(&opts.model, opts.arch)?;
+    let net = &model.network;
+    // The stage and class the user asked for, checked before the (slower) forward pass.
+    let stage = match &opts.stages {
+        StageChoice::Named(name) => Some(net.stage_index(name)?),
+        StageChoice::Default | StageChoice::All => None,
+    };
+    let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?)?;
+    let engine = Engine::new(net.clone(), input.tensor.to_device(&opts.device)?)?;
     let trace = engine.trace();
-    let shapes = trace.shapes();
-    let default_stage = engine.default_stage();
     let info = ModelInfo {
         model: model.name.clone(),
-        arch: model.network.arch.to_string(),
+        arch: net.arch.to_string(),
         source: input.source.clone(),
-        stages: model.network.stage_names().map(String::from).collect(),
-        shapes,
+        stages: net.stage_names().map(String::from).collect(),
+        shapes: trace.shapes(),
         labels: Arc::new(model.labels.clone()),
         view: Arc::new(input.view.clone()),
     };
-    let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), default_stage, themes, theme);
+    let stage = stage.unwrap_or_else(|| engine.default_stage());
+    let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), stage, themes, theme);
+    if let Some(class) = class {
+        app.set_class(class);
+    }
+    app.method = opts.method;
+    app.smoothing = opts.smoothing;
+    app.colormap = opts.colormap;
+    if opts.stages == StageChoice::All {
+        app.screen = Screen::StageGrid;
+    }
     app.keys_help = keymap.help();
     Ok((app, engine, keymap))
 }
@@ -90,7 +118,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
         (loading.join(), picker)
     });
     let (app, engine, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let worker = Worker::spawn(engine);
+    let worker = Worker::spawn(engine, opts.batch_size);
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, app, &worker, &keymap, ImageCache::new(picker), start);
     ratatui::restore();

@@ -24,6 +24,12 @@ fn options() -> TuiOptions {
         model: "efficientnet-lite0".into(),
         arch: None,
         device: candle_core::Device::Cpu,
+        method: Method::GradCam,
+        stages: camscope::explain::StageChoice::Default,
+        class: None,
+        smoothing: Default::default(),
+        colormap: None,
+        batch_size: 32,
         protocol: None,
         theme: None,
         keys: None,
@@ -188,6 +194,43 @@ fn long_maps_show_a_gauge() {
     let screen = text(&f.render(100, 32));
     assert!(screen.contains("320/1280 forward passes · Esc cancels"), "{screen}");
     assert!(screen.contains("computing 1/1"));
+}
+
+#[test]
+fn starts_at_the_class_method_and_stage_asked_for() {
+    use camscope::explain::StageChoice;
+    let opts = TuiOptions {
+        method: Method::LayerCam,
+        stages: StageChoice::Named("_blocks.10".into()),
+        class: Some("TABBY".into()),
+        smoothing: camscope::cam::Smoothing { aug: false, eigen: true },
+        colormap: Some(camscope::render::Colormap::Viridis),
+        ..options()
+    };
+    let (app, _, _) = prepare(&opts).unwrap();
+    assert_eq!((app.class, app.method), (281, Method::LayerCam));
+    assert_eq!(app.info.stages[app.stage], "_blocks.10");
+    assert!(app.smoothing.eigen && !app.smoothing.aug);
+    assert_eq!(app.colormap(), camscope::render::Colormap::Viridis);
+    let (app, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }).unwrap();
+    assert_eq!(app.screen, super::app::Screen::StageGrid);
+}
+
+#[test]
+fn a_bad_stage_or_class_fails_like_explain() {
+    use camscope::explain::{explain, ExplainOptions, StageChoice};
+    let tui_error = |opts: TuiOptions| prepare(&opts).err().expect("an error").to_string();
+    let explain_error = |opts: ExplainOptions| explain(&opts).err().expect("an error").to_string();
+    let stage = StageChoice::Named("_blocks.99".into());
+    assert_eq!(
+        tui_error(TuiOptions { stages: stage.clone(), ..options() }),
+        explain_error(ExplainOptions { stages: stage, ..Default::default() })
+    );
+    for class in ["1000", "cat"] {
+        let e = tui_error(TuiOptions { class: Some(class.into()), ..options() });
+        assert_eq!(e, explain_error(ExplainOptions { class: Some(class.into()), ..Default::default() }));
+        assert!(e.contains(&format!("unknown class '{class}'")), "{e}");
+    }
 }
 
 #[test]

@@ -133,7 +133,7 @@ pub fn main_picture(frame: &mut Frame, app: &App, images: &mut ImageCache, area:
 /// A vertical bar of the colormap from 1.0 (top) to 0.0 (bottom).
 fn colour_scale(frame: &mut Frame, app: &App, area: Rect) {
     let h = area.height.saturating_sub(2).max(1);
-    let colormap = app.theme().colormap;
+    let colormap = app.colormap();
     let rgb = |v: f32| {
         let c = colormap.rgb((v.clamp(0.0, 1.0) * 255.0) as u8);
         Color::Rgb((c[0] * 255.0) as u8, (c[1] * 255.0) as u8, (c[2] * 255.0) as u8)
