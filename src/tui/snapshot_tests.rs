@@ -159,21 +159,29 @@ fn method_grid_shows_every_method() {
     let mut f = Fixture::new();
     f.act(Action::MethodGrid);
     assert!(f.app.missing().iter().any(|j| matches!(j, Job::Scores(_))), "the grid asks for scores");
-    for (method, road) in [(Method::GradCam, 0.12), (Method::HiResCam, 0.21), (Method::LayerCam, 0.05)] {
-        let scores =
-            Scores { confidence_change: 0.1, road_combined: road, deletion_auc: 0.02, insertion_auc: 0.4 };
+    for (method, road) in [(Method::GradCam, 0.12), (Method::HiResCam, 0.2071), (Method::LayerCam, -0.0468)] {
+        let scores = Scores {
+            confidence_change: 0.1,
+            road_combined: road,
+            deletion_auc: 0.001234,
+            insertion_auc: 0.4567,
+        };
         f.app.on_event(Event::Scores { key: MapKey { method, ..f.app.key() }, scores });
     }
     assert_eq!(f.app.most_faithful(), Some(Method::HiResCam));
-    let buffer = f.render(120, 40);
-    let screen = text(&buffer);
-    for m in ["gradcam", "hirescam", "layercam", "eigencam"] {
-        assert!(screen.contains(m), "grid lacks {m}");
+    // Every score whole at 3 significant figures, in the narrowest tiles (160 columns: 6 per row)
+    // and at 100 columns.
+    for (width, height) in [(160, 50), (100, 40)] {
+        let screen = text(&f.render(width, height));
+        for m in ["gradcam", "hirescam", "gradcam++", "layercam"] {
+            assert!(screen.contains(m), "{width}: grid lacks {m}");
+        }
+        assert!(screen.contains("★ hirescam"), "{width}: the most faithful is marked");
+        for score in ["ROAD +0.207", "ROAD -0.0468", "del 0.00123 ins 0.457", "scoring…"] {
+            assert!(screen.contains(score), "{width}: '{score}' missing:\n{screen}");
+        }
     }
-    assert!(screen.contains("★ hirescam"), "the most faithful is marked");
-    assert!(screen.contains("ROAD +0.21 del 0.02 ins 0.40"));
-    assert!(screen.contains("scoring…"));
-    check_snapshot("method_grid", &buffer);
+    check_snapshot("method_grid", &f.render(100, 40));
 }
 
 #[test]
