@@ -347,7 +347,13 @@ impl App {
             }
             Action::OpacityUp => self.opacity = (self.opacity + OPACITY_STEP).min(1.0),
             Action::OpacityDown => self.opacity = (self.opacity - OPACITY_STEP).max(0.0),
-            Action::NextTheme => self.theme = (self.theme + 1) % self.themes.len(),
+            Action::NextTheme => {
+                self.theme = (self.theme + 1) % self.themes.len();
+                let t = self.theme();
+                let about =
+                    if t.description.is_empty() { String::new() } else { format!(": {}", t.description) };
+                self.status = Some((format!("theme {}{about}", t.name), false));
+            }
             Action::ToggleAugSmooth => self.smoothing.aug = !self.smoothing.aug,
             Action::ToggleEigenSmooth => self.smoothing.eigen = !self.smoothing.eigen,
             Action::Save => return Some(Command::Save),
@@ -518,6 +524,14 @@ pub(crate) mod tests {
         assert!(a.missing().is_empty());
         a.update(Action::NextMethod);
         assert!(!a.missing().is_empty());
+    }
+
+    #[test]
+    fn the_theme_key_says_which_theme_is_on() {
+        let mut a = app();
+        a.update(Action::NextTheme);
+        let (message, _) = a.status.clone().expect("a message");
+        assert!(message.starts_with(&format!("theme {}: ", a.theme().name)), "{message}");
     }
 
     #[test]

@@ -123,7 +123,10 @@ fn main_screen() {
     assert!(screen.contains("_conv_head"));
     assert!(screen.contains("gradcam"));
     assert!(coloured_cells(&buffer) > 500, "the map is drawn");
+    assert!(screen.contains("American Staffo… "), "a long label ends in an ellipsis");
     check_snapshot("main", &buffer);
+    // A wide terminal gives the labels the room they need.
+    assert!(text(&f.render(160, 40)).contains("American Staffordshire terrier "));
 }
 
 #[test]
@@ -239,6 +242,21 @@ fn a_bad_stage_or_class_fails_like_explain() {
         assert_eq!(e, explain_error(ExplainOptions { class: Some(class.into()), ..Default::default() }));
         assert!(e.contains(&format!("unknown class '{class}'")), "{e}");
     }
+}
+
+#[test]
+fn the_light_theme_paints_its_own_background() {
+    let mut f = Fixture::new();
+    f.fill();
+    f.app.theme = f.app.themes.iter().position(|t| t.name == "light").unwrap();
+    f.app.update(Action::Help);
+    let buffer = f.render(100, 32);
+    let background = f.app.theme().background.expect("the light theme has a background");
+    // Everything but the pictures (and the selected rows) sits on it: text, borders, the popup.
+    let painted = buffer.content().iter().filter(|c| c.bg == background).count();
+    assert!(painted > 100 * 32 / 2, "only {painted} cells on the theme's background");
+    let help_line = buffer.area.width as usize * 5 + 30;
+    assert_eq!(buffer.content()[help_line].bg, background, "the help popup too");
 }
 
 #[test]

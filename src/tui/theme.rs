@@ -21,7 +21,12 @@ const BUILTIN: [&str; 3] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct Theme {
     pub name: String,
+    /// What it is for, shown when `t` picks it.
+    pub description: String,
     pub colormap: Colormap,
+    /// Painted under everything; `None` keeps the terminal's own. A theme with dark text must
+    /// bring its light background, or it is unreadable on the (usual) dark terminal.
+    pub background: Option<Color>,
     pub text: Color,
     pub dim: Color,
     pub border: Color,
@@ -37,6 +42,8 @@ pub struct Theme {
 #[serde(deny_unknown_fields)]
 struct ThemeFile {
     name: String,
+    #[serde(default)]
+    description: String,
     colormap: Spanned<String>,
     colors: Colors,
 }
@@ -44,6 +51,7 @@ struct ThemeFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Colors {
+    background: Option<Spanned<String>>,
     text: Spanned<String>,
     dim: Spanned<String>,
     border: Spanned<String>,
@@ -70,7 +78,9 @@ impl Theme {
             .map_err(|e| err(config_file::at(text, f.colormap.span().start, &e.to_string())))?;
         Ok(Theme {
             name: f.name,
+            description: f.description,
             colormap,
+            background: c.background.as_ref().map(col).transpose()?,
             text: col(&c.text)?,
             dim: col(&c.dim)?,
             border: col(&c.border)?,
@@ -127,6 +137,9 @@ mod tests {
             assert!(find(&themes, name).is_ok(), "{name}");
         }
         assert!(find(&themes, "neon").unwrap_err().to_string().contains("high-contrast"));
+        // Dark text needs its own light background: the terminal's is usually dark.
+        let light = &themes[find(&themes, "light").unwrap()];
+        assert!(light.background.is_some() && !light.description.is_empty());
     }
 
     #[test]
@@ -139,7 +152,7 @@ mod tests {
             "{e}"
         );
         let e = error(&good.replace("\"jet\"", "\"plaid\""));
-        assert!(e.starts_with("theme themes/x.toml: line 3, column 12: unknown colormap 'plaid'"), "{e}");
+        assert!(e.starts_with("theme themes/x.toml: line 4, column 12: unknown colormap 'plaid'"), "{e}");
         let e = error(&good.replace("name = ", "nom = "));
         assert!(e.starts_with("theme themes/x.toml: line 2, column 1: "), "{e}");
     }
