@@ -231,7 +231,9 @@ where
             continue;
         }
 
-        let timeout = if app.is_computing() { Duration::from_millis(15) } else { Duration::from_millis(250) };
+        // Soon while maps are computed or pictures encoded, to show them as they come.
+        let busy = app.is_computing() || images.is_encoding();
+        let timeout = if busy { Duration::from_millis(15) } else { Duration::from_millis(250) };
         if event::poll(timeout).map_err(io)? {
             match event::read().map_err(io)? {
                 TermEvent::Key(key) if key.kind == KeyEventKind::Press => {

@@ -278,3 +278,29 @@ fn cached_views_need_no_new_computation() {
     assert_eq!(f.app.key(), first);
     let _ = MapKey { ..first };
 }
+
+#[test]
+fn terminal_graphics_show_half_blocks_until_encoded() {
+    let mut f = Fixture::new();
+    f.fill();
+    let mut picker = Picker::halfblocks();
+    picker.set_protocol_type(ratatui_image::picker::ProtocolType::Sixel);
+    let mut images = ImageCache::new(picker);
+    let mut terminal = Terminal::new(TestBackend::new(100, 32)).unwrap();
+    let mut draw = |images: &mut ImageCache| {
+        terminal.draw(|frame| ui::draw(frame, &f.app, images)).unwrap();
+        terminal.backend().buffer().clone()
+    };
+    let is_sixel = |buffer: &Buffer| buffer.content().iter().any(|c| c.symbol().contains("\x1bP"));
+    // At once: the map in half-blocks, the sixel picture on its way.
+    let first = draw(&mut images);
+    assert!(coloured_cells(&first) > 500 && !is_sixel(&first), "half-blocks first");
+    assert!(images.is_encoding());
+    let start = std::time::Instant::now();
+    while images.is_encoding() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the sixel picture never came");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        draw(&mut images);
+    }
+    assert!(is_sixel(&draw(&mut images)), "then the terminal's own picture");
+}
