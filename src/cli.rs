@@ -26,6 +26,8 @@ pub struct TuiArgs {
     pub image: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub map: MapArgs,
     /// Terminal graphics: auto, halfblocks, sixel, kitty, iterm2
     #[arg(long, default_value = "auto")]
     pub protocol: String,
@@ -35,6 +37,38 @@ pub struct TuiArgs {
     /// Key bindings file (default: ~/.config/camscope/keys.toml if it exists)
     #[arg(long)]
     pub keys: Option<PathBuf>,
+}
+
+/// Which map, and how it is computed and coloured: shared by `explain` and the debugger (where
+/// they are the starting point that keys then change).
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam,
+    /// eigengradcam, scorecam, ablationcam, fullgrad, guided-backprop, guided-gradcam. EigenCAM's
+    /// sign is free (a principal component's is): camscope shows the position it separates most
+    /// strongly hot; pytorch-grad-cam keeps whatever LAPACK returns, so its map can be the inverse
+    #[arg(short = 'M', long, default_value = "gradcam")]
+    pub method: String,
+    /// Stage name, or `all` (the debugger: start on the grid of every stage); default: the last
+    /// stage with spatial size > 1
+    #[arg(short = 'l', long)]
+    pub layer: Option<String>,
+    /// Target class: an index, or a whole class label in any case (`tabby`, `Tiger Cat`); default:
+    /// the top prediction
+    #[arg(short = 'c', long)]
+    pub class: Option<String>,
+    /// Colormap: jet, viridis, inferno, turbo; default: jet (the debugger: the theme's)
+    #[arg(long)]
+    pub colormap: Option<String>,
+    /// Forward passes per batch for scorecam and ablationcam
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Average the map over 6 augmentations (flip × 0.9/1.0/1.1 intensity): 6× the time
+    #[arg(long)]
+    pub aug_smooth: bool,
+    /// Project the per-channel terms on their first principal component instead of summing them
+    #[arg(long)]
+    pub eigen_smooth: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -78,40 +112,20 @@ pub struct ExplainArgs {
     pub image: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Method: gradcam, hirescam, gradcam-elementwise, gradcam++, xgradcam, layercam, eigencam,
-    /// eigengradcam, scorecam, ablationcam, fullgrad, guided-backprop, guided-gradcam
-    #[arg(short = 'M', long, default_value = "gradcam")]
-    pub method: String,
-    /// Stage name, or `all`; default: the last stage with spatial size > 1
-    #[arg(short = 'l', long)]
-    pub layer: Option<String>,
-    /// Target class: index or exact label; default: the top prediction
-    #[arg(short = 'c', long)]
-    pub class: Option<String>,
+    #[command(flatten)]
+    pub map: MapArgs,
     /// How many predictions to report
     #[arg(short = 'k', long, default_value_t = 5)]
     pub top_k: usize,
     /// Write the map(s) as f32 .npy (S×S, or L×S×S with --layer all)
     #[arg(long)]
     pub npy: Option<PathBuf>,
-    /// Write the overlay as PNG
+    /// Write the overlay as an image; the extension names the format (png, jpg, webp, bmp, …)
     #[arg(short = 'o', long)]
     pub out: Option<PathBuf>,
     /// Print a JSON report on stdout
     #[arg(long)]
     pub json: bool,
-    /// Colormap: jet, viridis, inferno, turbo
-    #[arg(long, default_value = "jet")]
-    pub colormap: String,
-    /// Forward passes per batch for scorecam and ablationcam
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Average the map over 6 augmentations (flip × 0.9/1.0/1.1 intensity): 6× the time
-    #[arg(long)]
-    pub aug_smooth: bool,
-    /// Project the per-channel terms on their first principal component instead of summing them
-    #[arg(long)]
-    pub eigen_smooth: bool,
     /// Add faithfulness scores (confidence change, ROAD, deletion/insertion AUC) to the JSON
     #[arg(long)]
     pub metrics: bool,
@@ -132,7 +146,7 @@ pub struct EvaluateArgs {
     /// Stage; default: the last stage with spatial size > 1
     #[arg(short = 'l', long)]
     pub layer: Option<String>,
-    /// Target class: index or exact label; default: the top prediction
+    /// Target class: an index, or a whole class label in any case; default: the top prediction
     #[arg(short = 'c', long)]
     pub class: Option<String>,
     /// Deletion/insertion steps (RISE uses the input side, 224; fewer is faster)

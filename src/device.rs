@@ -13,7 +13,7 @@ pub fn parse(spec: &str) -> Result<Device> {
     let lower = spec.trim().to_ascii_lowercase();
     let ordinal = match lower.as_str() {
         "cpu" => return Ok(Device::Cpu),
-        "cuda" | "gpu" => 0,
+        "cuda" => 0,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
             _ => {
@@ -38,9 +38,9 @@ mod tests {
     fn parses_cpu_and_rejects_nonsense() {
         assert!(parse("cpu").unwrap().is_cpu());
         assert!(parse(" CPU ").unwrap().is_cpu());
-        for bad in ["tpu", "cuda:x", "cuda:-1", ""] {
+        for bad in ["tpu", "gpu", "cuda:x", "cuda:-1", ""] {
             let e = parse(bad).unwrap_err().to_string();
-            assert!(e.contains("unknown device"), "{bad}: {e}");
+            assert!(e.contains("unknown device") && e.contains("cpu, cuda, cuda:N"), "{bad}: {e}");
         }
     }
 

@@ -23,8 +23,28 @@ pub enum Error {
     UnknownStage { name: String, available: String },
     #[error("unknown method '{name}'; methods are: {available}")]
     UnknownMethod { name: String, available: String },
-    #[error("unknown class '{0}': give an index 0-{1} or an exact class label")]
+    #[error("unknown class '{0}': give an index 0-{1} or a whole class label (any case)")]
     UnknownClass(String, usize),
+    /// A class given by a label that is none of the model's; `similar` are labels containing it.
+    #[error(
+        "unknown class '{name}': give an index 0-{max} or a whole class label (any case){}",
+        did_you_mean(similar)
+    )]
+    UnknownLabel { name: String, max: usize, similar: Vec<String> },
+    #[error("unknown colormap '{0}'; colormaps are: {1}")]
+    UnknownColormap(String, String),
+    #[error("unknown protocol '{0}'; protocols are: auto, halfblocks, sixel, kitty, iterm2")]
+    UnknownProtocol(String),
+    #[error("unknown theme '{name}'; themes are: {available}")]
+    UnknownTheme { name: String, available: String },
+    /// A theme file (or a built-in theme) that cannot be used; `origin` names it.
+    #[error("theme {origin}: {message}")]
+    Theme { origin: String, message: String },
+    /// A key bindings file that cannot be used; `origin` names it, the message says where.
+    #[error("keys {origin}: {message}")]
+    Keys { origin: String, message: String },
+    #[error("terminal: {0}")]
+    Terminal(String),
     #[error("output {path}: {message}")]
     Output { path: PathBuf, message: String },
     #[error("device: {0}")]
@@ -40,6 +60,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// "; did you mean: a, b, c?" for up to five labels, or nothing.
+fn did_you_mean(similar: &[String]) -> String {
+    const SHOWN: usize = 5;
+    match similar.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!("; did you mean: {}?", similar.join(", ")),
+        n => format!("; did you mean: {}, … ({} more)?", similar[..SHOWN].join(", "), n - SHOWN),
+    }
+}
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

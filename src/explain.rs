@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use image::RgbImage;
+use image::{ImageFormat, RgbImage};
 use serde::Serialize;
 
 use crate::cam::Method;
@@ -251,12 +251,44 @@ impl Explanation {
         t.write_npy(path).map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }
 
-    pub fn write_png(&self, path: &Path, colormap: Colormap) -> Result<()> {
+    /// The overlay in the format `path`'s extension names (see [`image_format`]).
+    pub fn write_image(&self, path: &Path, colormap: Colormap) -> Result<()> {
         check_output_path(path)?;
+        let format = image_format(path)?;
         self.overlay(colormap)
-            .save_with_format(path, image::ImageFormat::Png)
+            .save_with_format(path, format)
             .map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }
+}
+
+/// The image format of `-o`, from the file's extension: any format this build of the `image`
+/// crate encodes 8-bit RGB in (PNG, JPEG, WebP, BMP, TIFF, …). Checked before any work, so a
+/// typo in the extension costs nothing and never writes bytes of another format.
+pub fn image_format(path: &Path) -> Result<ImageFormat> {
+    match ImageFormat::from_path(path) {
+        Ok(format) if encodes_rgb8(format) => Ok(format),
+        _ => {
+            let ext = path.extension().map_or("(none)".into(), |e| format!(".{}", e.to_string_lossy()));
+            let known: Vec<&str> = ImageFormat::all()
+                .filter(|&f| encodes_rgb8(f))
+                .flat_map(|f| f.extensions_str().iter().copied())
+                .collect();
+            Err(Error::Output {
+                path: path.into(),
+                message: format!(
+                    "cannot write an image with the extension {ext}; use one of: {}",
+                    known.join(", ")
+                ),
+            })
+        }
+    }
+}
+
+/// Whether `format` can hold our pictures: tried on one pixel, since some encoders this build
+/// has (OpenEXR, Radiance HDR, farbfeld) take only other pixel types.
+fn encodes_rgb8(format: ImageFormat) -> bool {
+    format.writing_enabled()
+        && RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(Vec::new()), format).is_ok()
 }
 
 /// An output path must not be a directory and its folder must exist; checked before any work.

@@ -14,7 +14,7 @@ use camscope::explain::{self, ExplainOptions, StageChoice};
 use camscope::model::{card, Arch, EngineKind};
 use camscope::render::Colormap;
 use camscope::Result;
-use cli::{Cli, Command, ExplainArgs, ModelArgs};
+use cli::{Cli, Command, ExplainArgs, MapArgs, ModelArgs};
 
 /// A trace allocates and frees tens of megabytes of feature maps; glibc's allocator hands big
 /// blocks back to the kernel and faults them in again (zeroed) on the next use, which was ~40% of
@@ -46,17 +46,34 @@ fn main() -> ExitCode {
 }
 
 fn run_tui(args: cli::TuiArgs) -> Result<()> {
+    // The same checks as `explain`, before the terminal is taken over; the stage and the class
+    // need the model and are checked when it is loaded, still before.
+    let map = &args.map;
     let opts = tui::TuiOptions {
         image: args.image.clone(),
         model: args.model.model.clone(),
         arch: parse_arch(&args.model)?,
         device: camscope::device::parse(&args.model.device)?,
         engine: EngineKind::parse(&args.model.engine)?,
+        method: Method::parse(&map.method)?,
+        stages: stage_choice(map),
+        class: map.class.clone(),
+        colormap: map.colormap.as_deref().map(Colormap::parse).transpose()?,
+        smoothing: smoothing(map),
+        batch_size: map.batch_size.max(1),
         protocol: tui::parse_protocol(&args.protocol)?,
         theme: args.theme.clone(),
         keys: args.keys.clone(),
     };
     tui::run(&opts)
+}
+
+fn stage_choice(map: &MapArgs) -> StageChoice {
+    map.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse)
+}
+
+fn smoothing(map: &MapArgs) -> camscope::cam::Smoothing {
+    camscope::cam::Smoothing { aug: map.aug_smooth, eigen: map.eigen_smooth }
 }
 
 fn parse_arch(model: &ModelArgs) -> Result<Option<Arch>> {
@@ -65,10 +82,14 @@ fn parse_arch(model: &ModelArgs) -> Result<Option<Arch>> {
 
 fn run_explain(args: ExplainArgs) -> Result<()> {
     // Validate everything that needs no computation first, so mistakes fail in milliseconds.
-    let method = Method::parse(&args.method)?;
-    let colormap = Colormap::parse(&args.colormap)?;
+    let map = &args.map;
+    let method = Method::parse(&map.method)?;
+    let colormap = map.colormap.as_deref().map_or(Ok(Colormap::Jet), Colormap::parse)?;
     for path in args.npy.iter().chain(&args.out) {
         explain::check_output_path(path)?;
+    }
+    if let Some(path) = &args.out {
+        explain::image_format(path)?;
     }
     let opts = ExplainOptions {
         image: args.image.clone(),
@@ -77,23 +98,36 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
         device: camscope::device::parse(&args.model.device)?,
         engine: EngineKind::parse(&args.model.engine)?,
         method,
-        stages: args.layer.as_deref().map_or(StageChoice::Default, StageChoice::parse),
-        class: args.class.clone(),
+        stages: stage_choice(map),
+        class: map.class.clone(),
         top_k: args.top_k,
         colormap,
-        batch_size: args.batch_size.max(1),
+        batch_size: map.batch_size.max(1),
         metric_steps: args.metrics.then_some(args.metric_steps),
-        smoothing: camscope::cam::Smoothing { aug: args.aug_smooth, eigen: args.eigen_smooth },
+        smoothing: smoothing(map),
         progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
         cancelled: &|| false,
     };
     let result = explain::explain(&opts)?;
 
+    // Said on stderr, so that a script piping stdout (or reading --json) still learns it.
+    let what = |stages: &str| {
+        format!("{} of class {} ({}) at {stages}", result.method, result.class, result.class_label)
+    };
+    let written = what(&match &result.stages[..] {
+        [first, .., last] if result.stages.len() > 3 => {
+            format!("{} stages, {first} … {last}", result.stages.len())
+        }
+        stages => stages.join(", "),
+    });
     if let Some(path) = &args.npy {
         result.write_npy(path)?;
+        let shape = if result.maps.len() == 1 { String::new() } else { format!("{}×", result.maps.len()) };
+        eprintln!("camscope: wrote {} ({shape}{s}×{s} f32: {written})", path.display(), s = result.size);
     }
     if let Some(path) = &args.out {
-        result.write_png(path, colormap)?;
+        result.write_image(path, colormap)?;
+        eprintln!("camscope: wrote {} (overlay: {written})", path.display());
     }
     if args.json {
         println!("{}", result.json());
@@ -105,13 +139,7 @@ fn run_explain(args: ExplainArgs) -> Result<()> {
             let mark = if p.index == result.class { '>' } else { ' ' };
             println!("{mark} {:>5.1}%  {:<4} {}", 100.0 * p.prob, p.index, p.label);
         }
-        println!(
-            "{} of class {} ({}) at {}",
-            result.method,
-            result.class,
-            result.class_label,
-            result.stages.join(", ")
-        );
+        println!("{}", what(&result.stages.join(", ")));
     }
     if !quiet && std::io::stdout().is_terminal() {
         let image = image::DynamicImage::ImageRgb8(result.overlay(colormap));
@@ -148,19 +176,39 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
         Some(c) => model.parse_class(c)?,
         None => engine.trace().top_class(),
     };
-    let ctl = Control {
-        batch_size: Control::DEFAULT_BATCH,
-        progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
-        cancelled: &|| false,
-    };
+    let on_terminal = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
-    for method in methods {
+    for (i, &method) in methods.iter().enumerate() {
+        // Progress names the method and the step: some take minutes (Score-CAM at a wide stage).
+        let step = |what: &str| format!("[{}/{}] {}: {what}", i + 1, methods.len(), method.name());
+        let (map_step, scores_step) = (step("map"), step("scores"));
+        let map_progress = |done, total| show_step_progress(&map_step, done, total);
+        let scores_progress = |done, total| show_step_progress(&scores_step, done, total);
+        let quiet = |_, _| {};
         let t = std::time::Instant::now();
-        let map = engine.cam(method, stage, class, &ctl)?;
+        let map_ctl = Control {
+            batch_size: Control::DEFAULT_BATCH,
+            progress: if on_terminal { &map_progress } else { &quiet },
+            cancelled: &|| false,
+        };
+        if on_terminal {
+            show_step_progress(&map_step, 0, 1);
+        }
+        let map = engine.cam(method, stage, class, &map_ctl)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let scores =
-            camscope::metrics::evaluate((net, kind), engine.input(), &map, class, args.metric_steps, &ctl)?;
+        let scores_ctl = Control { progress: if on_terminal { &scores_progress } else { &quiet }, ..map_ctl };
+        let scores = camscope::metrics::evaluate(
+            (net, kind),
+            engine.input(),
+            &map,
+            class,
+            args.metric_steps,
+            &scores_ctl,
+        )?;
         rows.push((method, ms, scores));
+    }
+    if on_terminal {
+        show_step_progress("", 1, 1);
     }
     if args.json {
         let rows: Vec<serde_json::Value> = rows
@@ -219,13 +267,20 @@ fn run_evaluate(args: &cli::EvaluateArgs) -> Result<()> {
 
 /// A one-line progress counter for long methods, rewritten in place on stderr.
 fn show_progress(done: usize, total: usize) {
+    show_step_progress("", done, total);
+}
+
+/// "`step`: done/total forward passes" rewritten in place on stderr; cleared when done = total.
+fn show_step_progress(step: &str, done: usize, total: usize) {
     use std::io::Write;
     let mut err = std::io::stderr();
-    if done < total {
-        let _ = write!(err, "\r{done}/{total} forward passes");
-    } else {
-        let _ = write!(err, "\r{:30}\r", "");
-    }
+    // \r and "erase to the end of the line": the line is rewritten, never scrolled.
+    let _ = match (done < total, step.is_empty()) {
+        (false, _) => write!(err, "\r\x1b[K"),
+        (true, true) => write!(err, "\r\x1b[K{done}/{total} forward passes"),
+        (true, false) if done == 0 => write!(err, "\r\x1b[K{step}…"),
+        (true, false) => write!(err, "\r\x1b[K{step} {done}/{total} forward passes"),
+    };
     let _ = err.flush();
 }
 

@@ -29,7 +29,8 @@ impl Colormap {
 
     pub fn parse(s: &str) -> Result<Self> {
         Colormap::ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
-            Error::Model(format!("unknown colormap '{s}'; colormaps are: jet, viridis, inferno, turbo"))
+            let names: Vec<&str> = Colormap::ALL.iter().map(|c| c.name()).collect();
+            Error::UnknownColormap(s.into(), names.join(", "))
         })
     }
 

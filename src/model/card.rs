@@ -123,18 +123,53 @@ impl Model {
         &self.labels[class]
     }
 
-    /// A class from an index (`243`) or an exact label (`bull mastiff`, any case).
+    /// A class from an index (`243`) or a whole label (`bull mastiff`, any case). An unknown
+    /// label's error lists the labels that contain it, as the debugger's class search finds them.
     pub fn parse_class(&self, s: &str) -> Result<usize> {
         let n = self.labels.len();
         if let Ok(i) = s.trim().parse::<usize>() {
             return if i < n { Ok(i) } else { Err(Error::UnknownClass(s.into(), n - 1)) };
         }
         let wanted = s.trim().to_lowercase();
-        self.labels
-            .iter()
-            .position(|l| l.to_lowercase() == wanted)
-            .ok_or_else(|| Error::UnknownClass(s.into(), n - 1))
+        self.labels.iter().position(|l| l.to_lowercase() == wanted).ok_or_else(|| Error::UnknownLabel {
+            name: s.into(),
+            max: n - 1,
+            similar: if wanted.is_empty() {
+                vec![]
+            } else {
+                labels_matching(&self.labels, s).into_iter().map(|i| self.labels[i].clone()).collect()
+            },
+        })
     }
+}
+
+/// The classes whose label contains `query` (case-insensitive, trimmed), best first: the whole
+/// label, then whole words (`cat` in `tiger cat`), then the start of a word, then anywhere; in
+/// class order within each. The one label matcher: `--class` suggestions and the debugger's `/`.
+pub fn labels_matching(labels: &[String], query: &str) -> Vec<usize> {
+    let q = query.trim().to_lowercase();
+    let word_edge = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    let rank = |label: &str| -> Option<u8> {
+        let l = label.to_lowercase();
+        if l == q {
+            return Some(0);
+        }
+        l.match_indices(&q)
+            .map(|(at, _)| {
+                let starts = word_edge(l[..at].chars().next_back());
+                let ends = word_edge(l[at + q.len()..].chars().next());
+                match (starts, ends) {
+                    (true, true) => 1,
+                    (true, false) => 2,
+                    _ => 3,
+                }
+            })
+            .min()
+    };
+    let mut found: Vec<(u8, usize)> =
+        labels.iter().enumerate().filter_map(|(i, l)| rank(l).map(|r| (r, i))).collect();
+    found.sort();
+    found.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Folders searched for `NAME.toml`: ./models, then the models/ this binary was built from.

@@ -8,7 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent};
 use image::RgbImage;
 
 use camscope::cam::{Method, Smoothing};
-use camscope::render;
+use camscope::render::{self, Colormap};
 use camscope::trace::Prediction;
 
 use super::theme::Theme;
@@ -110,6 +110,8 @@ pub struct App {
     pub opacity: f32,
     pub themes: Vec<Theme>,
     pub theme: usize,
+    /// `--colormap`; `None`: the theme's.
+    pub colormap: Option<Colormap>,
     /// First visible row of tiles in a grid.
     pub grid_scroll: usize,
     pub maps: HashMap<MapKey, Arc<Vec<f32>>>,
@@ -154,6 +156,7 @@ impl App {
             opacity: 0.5,
             themes,
             theme,
+            colormap: None,
             grid_scroll: 0,
             maps: HashMap::new(),
             scores: HashMap::new(),
@@ -162,13 +165,18 @@ impl App {
             partial: None,
             paused: false,
             status: None,
-            keys_help: super::keymap::Keymap::new(None).map(|k| k.help()).unwrap_or_default(),
+            keys_help: super::keymap::Keymap::defaults().help(),
             quit: false,
         }
     }
 
     pub fn theme(&self) -> &Theme {
         &self.themes[self.theme]
+    }
+
+    /// The colormap of the maps: `--colormap` if given, else the theme's.
+    pub fn colormap(&self) -> Colormap {
+        self.colormap.unwrap_or(self.theme().colormap)
     }
 
     pub fn key(&self) -> MapKey {
@@ -232,14 +240,15 @@ impl App {
         &self.info.labels[class]
     }
 
-    /// Classes whose label contains the query (case-insensitive), in class order.
+    /// Classes whose label contains the query, best matches first (the same matcher as the
+    /// suggestions of `--class`).
     pub fn search_results(&self) -> Vec<usize> {
         let Some(Popup::Search(s)) = &self.popup else { return vec![] };
-        let q = s.query.to_lowercase();
-        (0..self.info.labels.len()).filter(|&i| self.info.labels[i].to_lowercase().contains(&q)).collect()
+        camscope::model::card::labels_matching(&self.info.labels, &s.query)
     }
 
-    fn set_class(&mut self, class: usize) {
+    /// Makes `class` the target, with the cursor on it if it is among the predictions.
+    pub fn set_class(&mut self, class: usize) {
         self.class = class;
         if let Some(i) = self.predictions.iter().position(|p| p.index == class) {
             self.prediction_cursor = i;
@@ -338,7 +347,13 @@ impl App {
             }
             Action::OpacityUp => self.opacity = (self.opacity + OPACITY_STEP).min(1.0),
             Action::OpacityDown => self.opacity = (self.opacity - OPACITY_STEP).max(0.0),
-            Action::NextTheme => self.theme = (self.theme + 1) % self.themes.len(),
+            Action::NextTheme => {
+                self.theme = (self.theme + 1) % self.themes.len();
+                let t = self.theme();
+                let about =
+                    if t.description.is_empty() { String::new() } else { format!(": {}", t.description) };
+                self.status = Some((format!("theme {}{about}", t.name), false));
+            }
             Action::ToggleAugSmooth => self.smoothing.aug = !self.smoothing.aug,
             Action::ToggleEigenSmooth => self.smoothing.eigen = !self.smoothing.eigen,
             Action::Save => return Some(Command::Save),
@@ -406,7 +421,7 @@ impl App {
             return Some((**view).clone());
         }
         let map = self.maps.get(key)?;
-        let colormap = self.theme().colormap;
+        let colormap = self.colormap();
         Some(match self.view {
             ViewMode::Overlay => render::overlay(view, map, colormap, self.opacity),
             _ => render::heatmap(map, view.width(), view.height(), colormap),
@@ -509,6 +524,14 @@ pub(crate) mod tests {
         assert!(a.missing().is_empty());
         a.update(Action::NextMethod);
         assert!(!a.missing().is_empty());
+    }
+
+    #[test]
+    fn the_theme_key_says_which_theme_is_on() {
+        let mut a = app();
+        a.update(Action::NextTheme);
+        let (message, _) = a.status.clone().expect("a message");
+        assert!(message.starts_with(&format!("theme {}: ", a.theme().name)), "{message}");
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::path::Path;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::app::Action;
+use toml::Spanned;
+
+use super::config_file;
 use camscope::{Error, Result};
 
 /// (action, config name, default keys, help text) — the help popup is generated from this.
@@ -72,33 +75,54 @@ pub struct Keymap {
     pub labels: Vec<(Action, String, &'static str)>,
 }
 
+/// `action = ["key", …]` as read from a file, with positions for error messages.
+type Overrides = HashMap<Spanned<String>, Vec<Spanned<String>>>;
+
 impl Keymap {
-    /// Defaults, overridden by `config` (TOML `action = ["key", …]`) where given.
-    pub fn new(config: Option<&str>) -> Result<Self> {
-        let overrides: HashMap<String, Vec<String>> = match config {
-            Some(text) => toml::from_str(text).map_err(|e| Error::Model(format!("keys: {}", e.message())))?,
-            None => HashMap::new(),
+    /// The default bindings.
+    pub fn defaults() -> Self {
+        Self::build(&Overrides::new(), "", "").expect("the default key table is valid")
+    }
+
+    /// Defaults, overridden by the TOML `text` (`action = ["key", …]`) of the file `origin`.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let err = |message: String| Error::Keys { origin: origin.into(), message };
+        let overrides: Overrides =
+            toml::from_str(text).map_err(|e| err(config_file::toml_error(text, &e)))?;
+        Self::build(&overrides, text, origin)
+    }
+
+    fn build(overrides: &Overrides, text: &str, origin: &str) -> Result<Self> {
+        let err = |at: &Spanned<String>, message: String| Error::Keys {
+            origin: origin.into(),
+            message: config_file::at(text, at.span().start, &message),
         };
         for name in overrides.keys() {
-            if !BINDINGS.iter().any(|b| b.1 == name) {
+            if !BINDINGS.iter().any(|b| b.1 == name.get_ref()) {
                 let names: Vec<&str> = BINDINGS.iter().map(|b| b.1).collect();
-                return Err(Error::Model(format!(
-                    "keys: unknown action '{name}'; actions: {}",
-                    names.join(", ")
-                )));
+                let message = format!("unknown action '{}'; actions: {}", name.get_ref(), names.join(", "));
+                return Err(err(name, message));
             }
         }
         let mut map = HashMap::new();
         let mut labels = Vec::new();
         for &(action, name, defaults, help) in BINDINGS {
             let keys: Vec<String> = match overrides.get(name) {
-                Some(k) => k.clone(),
-                None => defaults.iter().map(|s| s.to_string()).collect(),
+                Some(keys) => {
+                    for k in keys {
+                        let key = parse_key(k.get_ref())
+                            .ok_or_else(|| err(k, format!("cannot read key '{}'", k.get_ref())))?;
+                        map.insert(key, action);
+                    }
+                    keys.iter().map(|k| k.get_ref().clone()).collect()
+                }
+                None => {
+                    for k in defaults {
+                        map.insert(parse_key(k).expect("default keys are valid"), action);
+                    }
+                    defaults.iter().map(|s| s.to_string()).collect()
+                }
             };
-            for k in &keys {
-                let key = parse_key(k).ok_or_else(|| Error::Model(format!("keys: cannot read key '{k}'")))?;
-                map.insert(key, action);
-            }
             labels.push((action, keys.join(" "), help));
         }
         Ok(Self { map, labels })
@@ -115,9 +139,9 @@ impl Keymap {
         match path {
             Some(p) => {
                 let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-                Self::new(Some(&text))
+                Self::parse(&text, &p.display().to_string())
             }
-            None => Self::new(None),
+            None => Ok(Self::defaults()),
         }
     }
 
@@ -151,14 +175,25 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let km = Keymap::new(None).unwrap();
+        let km = Keymap::defaults();
         assert_eq!(km.action(&press(KeyCode::Char('['))), Some(Action::PrevStage));
         assert_eq!(km.action(&press(KeyCode::Left)), Some(Action::PrevStage));
         assert_eq!(km.action(&KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
         assert_eq!(km.action(&press(KeyCode::Char('3'))), Some(Action::Pick(2)));
-        let km = Keymap::new(Some("next_stage = [\"n\"]")).unwrap();
+        let km = Keymap::parse("next_stage = [\"n\"]", "k.toml").unwrap();
         assert_eq!(km.action(&press(KeyCode::Char('n'))), Some(Action::NextStage));
         assert_eq!(km.action(&press(KeyCode::Char(']'))), None);
-        assert!(Keymap::new(Some("fly = [\"f\"]")).is_err());
+    }
+
+    #[test]
+    fn mistakes_name_the_file_line_and_column() {
+        let error = |text: &str| Keymap::parse(text, "my/keys.toml").err().expect("an error").to_string();
+        let e = error("quit = [\"q\"]\nfly = [\"f\"]\n");
+        assert!(e.starts_with("keys my/keys.toml: line 2, column 1: unknown action 'fly'"), "{e}");
+        let e = error("quit = [\"q\"]\nsave = [\"s\", \"ctrl-nope\"]\n");
+        assert!(e.starts_with("keys my/keys.toml: line 2, column 14: cannot read key 'ctrl-nope'"), "{e}");
+        let e = error("quit = [\"q]\n");
+        assert!(e.starts_with("keys my/keys.toml: line 1, column "), "{e}");
+        assert!(e.contains("string") && !e.contains('\n'), "{e}");
     }
 }

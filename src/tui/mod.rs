@@ -3,6 +3,7 @@
 //! is restored on quit, on error and on panic (ratatui's hook).
 
 mod app;
+mod config_file;
 mod keymap;
 mod theme;
 mod ui;
@@ -15,14 +16,18 @@ use std::time::{Duration, Instant};
 use crossterm::event::{self, Event as TermEvent, KeyEventKind};
 use ratatui::backend::Backend;
 use ratatui::Terminal;
+use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
+use camscope::cam::{Method, Smoothing};
 use camscope::engine::Engine;
-use camscope::model::{card, Arch, EngineKind};
+use camscope::explain::StageChoice;
+use camscope::model::{card, stage_index, Arch, EngineKind};
 use camscope::preprocess;
+use camscope::render::Colormap;
 use camscope::{Error, Result};
 
-use app::{App, Command, ModelInfo};
+use app::{App, Command, ModelInfo, Screen};
 use keymap::Keymap;
 use ui::ImageCache;
 use worker::Worker;
@@ -36,6 +41,16 @@ pub struct TuiOptions {
     pub arch: Option<Arch>,
     pub device: candle_core::Device,
     pub engine: EngineKind,
+    /// Where the debugger starts (the keys change them): method, stage (`All`: the stage grid),
+    /// class (index or label), smoothing.
+    pub method: Method,
+    pub stages: StageChoice,
+    pub class: Option<String>,
+    pub smoothing: Smoothing,
+    /// `None`: the theme's.
+    pub colormap: Option<Colormap>,
+    /// Forward passes per batch of the perturbation methods.
+    pub batch_size: usize,
     /// `None`: ask the terminal.
     pub protocol: Option<ProtocolType>,
     pub theme: Option<String>,
@@ -49,11 +64,7 @@ pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
         "sixel" => Some(ProtocolType::Sixel),
         "kitty" => Some(ProtocolType::Kitty),
         "iterm2" => Some(ProtocolType::Iterm2),
-        other => {
-            return Err(Error::Model(format!(
-                "unknown protocol '{other}'; protocols are: auto, halfblocks, sixel, kitty, iterm2"
-            )))
-        }
+        other => return Err(Error::UnknownProtocol(other.into())),
     })
 }
 
@@ -63,42 +74,100 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = card::load(&opts.model, opts.arch.clone())?;
+    let net = &model.network;
+    // The stage and class the user asked for, checked before the (slower) forward pass.
+    let stage = match &opts.stages {
+        StageChoice::Named(name) => Some(stage_index(net.as_ref(), name)?),
+        StageChoice::Default | StageChoice::All => None,
+    };
+    let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
+    let engine = Engine::new(net.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
     let trace = engine.trace();
-    let shapes = trace.shapes();
-    let default_stage = engine.default_stage();
     let info = ModelInfo {
         model: model.name.clone(),
-        arch: model.network.name(),
+        arch: net.name(),
         source: input.source.clone(),
-        stages: model.network.stages().iter().map(|s| s.name.clone()).collect(),
-        shapes,
+        stages: net.stages().iter().map(|s| s.name.clone()).collect(),
+        shapes: trace.shapes(),
         labels: Arc::new(model.labels.clone()),
         view: Arc::new(input.view.clone()),
     };
-    let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), default_stage, themes, theme);
+    let stage = stage.unwrap_or_else(|| engine.default_stage());
+    let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), stage, themes, theme);
+    if let Some(class) = class {
+        app.set_class(class);
+    }
+    app.method = opts.method;
+    app.smoothing = opts.smoothing;
+    app.colormap = opts.colormap;
+    if opts.stages == StageChoice::All {
+        app.screen = Screen::StageGrid;
+    }
     app.keys_help = keymap.help();
     Ok((app, engine, keymap))
 }
 
 pub fn run(opts: &TuiOptions) -> Result<()> {
     let start = Instant::now();
-    let (app, engine, keymap) = prepare(opts)?;
-    let worker = Worker::spawn(engine);
+    // Asking the terminal about graphics takes a round trip (up to QUERY_TIMEOUT where nothing
+    // answers); loading the model and the forward pass take about as long. Do both at once. The
+    // query leaves the terminal as it found it, so a loading error still prints on a clean line.
+    let (prepared, picker) = std::thread::scope(|s| {
+        let loading = s.spawn(|| prepare(opts));
+        let picker = graphics(opts.protocol);
+        (loading.join(), picker)
+    });
+    let (app, engine, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let worker = Worker::spawn(engine, opts.batch_size);
     let mut terminal = ratatui::init();
-    let picker = match opts.protocol {
-        Some(ProtocolType::Halfblocks) => Picker::halfblocks(),
-        Some(p) => {
-            let mut picker = Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks());
-            picker.set_protocol_type(p);
-            picker
-        }
-        None => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
-    };
     let result = event_loop(&mut terminal, app, &worker, &keymap, ImageCache::new(picker), start);
     ratatui::restore();
     result
+}
+
+/// How long to wait for the terminal's answer about graphics. Terminals answer in a round trip
+/// (milliseconds locally, the ping time over SSH); the library's 2 s is only ever spent in full
+/// where nothing answers, and that wait delays the first map.
+const QUERY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The picture protocol: `--protocol`, else what the terminal says it supports (kitty, sixel,
+/// iTerm2 with its cell size), else half-blocks. The query is skipped where no answer can come.
+fn graphics(protocol: Option<ProtocolType>) -> Picker {
+    if protocol == Some(ProtocolType::Halfblocks) || !terminal_can_answer() {
+        return Picker::halfblocks();
+    }
+    let options = QueryStdioOptions { timeout_ms: QUERY_TIMEOUT.as_millis() as i32, ..Default::default() };
+    let mut picker = Picker::from_query_stdio_with_options(options).unwrap_or_else(|_| Picker::halfblocks());
+    if let Some(p) = protocol {
+        picker.set_protocol_type(p);
+    }
+    picker
+}
+
+/// False where a graphics query is known to go unanswered: no terminal on stdin/stdout, a
+/// terminal type without graphics, or a tmux session with no client attached (tmux passes the
+/// query through to the client's terminal, and a detached session has none).
+fn terminal_can_answer() -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return false;
+    }
+    let term = std::env::var("TERM").unwrap_or_default();
+    if term.is_empty() || term == "dumb" || term == "linux" {
+        return false;
+    }
+    !tmux_session_detached()
+}
+
+fn tmux_session_detached() -> bool {
+    let (Some(_), Some(pane)) = (std::env::var_os("TMUX"), std::env::var_os("TMUX_PANE")) else {
+        return false;
+    };
+    let mut cmd = std::process::Command::new("tmux");
+    cmd.arg("display-message").arg("-p").arg("-t").arg(pane).arg("#{session_attached}");
+    cmd.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn save(app: &mut App) {
@@ -125,7 +194,7 @@ where
     B::Error: Send + Sync + 'static,
 {
     let io = |e: std::io::Error| Error::io("terminal", e);
-    let draw_err = |e: B::Error| Error::Model(format!("drawing failed: {e}"));
+    let draw_err = |e: B::Error| Error::Terminal(format!("drawing failed: {e}"));
     let mut last_request = Vec::new();
     let mut first_map_shown = false;
     let mut key_pressed: Option<Instant> = None;
@@ -163,7 +232,9 @@ where
             continue;
         }
 
-        let timeout = if app.is_computing() { Duration::from_millis(15) } else { Duration::from_millis(250) };
+        // Soon while maps are computed or pictures encoded, to show them as they come.
+        let busy = app.is_computing() || images.is_encoding();
+        let timeout = if busy { Duration::from_millis(15) } else { Duration::from_millis(250) };
         if event::poll(timeout).map_err(io)? {
             match event::read().map_err(io)? {
                 TermEvent::Key(key) if key.kind == KeyEventKind::Press => {

@@ -25,6 +25,12 @@ fn options() -> TuiOptions {
         arch: None,
         device: candle_core::Device::Cpu,
         engine: camscope::model::EngineKind::Fast,
+        method: Method::GradCam,
+        stages: camscope::explain::StageChoice::Default,
+        class: None,
+        smoothing: Default::default(),
+        colormap: None,
+        batch_size: 32,
         protocol: None,
         theme: None,
         keys: None,
@@ -118,7 +124,10 @@ fn main_screen() {
     assert!(screen.contains("_conv_head"));
     assert!(screen.contains("gradcam"));
     assert!(coloured_cells(&buffer) > 500, "the map is drawn");
+    assert!(screen.contains("American Staffo… "), "a long label ends in an ellipsis");
     check_snapshot("main", &buffer);
+    // A wide terminal gives the labels the room they need.
+    assert!(text(&f.render(160, 40)).contains("American Staffordshire terrier "));
 }
 
 #[test]
@@ -154,21 +163,29 @@ fn method_grid_shows_every_method() {
     let mut f = Fixture::new();
     f.act(Action::MethodGrid);
     assert!(f.app.missing().iter().any(|j| matches!(j, Job::Scores(_))), "the grid asks for scores");
-    for (method, road) in [(Method::GradCam, 0.12), (Method::HiResCam, 0.21), (Method::LayerCam, 0.05)] {
-        let scores =
-            Scores { confidence_change: 0.1, road_combined: road, deletion_auc: 0.02, insertion_auc: 0.4 };
+    for (method, road) in [(Method::GradCam, 0.12), (Method::HiResCam, 0.2071), (Method::LayerCam, -0.0468)] {
+        let scores = Scores {
+            confidence_change: 0.1,
+            road_combined: road,
+            deletion_auc: 0.001234,
+            insertion_auc: 0.4567,
+        };
         f.app.on_event(Event::Scores { key: MapKey { method, ..f.app.key() }, scores });
     }
     assert_eq!(f.app.most_faithful(), Some(Method::HiResCam));
-    let buffer = f.render(120, 40);
-    let screen = text(&buffer);
-    for m in ["gradcam", "hirescam", "layercam", "eigencam"] {
-        assert!(screen.contains(m), "grid lacks {m}");
+    // Every score whole at 3 significant figures, in the narrowest tiles (160 columns: 6 per row)
+    // and at 100 columns.
+    for (width, height) in [(160, 50), (100, 40)] {
+        let screen = text(&f.render(width, height));
+        for m in ["gradcam", "hirescam", "gradcam++", "layercam"] {
+            assert!(screen.contains(m), "{width}: grid lacks {m}");
+        }
+        assert!(screen.contains("★ hirescam"), "{width}: the most faithful is marked");
+        for score in ["ROAD +0.207", "ROAD -0.0468", "del 0.00123 ins 0.457", "scoring…"] {
+            assert!(screen.contains(score), "{width}: '{score}' missing:\n{screen}");
+        }
     }
-    assert!(screen.contains("★ hirescam"), "the most faithful is marked");
-    assert!(screen.contains("ROAD +0.21 del 0.02 ins 0.40"));
-    assert!(screen.contains("scoring…"));
-    check_snapshot("method_grid", &buffer);
+    check_snapshot("method_grid", &f.render(100, 40));
 }
 
 #[test]
@@ -192,6 +209,58 @@ fn long_maps_show_a_gauge() {
 }
 
 #[test]
+fn starts_at_the_class_method_and_stage_asked_for() {
+    use camscope::explain::StageChoice;
+    let opts = TuiOptions {
+        method: Method::LayerCam,
+        stages: StageChoice::Named("_blocks.10".into()),
+        class: Some("TABBY".into()),
+        smoothing: camscope::cam::Smoothing { aug: false, eigen: true },
+        colormap: Some(camscope::render::Colormap::Viridis),
+        ..options()
+    };
+    let (app, _, _) = prepare(&opts).unwrap();
+    assert_eq!((app.class, app.method), (281, Method::LayerCam));
+    assert_eq!(app.info.stages[app.stage], "_blocks.10");
+    assert!(app.smoothing.eigen && !app.smoothing.aug);
+    assert_eq!(app.colormap(), camscope::render::Colormap::Viridis);
+    let (app, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }).unwrap();
+    assert_eq!(app.screen, super::app::Screen::StageGrid);
+}
+
+#[test]
+fn a_bad_stage_or_class_fails_like_explain() {
+    use camscope::explain::{explain, ExplainOptions, StageChoice};
+    let tui_error = |opts: TuiOptions| prepare(&opts).err().expect("an error").to_string();
+    let explain_error = |opts: ExplainOptions| explain(&opts).err().expect("an error").to_string();
+    let stage = StageChoice::Named("_blocks.99".into());
+    assert_eq!(
+        tui_error(TuiOptions { stages: stage.clone(), ..options() }),
+        explain_error(ExplainOptions { stages: stage, ..Default::default() })
+    );
+    for class in ["1000", "cat"] {
+        let e = tui_error(TuiOptions { class: Some(class.into()), ..options() });
+        assert_eq!(e, explain_error(ExplainOptions { class: Some(class.into()), ..Default::default() }));
+        assert!(e.contains(&format!("unknown class '{class}'")), "{e}");
+    }
+}
+
+#[test]
+fn the_light_theme_paints_its_own_background() {
+    let mut f = Fixture::new();
+    f.fill();
+    f.app.theme = f.app.themes.iter().position(|t| t.name == "light").unwrap();
+    f.app.update(Action::Help);
+    let buffer = f.render(100, 32);
+    let background = f.app.theme().background.expect("the light theme has a background");
+    // Everything but the pictures (and the selected rows) sits on it: text, borders, the popup.
+    let painted = buffer.content().iter().filter(|c| c.bg == background).count();
+    assert!(painted > 100 * 32 / 2, "only {painted} cells on the theme's background");
+    let help_line = buffer.area.width as usize * 5 + 30;
+    assert_eq!(buffer.content()[help_line].bg, background, "the help popup too");
+}
+
+#[test]
 fn a_tiny_terminal_gets_a_message() {
     let f = Fixture::new();
     let screen = text(&f.render(30, 8));
@@ -209,4 +278,30 @@ fn cached_views_need_no_new_computation() {
     assert!(f.app.missing().is_empty(), "back to a cached view");
     assert_eq!(f.app.key(), first);
     let _ = MapKey { ..first };
+}
+
+#[test]
+fn terminal_graphics_show_half_blocks_until_encoded() {
+    let mut f = Fixture::new();
+    f.fill();
+    let mut picker = Picker::halfblocks();
+    picker.set_protocol_type(ratatui_image::picker::ProtocolType::Sixel);
+    let mut images = ImageCache::new(picker);
+    let mut terminal = Terminal::new(TestBackend::new(100, 32)).unwrap();
+    let mut draw = |images: &mut ImageCache| {
+        terminal.draw(|frame| ui::draw(frame, &f.app, images)).unwrap();
+        terminal.backend().buffer().clone()
+    };
+    let is_sixel = |buffer: &Buffer| buffer.content().iter().any(|c| c.symbol().contains("\x1bP"));
+    // At once: the map in half-blocks, the sixel picture on its way.
+    let first = draw(&mut images);
+    assert!(coloured_cells(&first) > 500 && !is_sixel(&first), "half-blocks first");
+    assert!(images.is_encoding());
+    let start = std::time::Instant::now();
+    while images.is_encoding() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "the sixel picture never came");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        draw(&mut images);
+    }
+    assert!(is_sixel(&draw(&mut images)), "then the terminal's own picture");
 }

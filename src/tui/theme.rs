@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use ratatui::style::Color;
 use serde::Deserialize;
 
+use toml::Spanned;
+
+use super::config_file;
 use camscope::render::Colormap;
 use camscope::{Error, Result};
 
@@ -18,7 +21,12 @@ const BUILTIN: [&str; 3] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct Theme {
     pub name: String,
+    /// What it is for, shown when `t` picks it.
+    pub description: String,
     pub colormap: Colormap,
+    /// Painted under everything; `None` keeps the terminal's own. A theme with dark text must
+    /// bring its light background, or it is unreadable on the (usual) dark terminal.
+    pub background: Option<Color>,
     pub text: Color,
     pub dim: Color,
     pub border: Color,
@@ -34,37 +42,45 @@ pub struct Theme {
 #[serde(deny_unknown_fields)]
 struct ThemeFile {
     name: String,
-    colormap: String,
+    #[serde(default)]
+    description: String,
+    colormap: Spanned<String>,
     colors: Colors,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Colors {
-    text: String,
-    dim: String,
-    border: String,
-    title: String,
-    accent: String,
-    selected_fg: String,
-    selected_bg: String,
-    bar: String,
-    error: String,
-}
-
-fn color(s: &str, origin: &str) -> Result<Color> {
-    s.parse::<Color>().map_err(|_| Error::Model(format!("theme {origin}: '{s}' is not a colour")))
+    background: Option<Spanned<String>>,
+    text: Spanned<String>,
+    dim: Spanned<String>,
+    border: Spanned<String>,
+    title: Spanned<String>,
+    accent: Spanned<String>,
+    selected_fg: Spanned<String>,
+    selected_bg: Spanned<String>,
+    bar: Spanned<String>,
+    error: Spanned<String>,
 }
 
 impl Theme {
+    /// A theme from the TOML `text` of `origin` (a file, or "(built-in)").
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let f: ThemeFile =
-            toml::from_str(text).map_err(|e| Error::Model(format!("theme {origin}: {}", e.message())))?;
+        let err = |message: String| Error::Theme { origin: origin.into(), message };
+        let f: ThemeFile = toml::from_str(text).map_err(|e| err(config_file::toml_error(text, &e)))?;
         let c = &f.colors;
-        let col = |s: &str| color(s, origin);
+        let col = |s: &Spanned<String>| {
+            s.get_ref().parse::<Color>().map_err(|_| {
+                err(config_file::at(text, s.span().start, &format!("'{}' is not a colour", s.get_ref())))
+            })
+        };
+        let colormap = Colormap::parse(f.colormap.get_ref())
+            .map_err(|e| err(config_file::at(text, f.colormap.span().start, &e.to_string())))?;
         Ok(Theme {
             name: f.name,
-            colormap: Colormap::parse(&f.colormap)?,
+            description: f.description,
+            colormap,
+            background: c.background.as_ref().map(col).transpose()?,
             text: col(&c.text)?,
             dim: col(&c.dim)?,
             border: col(&c.border)?,
@@ -106,7 +122,7 @@ pub fn load_all() -> Result<Vec<Theme>> {
 pub fn find(themes: &[Theme], name: &str) -> Result<usize> {
     themes.iter().position(|t| t.name == name).ok_or_else(|| {
         let names: Vec<&str> = themes.iter().map(|t| t.name.as_str()).collect();
-        Error::Model(format!("unknown theme '{name}'; themes are: {}", names.join(", ")))
+        Error::UnknownTheme { name: name.into(), available: names.join(", ") }
     })
 }
 
@@ -121,5 +137,23 @@ mod tests {
             assert!(find(&themes, name).is_ok(), "{name}");
         }
         assert!(find(&themes, "neon").unwrap_err().to_string().contains("high-contrast"));
+        // Dark text needs its own light background: the terminal's is usually dark.
+        let light = &themes[find(&themes, "light").unwrap()];
+        assert!(light.background.is_some() && !light.description.is_empty());
+    }
+
+    #[test]
+    fn mistakes_name_the_theme_line_and_column() {
+        let good = include_str!("../../themes/dark.toml");
+        let error = |text: &str| Theme::parse(text, "themes/x.toml").unwrap_err().to_string();
+        let e = error(&good.replace("\"#ffaf00\"", "\"#ffaf0g\""));
+        assert!(
+            e.starts_with("theme themes/x.toml: line ") && e.contains("'#ffaf0g' is not a colour"),
+            "{e}"
+        );
+        let e = error(&good.replace("\"jet\"", "\"plaid\""));
+        assert!(e.starts_with("theme themes/x.toml: line 4, column 12: unknown colormap 'plaid'"), "{e}");
+        let e = error(&good.replace("name = ", "nom = "));
+        assert!(e.starts_with("theme themes/x.toml: line 2, column 1: "), "{e}");
     }
 }

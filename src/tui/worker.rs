@@ -78,15 +78,16 @@ struct Shared {
 }
 
 impl Worker {
-    /// Takes ownership of the engine.
-    pub fn spawn(engine: Engine) -> Self {
+    /// Takes ownership of the engine. `batch_size`: forward passes per batch of the
+    /// perturbation methods.
+    pub fn spawn(engine: Engine, batch_size: usize) -> Self {
         let (req_tx, req_rx) = mpsc::channel::<Vec<Job>>();
         let (ev_tx, ev_rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("camscope-engine".into())
-            .spawn(move || serve(&engine, &req_rx, &ev_tx, &theirs))
+            .spawn(move || serve(&engine, batch_size, &req_rx, &ev_tx, &theirs))
             .expect("spawn the engine thread");
         Self { requests: Some(req_tx), events: ev_rx, shared, handle: Some(handle) }
     }
@@ -115,7 +116,13 @@ impl Drop for Worker {
     }
 }
 
-fn serve(engine: &Engine, requests: &Receiver<Vec<Job>>, events: &Sender<Event>, shared: &Shared) {
+fn serve(
+    engine: &Engine,
+    batch_size: usize,
+    requests: &Receiver<Vec<Job>>,
+    events: &Sender<Event>,
+    shared: &Shared,
+) {
     let mut queue: Vec<Job> = Vec::new();
     // The maps this thread made, for scoring them later without recomputing.
     let mut maps: HashMap<MapKey, Arc<Vec<f32>>> = HashMap::new();
@@ -160,7 +167,7 @@ fn serve(engine: &Engine, requests: &Receiver<Vec<Job>>, events: &Sender<Event>,
         };
         let cancelled =
             || shared.cancel.load(Ordering::SeqCst) || shared.generation.load(Ordering::SeqCst) != generation;
-        let ctl = Control { batch_size: Control::DEFAULT_BATCH, progress: &progress, cancelled: &cancelled };
+        let ctl = Control { batch_size, progress: &progress, cancelled: &cancelled };
         let (Job::Map(key) | Job::Scores(key)) = job;
         let map = match maps.get(&key) {
             Some(m) => Ok(m.clone()),

@@ -2,7 +2,8 @@
 //! colour scale. Encoding a picture for the terminal is the costly part of a redraw, so encoded
 //! pictures are cached by everything that changes them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{self, Receiver, Sender};
 
 use image::DynamicImage;
 use ratatui::layout::{Constraint, Layout, Rect, Size};
@@ -31,18 +32,60 @@ struct PictureKey {
 pub struct ImageCache {
     picker: Picker,
     encoded: HashMap<PictureKey, Protocol>,
+    /// Half-block stand-ins, shown while `encoder` makes the terminal's own picture.
+    previews: HashMap<PictureKey, Protocol>,
+    /// `None` with half-blocks, which encode in milliseconds.
+    encoder: Option<Encoder>,
 }
 
 /// Enough for a full grid at two sizes; beyond it the cache starts over.
 const CACHE_LIMIT: usize = 96;
 
+/// A thread that encodes pictures for kitty / sixel / iTerm2. A sixel picture of a full-size map
+/// takes 0.2–0.3 s to encode (kitty and iTerm2 ~60 ms, half-blocks ~15 ms): done on the UI
+/// thread, it held up the first map and every key press that needed a new picture.
+struct Encoder {
+    jobs: Sender<(PictureKey, DynamicImage)>,
+    done: Receiver<(PictureKey, Result<Protocol, String>)>,
+    pending: HashSet<PictureKey>,
+}
+
+impl Encoder {
+    fn spawn(picker: Picker) -> Self {
+        let (jobs, their_jobs) = mpsc::channel::<(PictureKey, DynamicImage)>();
+        let (their_done, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("camscope-pictures".into())
+            .spawn(move || {
+                for (key, picture) in their_jobs {
+                    let size = Size::new(key.size.0, key.size.1);
+                    let encoded = picker
+                        .new_protocol(picture, size, Resize::Scale(Some(FilterType::Triangle)))
+                        .map_err(|e| e.to_string());
+                    if their_done.send((key, encoded)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the picture encoder");
+        Self { jobs, done, pending: HashSet::new() }
+    }
+}
+
 impl ImageCache {
     pub fn new(picker: Picker) -> Self {
-        Self { picker, encoded: HashMap::new() }
+        let encoder =
+            (picker.protocol_type() != ProtocolType::Halfblocks).then(|| Encoder::spawn(picker.clone()));
+        Self { picker, encoded: HashMap::new(), previews: HashMap::new(), encoder }
     }
 
     pub fn protocol_name(&self) -> String {
         format!("{:?}", self.picker.protocol_type()).to_lowercase()
+    }
+
+    /// Whether pictures are being encoded: the runtime then redraws soon to show them.
+    pub fn is_encoding(&self) -> bool {
+        self.encoder.as_ref().is_some_and(|e| !e.pending.is_empty())
     }
 
     /// The largest cell rectangle inside `area` that shows a square picture square, centred.
@@ -54,7 +97,21 @@ impl ImageCache {
         Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
     }
 
-    /// Draws the picture of `map` into `area`, or says it is being computed.
+    /// Takes the pictures the encoder has finished.
+    fn collect(&mut self) {
+        let Some(encoder) = &mut self.encoder else { return };
+        while let Ok((key, encoded)) = encoder.done.try_recv() {
+            encoder.pending.remove(&key);
+            self.previews.remove(&key);
+            // A failed encoding keeps its half-block preview: a picture, if a coarser one.
+            if let Ok(p) = encoded {
+                self.encoded.insert(key, p);
+            }
+        }
+    }
+
+    /// Draws the picture of `map` into `area`, or says it is being computed. With kitty, sixel or
+    /// iTerm2 a half-block picture stands in until the encoder has the terminal's own.
     pub fn draw(&mut self, frame: &mut Frame, app: &App, map: MapKey, area: Rect) {
         if area.width == 0 || area.height == 0 {
             return;
@@ -71,39 +128,41 @@ impl ImageCache {
             theme: app.theme,
             size: (area.width, area.height),
         };
-        if !self.encoded.contains_key(&key) {
-            let Some(picture) = app.picture(&map) else {
-                let msg = if app.is_computing() { "computing…" } else { "waiting…" };
-                let p = Paragraph::new(msg).style(Style::default().fg(app.theme().dim)).centered();
-                frame.render_widget(p, center_line(text_area));
-                return;
-            };
-            if self.encoded.len() >= CACHE_LIMIT {
-                self.encoded.clear();
-            }
-            let size = Size::new(area.width, area.height);
-            let picture = DynamicImage::ImageRgb8(picture);
-            let encoded = if self.picker.protocol_type() == ProtocolType::Halfblocks {
-                // Straight to half-block resolution (one pixel per half cell). Through
-                // `new_protocol` the picture is first scaled to the area at an assumed 10×20
-                // pixel font (~1000² pixels) and then down again: 50–90 ms for the first frame.
-                Halfblocks::new(picture, size).map(Protocol::Halfblocks)
-            } else {
-                self.picker.new_protocol(picture, size, Resize::Scale(Some(FilterType::Triangle)))
-            };
-            match encoded {
-                Ok(p) => {
-                    self.encoded.insert(key, p);
-                }
-                Err(e) => {
-                    let p = Paragraph::new(format!("cannot draw: {e}"))
-                        .style(Style::default().fg(app.theme().error));
-                    frame.render_widget(p, area);
-                    return;
-                }
+        self.collect();
+        if let Some(p) = self.encoded.get(&key).or_else(|| self.previews.get(&key)) {
+            frame.render_widget(Image::new(p), area);
+            return;
+        }
+        let Some(picture) = app.picture(&map) else {
+            let msg = if app.is_computing() { "computing…" } else { "waiting…" };
+            let p = Paragraph::new(msg).style(Style::default().fg(app.theme().dim)).centered();
+            frame.render_widget(p, center_line(text_area));
+            return;
+        };
+        if self.encoded.len() + self.previews.len() >= CACHE_LIMIT {
+            self.encoded.clear();
+            self.previews.clear();
+        }
+        let picture = DynamicImage::ImageRgb8(picture);
+        if let Some(encoder) = &mut self.encoder {
+            if encoder.pending.insert(key) && encoder.jobs.send((key, picture.clone())).is_err() {
+                encoder.pending.remove(&key);
             }
         }
-        frame.render_widget(Image::new(&self.encoded[&key]), area);
+        // Straight to half-block resolution (one pixel per half cell). Through `new_protocol`
+        // the picture is first scaled to the area at an assumed 10×20 pixel font (~1000²
+        // pixels) and then down again: 50–90 ms for the first frame.
+        match Halfblocks::new(picture, Size::new(area.width, area.height)) {
+            Ok(p) => {
+                let cache = if self.encoder.is_some() { &mut self.previews } else { &mut self.encoded };
+                frame.render_widget(Image::new(cache.entry(key).or_insert(Protocol::Halfblocks(p))), area);
+            }
+            Err(e) => {
+                let p =
+                    Paragraph::new(format!("cannot draw: {e}")).style(Style::default().fg(app.theme().error));
+                frame.render_widget(p, area);
+            }
+        }
     }
 }
 
@@ -133,7 +192,7 @@ pub fn main_picture(frame: &mut Frame, app: &App, images: &mut ImageCache, area:
 /// A vertical bar of the colormap from 1.0 (top) to 0.0 (bottom).
 fn colour_scale(frame: &mut Frame, app: &App, area: Rect) {
     let h = area.height.saturating_sub(2).max(1);
-    let colormap = app.theme().colormap;
+    let colormap = app.colormap();
     let rgb = |v: f32| {
         let c = colormap.rgb((v.clamp(0.0, 1.0) * 255.0) as u8);
         Color::Rgb((c[0] * 255.0) as u8, (c[1] * 255.0) as u8, (c[2] * 255.0) as u8)

@@ -11,7 +11,7 @@ pub use image_pane::ImageCache;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
 use ratatui::text::Line;
-use ratatui::widgets::Paragraph;
+use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
 use super::app::{App, Popup, Screen};
@@ -20,10 +20,15 @@ use super::app::{App, Popup, Screen};
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 16;
 
-const SIDEBAR_WIDTH: u16 = 40;
+/// The sidebar (predictions, stages) takes 2/5 of a wide terminal, for whole class labels (the
+/// longest ImageNet label, 30 characters, from 160 columns); the picture, square, rarely needs
+/// more than the rest.
+const SIDEBAR_MIN: u16 = 40;
+const SIDEBAR_MAX: u16 = 56;
 
 pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache) {
     let area = frame.area();
+    clear(frame, app, area);
     if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         let msg = format!(
             "terminal too small ({}×{}); camscope needs {MIN_WIDTH}×{MIN_HEIGHT}",
@@ -49,8 +54,11 @@ pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache) {
 }
 
 fn draw_main(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
-    let [side, picture] =
-        Layout::horizontal([Constraint::Length(SIDEBAR_WIDTH), Constraint::Min(0)]).areas(area);
+    let [side, picture] = Layout::horizontal([
+        Constraint::Length((area.width * 2 / 5).clamp(SIDEBAR_MIN, SIDEBAR_MAX)),
+        Constraint::Min(0),
+    ])
+    .areas(area);
     let predictions_height = (app.predictions.len() as u16 + 2).min(side.height / 2);
     let [predictions, stages] =
         Layout::vertical([Constraint::Length(predictions_height), Constraint::Min(0)]).areas(side);
@@ -68,6 +76,38 @@ pub fn duration(ms: f64) -> String {
     }
 }
 
+/// Blanks `area` to the theme's background (the terminal's own where the theme has none), under
+/// popups and before each frame.
+fn clear(frame: &mut Frame, app: &App, area: Rect) {
+    frame.render_widget(Clear, area);
+    if let Some(bg) = app.theme().background {
+        frame.render_widget(Block::new().style(Style::new().bg(bg)), area);
+    }
+}
+
+/// `text` in at most `width` characters, the last one an ellipsis if it had to be cut.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    if width == 0 {
+        kept
+    } else {
+        kept + "…"
+    }
+}
+
 fn title(app: &App, text: String) -> Line<'static> {
     Line::styled(text, Style::default().fg(app.theme().title))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fit_cuts_with_an_ellipsis() {
+        assert_eq!(super::fit("tabby", 5), "tabby");
+        assert_eq!(super::fit("American Staffordshire terrier", 16), "American Staffo…");
+        assert_eq!(super::fit("boxer", 0), "");
+    }
 }

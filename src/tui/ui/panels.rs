@@ -3,11 +3,11 @@
 use ratatui::layout::Rect;
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, LineGauge, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, LineGauge, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::super::app::{App, Focus};
-use super::{duration, title};
+use super::{clear, duration, fit, title};
 
 fn block(app: &App, name: &str, focused: bool) -> Block<'static> {
     let border = if focused { app.theme().accent } else { app.theme().border };
@@ -17,7 +17,8 @@ fn block(app: &App, name: &str, focused: bool) -> Block<'static> {
 pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
     let t = app.theme();
     let bar_width = 10usize;
-    let label_width = (area.width as usize).saturating_sub(bar_width + 17);
+    // Inside the borders: "▶ 1 " label " " bar " 33.7%".
+    let label_width = (area.width as usize).saturating_sub(2 + 4 + 1 + bar_width + 7);
     let items: Vec<ListItem> = app
         .predictions
         .iter()
@@ -31,7 +32,7 @@ pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
             } else {
                 Style::default().fg(t.text)
             };
-            let label: String = p.label.chars().take(label_width).collect();
+            let label = fit(&p.label, label_width);
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{}{:>2} ", if target { '▶' } else { ' ' }, i + 1), style),
                 Span::styled(format!("{label:<label_width$} "), style),
@@ -122,7 +123,7 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
             .label(format!(" {done}/{total} forward passes · Esc cancels "))
             .filled_style(Style::default().fg(t.accent))
             .unfilled_style(Style::default().fg(t.border));
-        frame.render_widget(Clear, Rect { y: area.y + 1, height: 1, ..area });
+        clear(frame, app, Rect { y: area.y + 1, height: 1, ..area });
         frame.render_widget(
             gauge,
             Rect { x: area.x + 1, y: area.y + 1, width: area.width.saturating_sub(2), height: 1 },

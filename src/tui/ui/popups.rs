@@ -3,11 +3,11 @@
 use ratatui::layout::{Constraint, Flex, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::super::app::{App, Search};
-use super::title;
+use super::{clear, title};
 
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let [v] = Layout::vertical([Constraint::Length(height.min(area.height))]).flex(Flex::Center).areas(area);
@@ -31,7 +31,7 @@ pub fn help(frame: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let popup = centered(area, 66, lines.len() as u16 + 2);
-    frame.render_widget(Clear, popup);
+    clear(frame, app, popup);
     let block = Block::bordered()
         .border_style(Style::default().fg(t.accent))
         .title(title(app, " Keys (Esc closes) ".into()));
@@ -42,7 +42,7 @@ pub fn search(frame: &mut Frame, app: &App, s: &Search, area: Rect) {
     let t = app.theme();
     let results = app.search_results();
     let popup = centered(area, 56, 16);
-    frame.render_widget(Clear, popup);
+    clear(frame, app, popup);
     let block = Block::bordered()
         .border_style(Style::default().fg(t.accent))
         .title(title(app, format!(" Class: {}▏ ({} found, Enter picks) ", s.query, results.len())));
