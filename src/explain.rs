@@ -136,10 +136,19 @@ pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
     let t = Instant::now();
     let model = card::load(&opts.model, opts.arch.clone())?;
     let load = ms(t);
+    let mut explanation = explain_model(&model, opts)?;
+    explanation.timings_ms.load = load;
+    Ok(explanation)
+}
+
+/// The pipeline on a model already loaded — a built-in one, or your own
+/// [`ImageClassifier`](crate::model::ImageClassifier) wrapped with [`Model::new`]. `opts.model`
+/// and `opts.arch` are not used.
+pub fn explain_model(model: &Model, opts: &ExplainOptions) -> Result<Explanation> {
     let t = Instant::now();
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
     let preprocess = ms(t);
-    explain_input(&model, &input, opts, Timings { load, preprocess, ..Timings::default() })
+    explain_input(model, &input, opts, Timings { preprocess, ..Timings::default() })
 }
 
 /// The part after loading, for callers that keep a model and an input around.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use crossterm::event::{KeyCode, KeyEvent};
 use image::RgbImage;
 
-use camscope::cam::{Method, Smoothing};
-use camscope::render::{self, Colormap};
-use camscope::trace::Prediction;
+use crate::cam::{Method, Smoothing};
+use crate::render::{self, Colormap};
+use crate::trace::Prediction;
 
 use super::theme::Theme;
 use super::worker::{Event, Job, MapKey};
-use camscope::metrics::Scores;
+use crate::metrics::Scores;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -213,7 +213,7 @@ impl App {
             // Everything quick first: the perturbation methods take tens of seconds a map.
             let slow = |job: &Job| {
                 let (Job::Map(k) | Job::Scores(k)) = job;
-                *k != current && k.method.kind() == camscope::cam::Kind::Perturbation
+                *k != current && k.method.kind() == crate::cam::Kind::Perturbation
             };
             jobs.sort_by_key(slow);
         }
@@ -244,7 +244,7 @@ impl App {
     /// suggestions of `--class`).
     pub fn search_results(&self) -> Vec<usize> {
         let Some(Popup::Search(s)) = &self.popup else { return vec![] };
-        camscope::model::card::labels_matching(&self.info.labels, &s.query)
+        crate::model::card::labels_matching(&self.info.labels, &s.query)
     }
 
     /// Makes `class` the target, with the cursor on it if it is among the predictions.
@@ -451,7 +451,7 @@ impl App {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use camscope::trace::Prediction;
+    use crate::trace::Prediction;
 
     pub fn app() -> App {
         let labels: Vec<String> = (0..20).map(|i| format!("label {i}")).collect();

@@ -10,7 +10,7 @@ use super::app::Action;
 use toml::Spanned;
 
 use super::config_file;
-use camscope::{Error, Result};
+use crate::{Error, Result};
 
 /// (action, config name, default keys, help text) — the help popup is generated from this.
 pub const BINDINGS: &[(Action, &str, &[&str], &str)] = &[

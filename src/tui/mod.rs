@@ -19,13 +19,14 @@ use ratatui::Terminal;
 use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
-use camscope::cam::{Method, Smoothing};
-use camscope::engine::Engine;
-use camscope::explain::StageChoice;
-use camscope::model::{card, stage_index, Arch, EngineKind};
-use camscope::preprocess;
-use camscope::render::Colormap;
-use camscope::{Error, Result};
+use crate::cam::{Method, Smoothing};
+use crate::engine::Engine;
+use crate::explain::StageChoice;
+use crate::model::card::Model;
+use crate::model::{stage_index, EngineKind};
+use crate::preprocess;
+use crate::render::Colormap;
+use crate::{Error, Result};
 
 use app::{App, Command, ModelInfo, Screen};
 use keymap::Keymap;
@@ -35,10 +36,10 @@ use worker::Worker;
 /// How many predictions the list shows (and 1–9 can pick from).
 const TOP_K: usize = 10;
 
+/// How the debugger starts. The model is not among them: [`run`] takes a loader, [`run_model`] a
+/// model.
 pub struct TuiOptions {
     pub image: Option<PathBuf>,
-    pub model: String,
-    pub arch: Option<Arch>,
     pub device: candle_core::Device,
     pub engine: EngineKind,
     /// Where the debugger starts (the keys change them): method, stage (`All`: the stage grid),
@@ -57,6 +58,25 @@ pub struct TuiOptions {
     pub keys: Option<PathBuf>,
 }
 
+impl Default for TuiOptions {
+    fn default() -> Self {
+        Self {
+            image: None,
+            device: candle_core::Device::Cpu,
+            engine: EngineKind::Fast,
+            method: Method::GradCam,
+            stages: StageChoice::Default,
+            class: None,
+            smoothing: Smoothing::default(),
+            colormap: None,
+            batch_size: crate::cam::Control::DEFAULT_BATCH,
+            protocol: None,
+            theme: None,
+            keys: None,
+        }
+    }
+}
+
 pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
     Ok(match s {
         "auto" => None,
@@ -69,11 +89,11 @@ pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
 }
 
 /// Everything the app needs, loaded and checked; the forward pass done.
-fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
+fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(App, Engine, Keymap)> {
     let keymap = Keymap::load(opts.keys.as_deref())?;
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
-    let model = card::load(&opts.model, opts.arch.clone())?;
+    let model = load()?;
     let net = &model.network;
     // The stage and class the user asked for, checked before the (slower) forward pass.
     let stage = match &opts.stages {
@@ -108,13 +128,21 @@ fn prepare(opts: &TuiOptions) -> Result<(App, Engine, Keymap)> {
     Ok((app, engine, keymap))
 }
 
-pub fn run(opts: &TuiOptions) -> Result<()> {
+/// The debugger on your own model (an [`ImageClassifier`](crate::model::ImageClassifier) wrapped
+/// with [`Model::new`]).
+pub fn run_model(model: Model, opts: &TuiOptions) -> Result<()> {
+    run(opts, || Ok(model))
+}
+
+/// The debugger on the model `load` returns; it runs while the terminal is asked about graphics.
+/// The terminal is restored however the debugger ends, a panic included.
+pub fn run(opts: &TuiOptions, load: impl FnOnce() -> Result<Model> + Send) -> Result<()> {
     let start = Instant::now();
     // Asking the terminal about graphics takes a round trip (up to QUERY_TIMEOUT where nothing
     // answers); loading the model and the forward pass take about as long. Do both at once. The
     // query leaves the terminal as it found it, so a loading error still prints on a clean line.
     let (prepared, picker) = std::thread::scope(|s| {
-        let loading = s.spawn(|| prepare(opts));
+        let loading = s.spawn(|| prepare(opts, load));
         let picker = graphics(opts.protocol);
         (loading.join(), picker)
     });

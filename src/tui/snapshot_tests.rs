@@ -15,38 +15,28 @@ use super::app::{Action, App};
 use super::ui::{self, ImageCache};
 use super::worker::{Event, Job, MapKey};
 use super::{prepare, TuiOptions};
-use camscope::cam::Method;
-use camscope::metrics::Scores;
+use crate::cam::Method;
+use crate::metrics::Scores;
 
 fn options() -> TuiOptions {
-    TuiOptions {
-        image: None,
-        model: "efficientnet-lite0".into(),
-        arch: None,
-        device: candle_core::Device::Cpu,
-        engine: camscope::model::EngineKind::Fast,
-        method: Method::GradCam,
-        stages: camscope::explain::StageChoice::Default,
-        class: None,
-        smoothing: Default::default(),
-        colormap: None,
-        batch_size: 32,
-        protocol: None,
-        theme: None,
-        keys: None,
-    }
+    TuiOptions::default()
+}
+
+/// The built-in model, as `camscope` without `-m` loads it.
+fn builtin() -> crate::Result<crate::model::card::Model> {
+    crate::model::card::load(crate::model::card::DEFAULT_MODEL, None)
 }
 
 /// The app on the sample, with the maps it wants computed synchronously (fixed timings, so the
 /// status line is deterministic).
 struct Fixture {
     app: App,
-    engine: camscope::engine::Engine,
+    engine: crate::engine::Engine,
 }
 
 impl Fixture {
     fn new() -> Self {
-        let (app, engine, _keys) = prepare(&options()).unwrap();
+        let (app, engine, _keys) = prepare(&options(), builtin).unwrap();
         Self { app, engine }
     }
 
@@ -55,14 +45,12 @@ impl Fixture {
         // their tiles show that they are waiting.
         // Scores take seconds per method; the grid test gives them by hand.
         let quick = self.app.missing().into_iter().filter_map(|job| match job {
-            Job::Map(k) if k.method.kind() != camscope::cam::Kind::Perturbation => Some(k),
+            Job::Map(k) if k.method.kind() != crate::cam::Kind::Perturbation => Some(k),
             _ => None,
         });
         for key in quick {
-            let map = self
-                .engine
-                .cam(key.method, key.stage, key.class, &camscope::cam::Control::default())
-                .unwrap();
+            let map =
+                self.engine.cam(key.method, key.stage, key.class, &crate::cam::Control::default()).unwrap();
             self.app.on_event(Event::Map { key, map: Arc::new(map), ms: 12.0 });
         }
         self.app.progress = None;
@@ -210,28 +198,28 @@ fn long_maps_show_a_gauge() {
 
 #[test]
 fn starts_at_the_class_method_and_stage_asked_for() {
-    use camscope::explain::StageChoice;
+    use crate::explain::StageChoice;
     let opts = TuiOptions {
         method: Method::LayerCam,
         stages: StageChoice::Named("_blocks.10".into()),
         class: Some("TABBY".into()),
-        smoothing: camscope::cam::Smoothing { aug: false, eigen: true },
-        colormap: Some(camscope::render::Colormap::Viridis),
+        smoothing: crate::cam::Smoothing { aug: false, eigen: true },
+        colormap: Some(crate::render::Colormap::Viridis),
         ..options()
     };
-    let (app, _, _) = prepare(&opts).unwrap();
+    let (app, _, _) = prepare(&opts, builtin).unwrap();
     assert_eq!((app.class, app.method), (281, Method::LayerCam));
     assert_eq!(app.info.stages[app.stage], "_blocks.10");
     assert!(app.smoothing.eigen && !app.smoothing.aug);
-    assert_eq!(app.colormap(), camscope::render::Colormap::Viridis);
-    let (app, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }).unwrap();
+    assert_eq!(app.colormap(), crate::render::Colormap::Viridis);
+    let (app, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }, builtin).unwrap();
     assert_eq!(app.screen, super::app::Screen::StageGrid);
 }
 
 #[test]
 fn a_bad_stage_or_class_fails_like_explain() {
-    use camscope::explain::{explain, ExplainOptions, StageChoice};
-    let tui_error = |opts: TuiOptions| prepare(&opts).err().expect("an error").to_string();
+    use crate::explain::{explain, ExplainOptions, StageChoice};
+    let tui_error = |opts: TuiOptions| prepare(&opts, builtin).err().expect("an error").to_string();
     let explain_error = |opts: ExplainOptions| explain(&opts).err().expect("an error").to_string();
     let stage = StageChoice::Named("_blocks.99".into());
     assert_eq!(

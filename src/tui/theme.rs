@@ -9,8 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::config_file;
-use camscope::render::Colormap;
-use camscope::{Error, Result};
+use crate::render::Colormap;
+use crate::{Error, Result};
 
 const BUILTIN: [&str; 3] = [
     include_str!("../../themes/dark.toml"),

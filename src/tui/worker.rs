@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use camscope::cam::{Control, Method, Smoothing};
-use camscope::engine::Engine;
-use camscope::metrics::{self, Scores};
-use camscope::Error;
+use crate::cam::{Control, Method, Smoothing};
+use crate::engine::Engine;
+use crate::metrics::{self, Scores};
+use crate::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MapKey {

@@ -4,15 +4,16 @@
 
 use std::time::Instant;
 
-use camscope::cam::{Control, Method, Smoothing};
-use camscope::engine::Engine;
-use camscope::explain::{self, ExplainOptions, StageChoice, Timings};
-use camscope::model::card::{self, Model};
-use camscope::model::{Arch, EngineKind};
-use camscope::preprocess;
-use camscope::Result;
+use crate::cam::{Control, Method, Smoothing};
+use crate::engine::Engine;
+use crate::explain::{self, ExplainOptions, StageChoice, Timings};
+use crate::model::card::{self, Model};
+use crate::model::{Arch, EngineKind};
+use crate::preprocess;
+use crate::Result;
 
-use crate::cli::BenchArgs;
+use super::args::BenchArgs;
+use super::Source;
 
 #[derive(serde::Serialize)]
 struct Row {
@@ -96,17 +97,21 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
     })
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     let runs = args.runs.max(1);
     let mut rows = Vec::new();
     let engines = match &args.engine {
         Some(e) => vec![EngineKind::parse(e)?],
         None => vec![EngineKind::Fast, EngineKind::Portable],
     };
-    for name in &args.models {
-        let model = load(name)?;
+    let models: Vec<Model> = match source {
+        Source::Flags => args.models.iter().map(|name| load(name)).collect::<Result<_>>()?,
+        // A program's own model is the one to time.
+        Source::Given(build) => vec![build()?],
+    };
+    for model in &models {
         for &engine in &engines {
-            rows.push(bench_model(&model, engine, runs)?);
+            rows.push(bench_model(model, engine, runs)?);
         }
     }
     if args.json {

@@ -73,9 +73,10 @@ pub struct MapArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct ModelArgs {
-    /// Model card name (models/NAME.toml), card file, or weights file (.safetensors, .pth)
-    #[arg(short = 'm', long, default_value = "efficientnet-lite0")]
-    pub model: String,
+    /// Model card name (models/NAME.toml), card file, or weights file (.safetensors, .pth);
+    /// default: the built-in efficientnet-lite0
+    #[arg(short = 'm', long)]
+    pub model: Option<String>,
     /// Force the architecture instead of detecting it from the weights (e.g. resnet50)
     #[arg(long)]
     pub arch: Option<String>,
@@ -86,6 +87,13 @@ pub struct ModelArgs {
     /// and autograd, the code that runs on CUDA
     #[arg(long, default_value = "fast")]
     pub engine: String,
+}
+
+impl ModelArgs {
+    /// What `-m` names, the built-in model without it.
+    pub fn model_spec(&self) -> &str {
+        self.model.as_deref().unwrap_or(crate::model::card::DEFAULT_MODEL)
+    }
 }
 
 #[derive(Debug, Subcommand)]
