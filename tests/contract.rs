@@ -135,13 +135,9 @@ fn tokens_are_laid_on_the_patch_grid_without_their_prefix() {
             toy.forward(&x, &mut taps).unwrap();
             drop(taps);
             let raw: Vec<Vec<Vec<f32>>> = raw.unwrap().to_vec3().unwrap();
-            for p in 0..16 {
-                for c in 0..8 {
-                    assert_eq!(
-                        a.data[c * 16 + p],
-                        raw[0][prefix + p][c],
-                        "prefix {prefix}, patch {p}, channel {c}"
-                    );
+            for (p, token) in raw[0][prefix..].iter().enumerate() {
+                for (c, &value) in token.iter().enumerate() {
+                    assert_eq!(a.data[c * 16 + p], value, "prefix {prefix}, patch {p}, channel {c}");
                 }
             }
             // And Grad-CAM on that grid equals the hand computation on the reshaped gradient.
