@@ -6,6 +6,7 @@ pub mod card;
 pub mod efficientnet_lite;
 pub mod kernels;
 pub mod ops;
+pub mod portable;
 pub mod resnet;
 pub mod weights;
 
