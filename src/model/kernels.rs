@@ -203,9 +203,10 @@ impl ConvGeometry {
         };
         let reach_h = reach(g.out_h, g.kernel_h, g.pad_top, g.in_h)?;
         let reach_w = reach(g.out_w, g.kernel_w, g.pad_left, g.in_w)?;
-        // Each phase buffer is rounded up to a whole register block (64 values) per phase.
+        // The depthwise buffers: stride² phases of at most (reach_h/s)·(reach_w/s) values, each
+        // rounded up to a whole register block (64 values), plus one wide output.
         checked_len("the depthwise phases", &[reach_h, reach_w, 128])?;
-        // All terms are at most MAX_VALUES (a quarter of usize::MAX) here: no overflow.
+        // Every term is at most MAX_VALUES (an eighth of usize::MAX) here: the sums cannot wrap.
         reject_if!(
             g.in_h + g.pad_top >= g.out_h * g.stride + g.kernel_h
                 || g.in_w + g.pad_left >= g.out_w * g.stride + g.kernel_w,

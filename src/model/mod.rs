@@ -9,6 +9,7 @@ pub mod contract;
 pub mod efficientnet_lite;
 pub mod kernels;
 pub mod ops;
+pub mod portable;
 pub mod registry;
 pub mod resnet;
 pub mod weights;

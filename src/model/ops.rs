@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use super::contract::{self, Backward, Mode, Taps};
 pub use super::kernels::Activation;
 use super::kernels::{self, ConvGeometry, PoolGeometry};
+use super::portable;
 use crate::cam::Chw;
 
 /// Padding of a convolution.
@@ -367,26 +368,16 @@ impl Conv2d {
         Ok(Chw::new(input[0], input[1], input[2], dx))
     }
 
-    /// Convolution and bias with Candle's own ops, for devices our kernels do not cover.
+    /// Convolution and bias with Candle's own ops only (`portable.rs`): what runs on the portable
+    /// engine and on every device our kernels do not cover.
     fn linear_candle(&self, x: &Tensor) -> Result<Tensor> {
         let p = &self.params;
         let (_, _, h, w) = x.dims4()?;
-        let (top, bottom, out_h) = p.padding.resolve(h, p.kernel_h, p.stride);
-        let (left, right, out_w) = p.padding.resolve(w, p.kernel_w, p.stride);
-        // Cropped to what the output reads: Candle's backward returns a gradient of the wrong
-        // size when the stride does not divide (padded size − kernel).
-        let x = x
-            .pad_with_zeros(2, top, bottom)?
-            .pad_with_zeros(3, left, right)?
-            .narrow(2, 0, (out_h - 1) * p.stride + p.kernel_h)?
-            .narrow(3, 0, (out_w - 1) * p.stride + p.kernel_w)?;
+        let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
+        let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
         let constants: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();
         let on_device = self.on_device.get(&constants, x.device())?;
-        let y = x.conv2d(&on_device[0], 0, p.stride, 1, p.groups)?;
-        match on_device.get(1) {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        portable::conv2d(x, &on_device[0], on_device.get(1), p.stride, (top, bottom, left, right), p.groups)
     }
 }
 
@@ -444,11 +435,7 @@ impl MaxPool2d {
         if taps.fast_kernels(x) {
             x.contiguous()?.apply_op1(*self)
         } else {
-            // Candle's pool has no padding and a wrong gradient when kernel ≠ stride (SPEC §7);
-            // we pad with a very negative value and accept Candle's backward.
-            let p = self.pad;
-            let x = x.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
-            x.max_pool2d_with_stride(self.kernel, self.stride)
+            portable::max_pool2d(x, self.kernel, self.stride, self.pad)
         }
     }
 }
