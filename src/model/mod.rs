@@ -81,6 +81,15 @@ impl Network {
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
     }
+
+    /// Logits from stage `stage`'s output, running only the stages after it.
+    fn run_after(&self, stage: usize, activation: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
+        let mut x = activation.clone();
+        for s in &self.stages[stage + 1..] {
+            x = s.layer.forward(&x, taps)?;
+        }
+        self.classifier.forward(&x)
+    }
 }
 
 impl ImageClassifier for Network {
@@ -111,14 +120,7 @@ impl ImageClassifier for Network {
         activation: &Tensor,
         taps: &mut Taps,
     ) -> Option<candle_core::Result<Tensor>> {
-        let mut run = || {
-            let mut x = activation.clone();
-            for s in &self.stages[stage + 1..] {
-                x = s.layer.forward(&x, taps)?;
-            }
-            self.classifier.forward(&x)
-        };
-        Some(run())
+        Some(self.run_after(stage, activation, taps))
     }
 
     fn cpu_tape(&self) -> Option<&dyn CpuTape> {
