@@ -40,12 +40,7 @@ pub static FAMILY: Family = Family {
     archs: || LAYOUTS.iter().map(|l| format!("resnet{}", l.0)).collect(),
     detect: |w| (w.contains("conv1.weight") && w.contains("layer1.0.conv1.weight")).then(|| detect(w)),
     build: |arch, w| build(depth(arch)?, w),
-    preprocess: |_| Preprocess {
-        input_size: 224,
-        resize: 256,
-        mean: [123.675, 116.28, 103.53],
-        std: [58.395, 57.12, 57.375],
-    },
+    preprocess: |_| Preprocess::imagenet(224),
 };
 
 fn depth(arch: &str) -> Result<u16> {
