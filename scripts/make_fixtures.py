@@ -20,7 +20,9 @@ Cases (CASES below): `lite0-both` (EfficientNet-Lite0 from models/efficientnet_l
 rebuilt in PyTorch by scripts/reference_timings.py, on assets/both.png; nine gradient and
 activation methods), `lite0-both-perturb` (Score-CAM and Ablation-CAM: minutes), and
 `resnet18-random` (torchvision ResNet-18 with seeded random weights on a seeded random input).
-Score-CAM at `_conv_head` of Lite0 takes ~3 minutes on 2 threads; the whole run ~10.
+Score-CAM and Ablation-CAM at `_conv_head` of Lite0 take minutes each (SPEC §8: 183 s and 40 s on 2
+threads); on a busy 2-core machine the whole run took about 20 minutes. It reproduced the shipped
+set: the same input tensors and ResNet-18 files byte for byte, logits within 2e-6, maps within 1.5e-5.
 
 To add a case, add an entry to CASES and run with `--cases NAME`: the case is computed and merged
 into the existing manifest; the others are kept. `--compare DIR` checks what was computed against
