@@ -136,16 +136,35 @@ fn layers_lists_stages_with_shapes() {
     assert!(text.contains("_blocks.15") && text.contains("320×7×7"));
 }
 
+/// A ResNet-18 checkpoint with seeded random weights, in `dir`.
+fn random_resnet18(dir: &Path) -> PathBuf {
+    let path = dir.join("resnet18.safetensors");
+    write_random_resnet18(&path, 7);
+    path
+}
+
+fn assert_loads_as_resnet18(weights: &Path) {
+    let v = json(&camscope(&["explain", "-m", p(weights), "--json"]));
+    assert_eq!(v["arch"], "resnet18");
+    assert_eq!(v["layers"], serde_json::json!(["layer4.1"]));
+    let l = json(&camscope(&["layers", "-m", p(weights), "--json"]));
+    assert_eq!(l["stages"][0]["name"], "maxpool");
+    assert_eq!(l["stages"][0]["shape"], serde_json::json!([64, 56, 56]));
+}
+
+#[test]
+fn resnet_weights_from_safetensors() {
+    let dir = tmp();
+    assert_loads_as_resnet18(&random_resnet18(dir.path()));
+}
+
 #[test]
 fn resnet_weights_from_pth_and_safetensors() {
+    let Some(big) = big_fixtures_or_skip("the ResNet-18 .pth/.safetensors checkpoints of the big set") else {
+        return;
+    };
     for ext in ["pth", "safetensors"] {
-        let weights = fixtures().join(format!("resnet18_seed0.{ext}"));
-        let v = json(&camscope(&["explain", "-m", p(&weights), "--json"]));
-        assert_eq!(v["arch"], "resnet18");
-        assert_eq!(v["layers"], serde_json::json!(["layer4.1"]));
-        let l = json(&camscope(&["layers", "-m", p(&weights), "--json"]));
-        assert_eq!(l["stages"][0]["name"], "maxpool");
-        assert_eq!(l["stages"][0]["shape"], serde_json::json!([64, 56, 56]));
+        assert_loads_as_resnet18(&big.join(format!("resnet18_seed0.{ext}")));
     }
 }
 
@@ -184,7 +203,7 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 fn bad_images_fail_with_a_clear_message() {
     let dir = tmp();
     let d = dir.path();
-    let sample = std::fs::read(shared().join("images/both.png")).unwrap();
+    let sample = std::fs::read(image("both.png")).unwrap();
     let empty = write_bytes(d, "empty.png", b"");
     let truncated = write_bytes(d, "truncated.png", &sample[..sample.len() / 2]);
     let huge = write_bytes(d, "huge.png", &png_claiming(20000, 20000));
@@ -218,7 +237,8 @@ fn npy_inputs_are_checked() {
     assert_clean_failure(&["explain", p(&wrong)], &["wrong.npy", "shape"]);
     assert_clean_failure(&["explain", p(&nan)], &["nan.npy", "NaN"]);
     // The reference input itself is used as-is.
-    let v = json(&camscope(&["explain", p(&fixtures().join("lite0-both/input.npy")), "--json"]));
+    let input = repo_case("lite0-both").dir.join("input.npy");
+    let v = json(&camscope(&["explain", p(&input), "--json"]));
     assert_eq!(v["class"], 243);
 }
 
@@ -226,7 +246,7 @@ fn npy_inputs_are_checked() {
 fn bad_weights_fail_with_a_clear_message() {
     let dir = tmp();
     let d = dir.path();
-    let resnet = fixtures().join("resnet18_seed0.safetensors");
+    let resnet = random_resnet18(d);
     let bytes = std::fs::read(&resnet).unwrap();
     let truncated = write_bytes(d, "cut.safetensors", &bytes[..bytes.len() / 3]);
     let empty = write_bytes(d, "empty.safetensors", b"");
@@ -248,7 +268,7 @@ fn bad_weights_fail_with_a_clear_message() {
 #[test]
 fn a_tensor_of_the_wrong_shape_is_named_with_both_shapes() {
     let dir = tmp();
-    let resnet = fixtures().join("resnet18_seed0.safetensors");
+    let resnet = random_resnet18(dir.path());
     let mut tensors = candle_core::safetensors::load(&resnet, &candle_core::Device::Cpu).unwrap();
     tensors.insert(
         "fc.bias".into(),

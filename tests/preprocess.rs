@@ -1,5 +1,5 @@
 //! Preprocessing reproduces the reference input tensor bit for bit, and the model's predictions on
-//! the test photos are those of SPEC / `../shared/images/SOURCES.md`.
+//! the test photos are those of SPEC / `tests/fixtures/images/SOURCES.md`.
 
 mod common;
 
@@ -8,27 +8,37 @@ use camscope::preprocess::load_input;
 use camscope::trace::Trace;
 use common::*;
 
-#[test]
-fn both_png_preprocesses_to_the_reference_tensor_exactly() {
-    let model = card::load("efficientnet-lite0", None).unwrap();
-    let ours = load_input(Some(&shared().join("images/both.png")), &model.preprocess).unwrap();
-    let reference = npy_vec(&fixtures().join("lite0-both/input.npy"));
+/// The input tensor the reference computed from both.png (`lite0-both/input.npy`).
+fn reference_input() -> Vec<f32> {
+    npy_vec(&repo_case("lite0-both").dir.join("input.npy"))
+}
+
+fn assert_is_the_reference(ours: &camscope::preprocess::ModelInput) {
     let ours: Vec<f32> = ours.tensor.flatten_all().unwrap().to_vec1().unwrap();
+    let reference = reference_input();
     assert_eq!(ours.len(), reference.len());
     assert_eq!(max_abs_diff(&ours, &reference), 0.0);
 }
 
 #[test]
+fn both_png_preprocesses_to_the_reference_tensor_exactly() {
+    let model = card::load("efficientnet-lite0", None).unwrap();
+    assert_is_the_reference(&load_input(Some(&image("both.png")), &model.preprocess).unwrap());
+}
+
+/// The sample shown when no image is given is the reference's both.png: same tensor, same picture.
+#[test]
 fn builtin_sample_is_both_png() {
     let model = card::load("efficientnet-lite0", None).unwrap();
     let sample = load_input(None, &model.preprocess).unwrap();
-    let file = load_input(Some(&shared().join("images/both.png")), &model.preprocess).unwrap();
+    assert_is_the_reference(&sample);
+    let file = load_input(Some(&image("both.png")), &model.preprocess).unwrap();
     assert_eq!(sample.view, file.view);
 }
 
-fn top5(image: &str) -> Vec<usize> {
+fn top5(name: &str) -> Vec<usize> {
     let model = card::load("efficientnet-lite0", None).unwrap();
-    let input = load_input(Some(&shared().join("images").join(image)), &model.preprocess).unwrap();
+    let input = load_input(Some(&image(name)), &model.preprocess).unwrap();
     let trace = Trace::new(&model.network, &input.tensor, camscope::model::EngineKind::Fast).unwrap();
     trace.ranking().into_iter().take(5).collect()
 }
