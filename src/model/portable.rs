@@ -528,18 +528,20 @@ mod tests {
         assert!(max_pool2d(&half, 3, 2, 1).is_err(), "half precision would pad with -∞");
     }
 
-    /// Median seconds of `runs` calls of `f`, after one warm-up call.
-    fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-        f();
-        let mut times: Vec<f64> = (0..runs)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[runs / 2]
+    /// Median seconds of `runs` calls of `a` and of `b`, after one warm-up call of each,
+    /// interleaved so that a change in the machine's load affects both alike.
+    fn median_seconds(runs: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+        a();
+        b();
+        let time = |f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        };
+        let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = (0..runs).map(|_| (time(&mut a), time(&mut b))).unzip();
+        ta.sort_by(f64::total_cmp);
+        tb.sort_by(f64::total_cmp);
+        (ta[runs / 2], tb[runs / 2])
     }
 
     /// What the portable engine costs on the CPU against the kernels of the fast engine, for
@@ -564,18 +566,20 @@ mod tests {
             let (xt, wt) = (tensor(&x, &input), tensor(&w, &[cout, input[1] / groups, k, k]));
             let rt = tensor(&r, &[1, cout, g.out_h, g.out_w]);
             let [top, bottom, left, right] = pads;
-            let mut portable_dx = Vec::new();
-            let portable = median_seconds(5, || {
-                let xv = Var::from_tensor(&xt).unwrap();
-                let y = conv2d(xv.as_tensor(), &wt, None, s, (top, bottom, left, right), groups).unwrap();
-                let grads = y.mul(&rt).unwrap().sum_all().unwrap().backward().unwrap();
-                portable_dx = values(grads.get(&xv).unwrap());
-            });
-            let mut kernel_dx = Vec::new();
-            let kernels = median_seconds(5, || {
-                std::hint::black_box(conv2d_forward(&g, &x, &w, None, Activation::Identity));
-                kernel_dx = conv2d_backward_input(&g, &r, None, &w);
-            });
+            let (mut portable_dx, mut kernel_dx) = (Vec::new(), Vec::new());
+            let (portable, kernels) = median_seconds(
+                7,
+                || {
+                    let xv = Var::from_tensor(&xt).unwrap();
+                    let y = conv2d(xv.as_tensor(), &wt, None, s, (top, bottom, left, right), groups).unwrap();
+                    let grads = y.mul(&rt).unwrap().sum_all().unwrap().backward().unwrap();
+                    portable_dx = values(grads.get(&xv).unwrap());
+                },
+                || {
+                    std::hint::black_box(conv2d_forward(&g, &x, &w, None, Activation::Identity));
+                    kernel_dx = conv2d_backward_input(&g, &r, None, &w);
+                },
+            );
             assert_close(&portable_dx, &kernel_dx, name);
             println!("{name}: portable {:.1} ms, CPU kernels {:.1} ms", portable * 1e3, kernels * 1e3);
         }
@@ -584,19 +588,21 @@ mod tests {
         let g = PoolGeometry::new(64, (112, 112), 3, 2, 1).unwrap();
         let dy = Rng::new(9).values(64 * 56 * 56);
         let (xt, dyt) = (tensor(&x, &shape), tensor(&dy, &[1, 64, 56, 56]));
-        let mut portable_dx = Vec::new();
-        let portable = median_seconds(5, || {
-            let xv = Var::from_tensor(&xt).unwrap();
-            let y = max_pool2d(xv.as_tensor(), 3, 2, 1).unwrap();
-            let grads = y.mul(&dyt).unwrap().sum_all().unwrap().backward().unwrap();
-            portable_dx = values(grads.get(&xv).unwrap());
-        });
-        let mut kernel_dx = vec![0.0; len];
-        let kernels = median_seconds(5, || {
-            let mut y = vec![0.0; dy.len()];
-            max_pool2d_forward(&g, &x, &mut y);
-            max_pool2d_backward(&g, &x, &dy, &mut kernel_dx);
-        });
+        let (mut portable_dx, mut kernel_dx) = (Vec::new(), vec![0.0; len]);
+        let (portable, kernels) = median_seconds(
+            7,
+            || {
+                let xv = Var::from_tensor(&xt).unwrap();
+                let y = max_pool2d(xv.as_tensor(), 3, 2, 1).unwrap();
+                let grads = y.mul(&dyt).unwrap().sum_all().unwrap().backward().unwrap();
+                portable_dx = values(grads.get(&xv).unwrap());
+            },
+            || {
+                let mut y = vec![0.0; dy.len()];
+                max_pool2d_forward(&g, &x, &mut y);
+                max_pool2d_backward(&g, &x, &dy, &mut kernel_dx);
+            },
+        );
         assert_close(&portable_dx, &kernel_dx, "max-pool");
         println!("ResNet stem max-pool 64 ch 3×3/2 pad 1 @112² (ReLU'd input): portable {:.1} ms, CPU kernels {:.1} ms", portable * 1e3, kernels * 1e3);
     }
