@@ -208,3 +208,384 @@ fn mobilenet_v2_scorecam_matches_reference() {
     println!("mobilenet_v2 scorecam: r = {r:.6}, max |Δ| = {d:.5}, {:.1} s", t.elapsed().as_secs_f64());
     assert!(r >= 0.99 && d <= 0.05, "scorecam: r = {r:.6}, max |Δ| = {d:.4}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A small hand-made graph (no fixtures needed): the loader, every method, clear errors, and
+// seeded mutations of it and of the other loaders' inputs.
+
+mod handmade {
+    use camscope::onnx::proto::*;
+
+    /// A deterministic generator (xorshift64*).
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+
+        pub fn float(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    fn f32_tensor(name: &str, dims: &[i64], rng: &mut Rng, scale: f32) -> TensorProto {
+        let n: i64 = dims.iter().product();
+        let raw: Vec<u8> = (0..n).flat_map(|_| (rng.float() * scale).to_le_bytes()).collect();
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: data_type::FLOAT,
+            raw_data: raw,
+            ..Default::default()
+        }
+    }
+
+    fn ints_tensor(name: &str, v: &[i64]) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: vec![v.len() as i64],
+            data_type: data_type::INT64,
+            int64_data: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: 7, ints: v.to_vec(), ..Default::default() }
+    }
+
+    fn attr_int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto { name: name.into(), r#type: 2, i: v, ..Default::default() }
+    }
+
+    pub fn node(
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attribute: Vec<AttributeProto>,
+    ) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    pub fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|d| match d {
+                Some(v) => Dimension { dim_value: Some(*v), dim_param: None },
+                None => Dimension { dim_value: None, dim_param: Some("n".into()) },
+            })
+            .collect();
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TensorTypeProto { elem_type, shape: Some(TensorShapeProto { dim }) }),
+            }),
+        }
+    }
+
+    /// Three blocks (conv + ReLU, the second strided, with a residual-free 1×1 last), global
+    /// pooling, the tracer's Shape → Gather → Unsqueeze → Concat → Reshape, and a Gemm head:
+    /// 3×16×16 → 5 classes. Biases F32, one weight F16.
+    pub fn model() -> ModelProto {
+        let mut rng = Rng(7);
+        let mut w1 = f32_tensor("w1", &[4, 4, 3, 3], &mut rng, 0.3);
+        // F16 storage for one weight.
+        let halves: Vec<u8> = w1
+            .raw_data
+            .chunks_exact(4)
+            .flat_map(|b| half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+            .collect();
+        w1.data_type = data_type::FLOAT16;
+        w1.raw_data = halves;
+        let initializer = vec![
+            f32_tensor("w0", &[4, 3, 3, 3], &mut rng, 0.5),
+            f32_tensor("b0", &[4], &mut rng, 0.1),
+            w1,
+            f32_tensor("b1", &[4], &mut rng, 0.1),
+            f32_tensor("w2", &[8, 4, 1, 1], &mut rng, 0.5),
+            f32_tensor("b2", &[8], &mut rng, 0.1),
+            f32_tensor("wh", &[5, 8], &mut rng, 0.5),
+            f32_tensor("bh", &[5], &mut rng, 0.1),
+            ints_tensor("zero", &[0]),
+            ints_tensor("minus_one", &[-1]),
+        ];
+        let pads = attr_ints("pads", &[1, 1, 1, 1]);
+        let nodes = vec![
+            node("Conv", "/blocks/blocks.0/conv/Conv", &["input", "w0", "b0"], &["c0"], vec![pads.clone()]),
+            node("Relu", "/blocks/blocks.0/act/Relu", &["c0"], &["r0"], vec![]),
+            node(
+                "Conv",
+                "/blocks/blocks.1/conv/Conv",
+                &["r0", "w1", "b1"],
+                &["c1"],
+                vec![pads, attr_ints("strides", &[2, 2])],
+            ),
+            node("Relu", "/blocks/blocks.1/act/Relu", &["c1"], &["r1"], vec![]),
+            node("Conv", "/blocks/blocks.2/conv/Conv", &["r1", "w2", "b2"], &["c2"], vec![]),
+            node("Relu", "/blocks/blocks.2/act/Relu", &["c2"], &["r2"], vec![]),
+            node("GlobalAveragePool", "/GlobalAveragePool", &["r2"], &["g"], vec![]),
+            node("Shape", "/Shape", &["g"], &["shape"], vec![]),
+            node("Gather", "/Gather", &["shape", "zero"], &["batch"], vec![attr_int("axis", 0)]),
+            node("Concat", "/Concat", &["batch", "minus_one"], &["target"], vec![attr_int("axis", 0)]),
+            node("Reshape", "/Reshape", &["g", "target"], &["flat"], vec![]),
+            node("Gemm", "/head/Gemm", &["flat", "wh", "bh"], &["logits"], vec![attr_int("transB", 1)]),
+        ];
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+            producer_name: "camscope test".into(),
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "tiny".into(),
+                initializer,
+                input: vec![value_info("input", data_type::FLOAT, &[Some(1), Some(3), Some(16), Some(16)])],
+                output: vec![value_info("logits", data_type::FLOAT, &[Some(1), Some(5)])],
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn tiny(model: &camscope::onnx::proto::ModelProto) -> camscope::Result<OnnxModel> {
+    use prost::Message;
+    OnnxModel::from_bytes("tiny", &model.encode_to_vec(), std::path::Path::new("."), None)
+}
+
+/// The hand-made graph loads with its blocks as stages and runs every method on both engines,
+/// FullGrad and guided backprop included (it has conv biases and ReLUs); Ablation-CAM resumes
+/// from the stage and agrees with the whole-network rerun.
+#[test]
+fn handmade_graph_runs_every_method() {
+    let model = tiny(&handmade::model()).unwrap();
+    let names: Vec<&str> = model.stages().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["blocks.0", "blocks.1", "blocks.2"]);
+    let caps = model.capabilities();
+    assert!(caps.guided_relu && caps.bias_gradients);
+    let model: Arc<dyn ImageClassifier> = Arc::new(model);
+    let mut rng = handmade::Rng(3);
+    let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
+    let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+    let mut maps = Vec::new();
+    for engine in [EngineKind::Fast, EngineKind::Portable] {
+        let e = Engine::new(model.clone(), input.clone(), engine).unwrap();
+        let class = e.trace().top_class();
+        let per_method: Vec<Vec<f32>> = Method::ALL
+            .iter()
+            .map(|&m| {
+                let map = e
+                    .cam(m, 1, class, &Control::default())
+                    .unwrap_or_else(|err| panic!("{m:?} on {engine}: {err}"));
+                assert_eq!(map.len(), 16 * 16);
+                assert!(map.iter().all(|v| v.is_finite()), "{m:?}");
+                map
+            })
+            .collect();
+        maps.push(per_method);
+    }
+    for (i, m) in Method::ALL.iter().enumerate() {
+        let d = max_abs_diff(&maps[0][i], &maps[1][i]);
+        assert!(d <= 1e-3, "{m:?}: the engines differ by {d}");
+    }
+    // Ablation through forward_from equals the rerun of the whole graph with the stage replaced.
+    let stage = 1;
+    let x = candle_core::Tensor::rand(0f32, 1.0, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let mut taps =
+        camscope::model::Taps::new(model.stages(), EngineKind::Portable, camscope::model::Mode::Plain);
+    let resumed = model.forward_from(stage, &x, &mut taps).unwrap().unwrap();
+    let mut replace = |i: usize, a: candle_core::Tensor| if i == stage { Ok(x.clone()) } else { Ok(a) };
+    let stages = model.stages();
+    let mut taps = camscope::model::Taps::with_hook(
+        stages,
+        EngineKind::Portable,
+        camscope::model::Mode::Plain,
+        &mut replace,
+    );
+    let full = model.forward(&input.repeat((3, 1, 1, 1)).unwrap(), &mut taps).unwrap();
+    let (a, b): (Vec<f32>, Vec<f32>) =
+        (resumed.flatten_all().unwrap().to_vec1().unwrap(), full.flatten_all().unwrap().to_vec1().unwrap());
+    assert!(max_abs_diff(&a, &b) <= 1e-5);
+}
+
+fn load_error(model: &camscope::onnx::proto::ModelProto) -> String {
+    match tiny(model) {
+        Ok(_) => panic!("the graph loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_graphs_fail_with_clear_errors() {
+    use camscope::onnx::proto::data_type;
+    // An unsupported op names its type, node and module.
+    let mut m = handmade::model();
+    m.graph.as_mut().unwrap().node[1].op_type = "Celu".into();
+    let e = load_error(&m);
+    assert!(
+        e.contains("unsupported ONNX op Celu")
+            && e.contains("/blocks/blocks.0/act/Relu")
+            && e.contains("blocks.0.act"),
+        "{e}"
+    );
+    // Several inputs.
+    let mut m = handmade::model();
+    let g = m.graph.as_mut().unwrap();
+    g.input.push(handmade::value_info("mask", data_type::FLOAT, &[Some(1), Some(16)]));
+    assert!(load_error(&m).contains("2 inputs (input, mask)"));
+    // A non-image input.
+    let mut m = handmade::model();
+    m.graph.as_mut().unwrap().input[0] =
+        handmade::value_info("input", data_type::INT64, &[Some(1), Some(77)]);
+    assert!(load_error(&m).contains("not an image"));
+    let mut m = handmade::model();
+    m.graph.as_mut().unwrap().input[0] =
+        handmade::value_info("input", data_type::FLOAT, &[Some(1), Some(77)]);
+    assert!(load_error(&m).contains("rank 2"));
+    // A dynamic size we cannot fix; a card's input_size fixes it.
+    let mut m = handmade::model();
+    m.graph.as_mut().unwrap().input[0] =
+        handmade::value_info("input", data_type::FLOAT, &[None, Some(3), None, None]);
+    assert!(load_error(&m).contains("dynamic height"), "{}", load_error(&m));
+    use prost::Message;
+    let fixed =
+        OnnxModel::from_bytes("tiny", &m.encode_to_vec(), std::path::Path::new("."), Some(16)).unwrap();
+    assert_eq!(fixed.input_size(), [16, 16]);
+    // A node that reads a value nothing defines.
+    let mut m = handmade::model();
+    m.graph.as_mut().unwrap().node[2].input[0] = "nowhere".into();
+    assert!(load_error(&m).contains("reads 'nowhere'"));
+    // Truncated, corrupt and foreign files.
+    let bytes = handmade::model().encode_to_vec();
+    let open = |b: &[u8]| {
+        OnnxModel::from_bytes("x", b, std::path::Path::new("."), None).err().map(|e| e.to_string())
+    };
+    assert!(open(&bytes[..bytes.len() / 2]).unwrap().contains("ONNX"));
+    assert!(open(b"ir_version: 8\ngraph { }\n").unwrap().contains("ONNX"));
+    assert!(open(b"").unwrap().contains("ONNX"));
+    // An ONNX file on disk whose external data is missing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = handmade::model();
+    let t = &mut m.graph.as_mut().unwrap().initializer[0];
+    t.raw_data.clear();
+    t.data_location = 1;
+    t.external_data = vec![StringStringEntryProto { key: "location".into(), value: "gone.data".into() }];
+    std::fs::write(dir.path().join("m.onnx"), m.encode_to_vec()).unwrap();
+    let e = camscope::model::card::load(dir.path().join("m.onnx").to_str().unwrap(), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("gone.data"), "{e}");
+}
+
+use camscope::onnx::proto::StringStringEntryProto;
+
+/// One mutation of `bytes`: bit flips, a truncation, two swapped chunks, or inserted junk.
+fn mutate(bytes: &[u8], rng: &mut handmade::Rng) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    match rng.below(4) {
+        0 => {
+            for _ in 0..1 + rng.below(8) {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            }
+        }
+        1 => b.truncate(rng.below(b.len())),
+        2 => {
+            let len = 1 + rng.below(64);
+            if b.len() > 2 * len {
+                let (i, j) = (rng.below(b.len() - len), rng.below(b.len() - len));
+                for k in 0..len {
+                    b.swap(i + k, j + k);
+                }
+            }
+        }
+        _ => {
+            let at = rng.below(b.len());
+            let junk: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
+            b.splice(at..at, junk);
+        }
+    }
+    b
+}
+
+/// ≥ 1000 seeded mutations each of a small ONNX file, a safetensors file and a model card never
+/// panic: each load answers with a model or an error.
+#[test]
+fn mutated_inputs_never_panic() {
+    use prost::Message;
+    let onnx = handmade::model().encode_to_vec();
+    let mut rng = handmade::Rng(0x5eed);
+    let (mut loaded, mut refused) = (0, 0);
+    for i in 0..1200 {
+        let bytes = mutate(&onnx, &mut rng);
+        let outcome = std::panic::catch_unwind(|| {
+            let model = OnnxModel::from_bytes("fuzz", &bytes, std::path::Path::new("/nonexistent"), None)?;
+            let model: Arc<dyn ImageClassifier> = Arc::new(model);
+            let x = candle_core::Tensor::zeros(
+                (1, 3, 16, 16),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?;
+            Engine::new(model, x, EngineKind::Portable).map(|_| ())
+        });
+        match outcome {
+            Ok(Ok(())) => loaded += 1,
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("ONNX mutation {i} panicked"),
+        }
+    }
+    println!("onnx: {loaded} mutations loaded, {refused} refused");
+    assert!(refused > 100);
+
+    // safetensors, through the weights loader.
+    let dir = tempfile::tempdir().unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert(
+        "a.weight".to_string(),
+        candle_core::Tensor::ones((4, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
+    );
+    tensors.insert(
+        "b.bias".to_string(),
+        candle_core::Tensor::zeros(7, candle_core::DType::F16, &candle_core::Device::Cpu).unwrap(),
+    );
+    let st = dir.path().join("w.safetensors");
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let st = std::fs::read(&st).unwrap();
+    for i in 0..1000 {
+        let bytes = mutate(&st, &mut rng);
+        let outcome = std::panic::catch_unwind(|| {
+            camscope::model::weights::WeightStore::from_safetensors_bytes("fuzz", &bytes).is_ok()
+        });
+        assert!(outcome.is_ok(), "safetensors mutation {i} panicked");
+    }
+
+    // Model cards (pointing at an ONNX file and at safetensors), through card::load.
+    std::fs::write(dir.path().join("tiny.onnx"), &onnx).unwrap();
+    let card = "name = \"tiny\"\nweights = \"tiny.onnx\"\n\n[preprocess]\ninput_size = 16\nresize = 18\nmean = [123.675, 116.28, 103.53]\nstd = [58.395, 57.12, 57.375]\n";
+    let path = dir.path().join("card.toml");
+    std::fs::write(&path, card).unwrap();
+    let model = camscope::model::card::load(path.to_str().unwrap(), None).unwrap();
+    assert_eq!((model.name.as_str(), model.labels.len(), model.preprocess.input_size), ("tiny", 5, 16));
+    for i in 0..1000 {
+        let bytes = mutate(card.as_bytes(), &mut rng);
+        std::fs::write(&path, &bytes).unwrap();
+        let p = path.to_str().unwrap().to_string();
+        let outcome = std::panic::catch_unwind(move || camscope::model::card::load(&p, None).is_ok());
+        assert!(outcome.is_ok(), "card mutation {i} panicked: {}", String::from_utf8_lossy(&bytes));
+    }
+}

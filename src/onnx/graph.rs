@@ -261,7 +261,7 @@ fn image_input(
     }
     let side = |i: usize, what: &str| -> LoadResult<usize> {
         match (fixed(i), size) {
-            (Some(v), _) if v <= 8192 => Ok(v),
+            (Some(v), _) if v <= 4096 => Ok(v),
             (Some(v), _) => Err(format!("input '{}' has an unusable {what} of {v}", input.name)),
             (None, Some(s)) => Ok(s),
             (None, None) => Err(format!(

@@ -2,9 +2,10 @@
 //! tensor ops (so it runs on every device, on both engines, and Candle's autograd differentiates
 //! it), handing every stage's output to the taps.
 //!
-//! Graphs exported at batch 1 bake that batch into their reshapes, so a batch of N images runs
-//! the graph N times in lockstep, node by node; at a stage the N outputs are joined into one
-//! (N, …) tensor for the taps and split again after.
+//! A graph that computes a batch of N images as N independent ones (checked at load) runs a
+//! batch as one. Graphs exported at batch 1 that bake that batch into their reshapes (most
+//! transformers) run the N images in lockstep instead, node by node; at a stage the N outputs
+//! are joined into one (N, …) tensor for the taps and split again after.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,6 +37,9 @@ pub struct OnnxModel {
     /// Per stage, the nodes that compute the logits from that stage's output alone, if they do.
     resume: Vec<Option<Vec<usize>>>,
     capabilities: Capabilities,
+    /// Whether the graph computes a batch of N images as N independent images (checked at
+    /// load): then a batch runs as one; otherwise the images run in lockstep.
+    batched: bool,
     on_device: Mutex<Vec<(Device, Constants)>>,
 }
 
@@ -78,6 +82,7 @@ impl OnnxModel {
         }
         last_use[graph.output] = usize::MAX;
         let capabilities = capabilities(&graph);
+        let batched = batch_safe(&graph);
         let graph = Arc::new(graph);
         let mut model = OnnxModel {
             name,
@@ -89,6 +94,7 @@ impl OnnxModel {
             last_use: Arc::new(last_use),
             resume: Vec::new(),
             capabilities,
+            batched,
             on_device: Mutex::new(Vec::new()),
         };
         model.set_stages(defaults);
@@ -144,6 +150,7 @@ impl OnnxModel {
             last_use: self.last_use.clone(),
             resume: Vec::new(),
             capabilities: self.capabilities,
+            batched: self.batched,
             on_device: Mutex::new(Vec::new()),
         };
         model.set_stages(chosen);
@@ -188,10 +195,15 @@ impl OnnxModel {
         let g = &self.graph;
         let consts = self.consts_on(x.device())?;
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
-        let batch = x.dim(0)?;
+        // Lockstep entries: the images one by one, or the whole batch as one.
+        let items = if self.batched { 1 } else { x.dim(0)? };
         let mut vals: Vec<Option<Vec<Tensor>>> = vec![None; g.values.len()];
-        let split =
-            |t: &Tensor| -> CResult<Vec<Tensor>> { (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)).collect() };
+        let split = |t: &Tensor| -> CResult<Vec<Tensor>> {
+            if items == 1 {
+                return Ok(vec![t.clone()]);
+            }
+            (0..t.dim(0)?).map(|i| t.narrow(0, i, 1)).collect()
+        };
         let all: Vec<usize>;
         let (nodes, first_stage): (&[usize], usize) = match from {
             None => {
@@ -214,8 +226,8 @@ impl OnnxModel {
         };
         for &ni in nodes {
             let node = &g.nodes[ni];
-            let mut per_image: Vec<Vec<Tensor>> = Vec::with_capacity(batch);
-            for i in 0..batch {
+            let mut per_image: Vec<Vec<Tensor>> = Vec::with_capacity(items);
+            for i in 0..items {
                 let args = node
                     .inputs
                     .iter()
@@ -255,14 +267,14 @@ impl OnnxModel {
                         tapped = true;
                     }
                     if tapped {
-                        if joined.dim(0)? != batch {
+                        if items > 1 && joined.dim(0)? != items {
                             candle_core::bail!(
-                                "stage {} came back with a batch of {}, not {batch}",
+                                "stage {} came back with a batch of {}, not {items}",
                                 self.specs[stages[0]].name,
                                 joined.dim(0)?
                             )
                         }
-                        values = if batch == 1 { vec![joined] } else { split(&joined)? };
+                        values = split(&joined)?;
                     }
                 }
                 vals[v] = Some(values);
@@ -282,6 +294,61 @@ impl OnnxModel {
             Tensor::cat(&out, 0)
         }
     }
+}
+
+/// Every value of the graph for input `x` (None for constants), with no taps.
+fn eval_all(g: &Graph, x: &Tensor) -> CResult<Vec<Option<Tensor>>> {
+    let no_stages = [];
+    let mut taps = Taps::new(&no_stages, crate::model::EngineKind::Fast, crate::model::Mode::Plain);
+    let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
+    vals[g.input] = Some(x.clone());
+    for node in &g.nodes {
+        let args: Vec<Option<Tensor>> = node
+            .inputs
+            .iter()
+            .map(|v| v.and_then(|v| g.consts[v].clone().or_else(|| vals[v].clone())))
+            .collect();
+        for (&v, t) in node.outputs.iter().zip(ops::eval(&node.op, &args, &mut taps)?) {
+            vals[v] = Some(t);
+        }
+    }
+    Ok(vals)
+}
+
+/// Whether the graph, folded for one image, computes two images as two independent ones: every
+/// value of a batch of two random images has the batch first and equals, image by image, the
+/// values of each image alone. Graphs exported at batch 1 that reshape with a baked-in batch
+/// (most transformers) fail this and run image by image instead.
+fn batch_safe(g: &Graph) -> bool {
+    let [h, w] = g.input_size;
+    let check = || -> CResult<bool> {
+        // Deterministic, image-like inputs.
+        let ramp = Tensor::arange(0f32, (3 * h * w) as f32, &Device::Cpu)?.reshape((1, 3, h, w))?;
+        let a = ramp.affine(0.37, 0.0)?.sin()?;
+        let b = ramp.affine(0.11, 1.0)?.cos()?;
+        let both = eval_all(g, &Tensor::cat(&[&a, &b], 0)?)?;
+        let (one, two) = (eval_all(g, &a)?, eval_all(g, &b)?);
+        for v in 0..g.values.len() {
+            let (Some(t), Some(p), Some(q)) = (&both[v], &one[v], &two[v]) else { continue };
+            let (d1, dt) = (p.dims(), t.dims());
+            if d1.first() != Some(&1)
+                || dt.first() != Some(&2)
+                || d1[1..] != dt[1..]
+                || t.dtype() != DType::F32
+            {
+                return Ok(false);
+            }
+            for (i, single) in [p, q].into_iter().enumerate() {
+                let diff = (t.narrow(0, i, 1)? - single)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = single.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+                if diff.is_nan() || diff > 1e-4 * scale {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    };
+    check().unwrap_or(false)
 }
 
 /// What the model offers: guided backprop where the graph has ReLUs (Relu, or Clip to [0, 6] or

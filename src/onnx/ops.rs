@@ -420,6 +420,15 @@ impl Op {
     }
 }
 
+/// Refuses shapes too large to allocate (a corrupt size in a graph must not exhaust memory).
+fn check_size(shape: &[usize]) -> Result<()> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    match n {
+        Some(n) if n <= 1 << 28 => Ok(()),
+        _ => candle_core::bail!("a tensor of shape {shape:?} is too large"),
+    }
+}
+
 /// Integer values of a (small, constant) tensor.
 pub fn ints(t: &Tensor) -> Result<Vec<i64>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::I64)?.flatten_all()?.to_vec1()
@@ -546,6 +555,7 @@ pub fn conv2d(
         }
     }
     let (pads, [oh, ow]) = conv.window.resolve([h, w], [kh, kw])?;
+    check_size(&[x.dim(0)?, c.max(o), h + pads[0] + pads[2], w + pads[1] + pads[3]])?;
     if let Some((fast, baked)) = &conv.fast {
         if taps.fast_kernels(x) && *baked == pads {
             return fast.forward(x, taps);
@@ -596,6 +606,13 @@ pub fn max_pool2d(x: &Tensor, window: &Window, taps: &mut Taps) -> Result<Tensor
     let (n, c, h, w) = x.dims4()?;
     let Some([kh, kw]) = window.kernel else { candle_core::bail!("MaxPool without kernel_shape") };
     let (pads, [oh, ow]) = window.resolve([h, w], [kh, kw])?;
+    check_size(&[
+        n,
+        c,
+        h + pads[0] + pads[2] + kh * window.dilations[0],
+        w + pads[1] + pads[3] + kw * window.dilations[1],
+    ])?;
+    check_size(&[n * c * oh * ow, kh * kw])?;
     let [sh, sw] = window.strides;
     let [dh, dw] = window.dilations;
     let plain = kh == kw && sh == sw && window.dilations == [1, 1] && pads.iter().all(|&p| p == pads[0]);
@@ -1109,6 +1126,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             let x = x()?;
             let shape: Vec<usize> = ints(input(inputs, 1)?)?.iter().map(|&v| v.max(0) as usize).collect();
             let target = broadcast_shapes(x.dims(), &shape)?;
+            check_size(&target)?;
             one(x.broadcast_as(target)?)
         }
         Op::Where => {
@@ -1161,6 +1179,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         Op::Identity => one(x()?.clone()),
         Op::ConstantOfShape(value) => {
             let shape: Vec<usize> = ints(x()?)?.iter().map(|&v| v.max(0) as usize).collect();
+            check_size(&shape)?;
             one(value.to_device(x()?.device())?.reshape(())?.broadcast_as(shape)?.contiguous()?)
         }
         Op::Shape { start, end } => {
@@ -1178,6 +1197,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             if s.dtype() == DType::F32 {
                 let (s, l, d) = (floats(s)?[0], floats(l)?[0], floats(d)?[0]);
                 let n = ((l - s) / d).ceil().max(0.0) as usize;
+                check_size(&[n])?;
                 one(Tensor::from_vec((0..n).map(|i| s + i as f32 * d).collect::<Vec<_>>(), n, &Device::Cpu)?)
             } else {
                 let (s, l, d) = (ints(s)?[0], ints(l)?[0], ints(d)?[0]);
@@ -1185,12 +1205,16 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
                     candle_core::bail!("Range with delta 0")
                 }
                 let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+                check_size(&[n])?;
                 one(Tensor::from_vec((0..n as i64).map(|i| s + i * d).collect::<Vec<_>>(), n, &Device::Cpu)?)
             }
         }
         Op::Tile => {
             let x = x()?;
             let reps: Vec<usize> = ints(input(inputs, 1)?)?.iter().map(|&v| v.max(0) as usize).collect();
+            let out: Vec<usize> =
+                x.dims().iter().zip(reps.iter().chain(std::iter::repeat(&1))).map(|(d, r)| d * r).collect();
+            check_size(&out)?;
             one(x.repeat(reps)?)
         }
     }
@@ -1209,6 +1233,9 @@ fn pad_axis(x: &Tensor, a: usize, before: i64, after: i64, mode: PadMode, value:
         y = y.narrow(a, 0, n.saturating_sub((-after) as usize))?;
     }
     let (b, e) = (before.max(0) as usize, after.max(0) as usize);
+    let mut padded = y.dims().to_vec();
+    padded[a] = padded[a].saturating_add(b).saturating_add(e);
+    check_size(&padded)?;
     if b == 0 && e == 0 {
         return Ok(y);
     }
