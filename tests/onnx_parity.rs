@@ -589,3 +589,58 @@ fn mutated_inputs_never_panic() {
         assert!(outcome.is_ok(), "card mutation {i} panicked: {}", String::from_utf8_lossy(&bytes));
     }
 }
+
+/// End-to-end: the debugger on ViT-Tiny's ONNX export in a real terminal (tmux): the token
+/// stages listed, the first map drawn at the last block, stepping a stage back and switching
+/// the method, and a clean exit.
+#[test]
+fn debugger_runs_vit_tiny_onnx_in_tmux() {
+    use std::process::Command;
+    use std::time::Duration;
+    let Some((dir, _)) = case("vit_tiny") else { return };
+    if !Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
+        println!("skipped: tmux not found");
+        return;
+    }
+    let name = "camscope-onnx-vit";
+    let tmux = |args: &[&str]| {
+        String::from_utf8_lossy(&Command::new("tmux").args(args).output().expect("tmux runs").stdout)
+            .into_owned()
+    };
+    struct Kill<'a>(&'a str);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", self.0]).output();
+        }
+    }
+    let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+    let cmd = format!(
+        "{} --protocol halfblocks -m {}; echo CAMSCOPE-EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_camscope"),
+        dir.join("model.onnx").display()
+    );
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", name, "-x", "160", "-y", "50", &cmd])
+        .status()
+        .expect("tmux starts");
+    assert!(started.success());
+    let _kill = Kill(name);
+    let wait_for = |texts: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let screen = tmux(&["capture-pane", "-t", name, "-p"]);
+            if texts.iter().all(|t| screen.contains(t)) {
+                return screen;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{texts:?} never appeared; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&["first map on screen", "gradcam · blocks.11", "blocks.0 ", "192×14×14", "model.onnx"]);
+    tmux(&["send-keys", "-t", name, "["]);
+    wait_for(&["gradcam · blocks.10"]);
+    tmux(&["send-keys", "-t", name, "m"]);
+    wait_for(&["hirescam · blocks.10"]);
+    tmux(&["send-keys", "-t", name, "q"]);
+    wait_for(&["CAMSCOPE-EXIT=0"]);
+}

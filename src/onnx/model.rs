@@ -416,7 +416,7 @@ fn resume_nodes(g: &Graph, start: usize) -> Option<Vec<usize>> {
 
 impl ImageClassifier for OnnxModel {
     fn name(&self) -> String {
-        format!("{} (onnx)", self.name)
+        format!("{}.onnx", self.name)
     }
 
     fn stages(&self) -> &[StageSpec] {
