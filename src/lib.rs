@@ -11,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod metrics;
 pub mod model;
+pub mod onnx;
 pub mod preprocess;
 pub mod render;
 pub mod trace;

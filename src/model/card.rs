@@ -180,6 +180,9 @@ fn card_dirs() -> Vec<PathBuf> {
 /// Resolves `--model` (a card name, a `.toml` card, or a weights file) and `--arch`.
 pub fn load(spec: &str, arch: Option<Arch>) -> Result<Model> {
     let path = Path::new(spec);
+    if path.is_file() && crate::onnx::is_onnx(path) {
+        return crate::onnx::load_model(path, None, None, None);
+    }
     if path.is_file() {
         return if path.extension().is_some_and(|e| e == "toml") {
             load_card(path, arch)
@@ -245,8 +248,15 @@ fn load_card(path: &Path, arch: Option<Arch>) -> Result<Model> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let card = parse_card(&text, &path.display().to_string())?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let weights = WeightStore::from_file(&dir.join(&card.weights))?;
     let labels = card.labels.as_ref().map(|l| dir.join(l));
+    if crate::onnx::is_onnx(&card.weights) {
+        let labels = match &labels {
+            Some(l) => Some(parse_labels(&std::fs::read_to_string(l).map_err(|e| Error::io(l, e))?)),
+            None => None,
+        };
+        return crate::onnx::load_model(&dir.join(&card.weights), Some(card.name), card.preprocess, labels);
+    }
+    let weights = WeightStore::from_file(&dir.join(&card.weights))?;
     let arch = arch.or(card_arch(&card)?);
     assemble(card.name, weights, arch, card.preprocess, labels.as_deref())
 }
