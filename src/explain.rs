@@ -2,6 +2,7 @@
 //! was asked for (PNG overlay, `.npy` maps, JSON report).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use image::{ImageFormat, RgbImage};
@@ -13,7 +14,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Scores};
 use crate::model::card::{self, Model};
-use crate::model::{stage_index, Arch, EngineKind};
+use crate::model::{with_stage, Arch, EngineKind, ImageClassifier};
 use crate::preprocess::{self, ModelInput};
 use crate::render::{self, Colormap};
 use crate::trace::Prediction;
@@ -158,16 +159,18 @@ pub fn explain_input(
     opts: &ExplainOptions,
     mut timings: Timings,
 ) -> Result<Explanation> {
-    let network = model.network.as_ref();
-    let stages: Vec<usize> = match &opts.stages {
-        StageChoice::Named(name) => vec![stage_index(network, name)?],
-        StageChoice::All => (0..network.stages().len()).collect(),
-        StageChoice::Default => vec![],
+    let (network, stages): (Arc<dyn ImageClassifier>, Vec<usize>) = match &opts.stages {
+        StageChoice::Named(name) => {
+            let (network, stage) = with_stage(&model.network, name)?;
+            (network, vec![stage])
+        }
+        StageChoice::All => (model.network.clone(), (0..model.network.stages().len()).collect()),
+        StageChoice::Default => (model.network.clone(), vec![]),
     };
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
+    let engine = Engine::new(network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
     engine.check_supported(opts.method)?;
     let trace = engine.trace();
     timings.forward = ms(t);
@@ -187,9 +190,14 @@ pub fn explain_input(
     let maps = engine.cams(opts.method, &stages, class, opts.smoothing, &ctl)?;
     timings.maps = ms(t);
     let metrics = match opts.metric_steps {
-        Some(steps) => {
-            Some(metrics::evaluate((network, opts.engine), engine.input(), &maps[0], class, steps, &ctl)?)
-        }
+        Some(steps) => Some(metrics::evaluate(
+            (network.as_ref(), opts.engine),
+            engine.input(),
+            &maps[0],
+            class,
+            steps,
+            &ctl,
+        )?),
         None => None,
     };
 

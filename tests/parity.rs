@@ -69,8 +69,13 @@ fn check_case(case: &Case, weights_ext: &str, kind: EngineKind, wanted: impl Fn(
 
     let side = input.dim(2).unwrap();
     let shapes = stage_shapes(model.network.as_ref(), side, side, kind).unwrap();
-    let ours: Vec<(String, Vec<usize>)> =
-        model.network.stages().iter().zip(&shapes).map(|(spec, s)| (spec.name.clone(), s.raw.clone())).collect();
+    let ours: Vec<(String, Vec<usize>)> = model
+        .network
+        .stages()
+        .iter()
+        .zip(&shapes)
+        .map(|(spec, s)| (spec.name.clone(), s.raw.clone()))
+        .collect();
     assert_eq!(ours, case.stages, "{name}: stages");
 
     let size = input.dim(3).unwrap();

@@ -196,13 +196,17 @@ fn run_evaluate(args: &args::EvaluateArgs, source: Source) -> Result<()> {
     let input = crate::preprocess::load_input(args.image.as_deref(), &model.preprocess)?;
     let device = crate::device::parse(&args.model.device)?;
     let kind = EngineKind::parse(&args.model.engine)?;
-    let engine = Engine::new(model.network.clone(), input.tensor.to_device(&device)?, kind)?;
-    let net = model.network.as_ref();
-    let stage_name = |i: usize| net.stages()[i].name.as_str();
-    let stage = match &args.layer {
-        Some(name) => crate::model::stage_index(net, name)?,
-        None => engine.default_stage(),
+    let (network, stage) = match &args.layer {
+        Some(name) => {
+            let (network, stage) = crate::model::with_stage(&model.network, name)?;
+            (network, Some(stage))
+        }
+        None => (model.network.clone(), None),
     };
+    let engine = Engine::new(network.clone(), input.tensor.to_device(&device)?, kind)?;
+    let net = network.as_ref();
+    let stage_name = |i: usize| net.stages()[i].name.as_str();
+    let stage = stage.unwrap_or_else(|| engine.default_stage());
     let class = match &args.class {
         Some(c) => model.parse_class(c)?,
         None => engine.trace().top_class(),

@@ -178,6 +178,13 @@ pub trait ImageClassifier: Send + Sync {
         None
     }
 
+    /// The same model tapped at `names` (its stages and other module paths it knows, in any
+    /// order): what lets `--layer` reach any module of an imported graph. `None`: the stage list
+    /// is fixed.
+    fn with_stages(&self, _names: &[&str]) -> Option<crate::Result<Arc<dyn ImageClassifier>>> {
+        None
+    }
+
     /// A hand-written CPU forward/backward for one image, if the model has one.
     fn cpu_tape(&self) -> Option<&dyn CpuTape> {
         None

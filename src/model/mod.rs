@@ -14,6 +14,8 @@ pub mod registry;
 pub mod resnet;
 pub mod weights;
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use crate::cam::Chw;
@@ -161,6 +163,26 @@ pub fn stage_index(model: &dyn ImageClassifier, name: &str) -> Result<usize> {
         name: name.into(),
         available: stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
     })
+}
+
+/// `model` with stage `name` among its stages, and that stage's index: the model itself where
+/// `name` is one of its stages, else — for a model that can be tapped anywhere, such as an imported
+/// graph — the same model tapped at its stages and that module.
+pub fn with_stage(model: &Arc<dyn ImageClassifier>, name: &str) -> Result<(Arc<dyn ImageClassifier>, usize)> {
+    let unknown = match stage_index(model.as_ref(), name) {
+        Ok(i) => return Ok((model.clone(), i)),
+        Err(e) => e,
+    };
+    let mut names: Vec<&str> = model.stages().iter().map(|s| s.name.as_str()).collect();
+    names.push(name);
+    match model.with_stages(&names) {
+        Some(retapped) => {
+            let retapped = retapped?;
+            let index = stage_index(retapped.as_ref(), name)?;
+            Ok((retapped, index))
+        }
+        None => Err(unknown),
+    }
 }
 
 /// Logits of a batch through the model's plain forward pass.

@@ -419,6 +419,10 @@ impl ImageClassifier for OnnxModel {
         format!("{}.onnx", self.name)
     }
 
+    fn with_stages(&self, names: &[&str]) -> Option<Result<Arc<dyn ImageClassifier>>> {
+        Some(OnnxModel::with_stages(self, names).map(|m| Arc::new(m) as Arc<dyn ImageClassifier>))
+    }
+
     fn stages(&self) -> &[StageSpec] {
         &self.specs
     }

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::proto::{AttributeProto, NodeProto};
 use crate::model::ops::{Activation, Conv2d, MaxPool2d, Padding};
+use crate::model::portable;
 use crate::model::Taps;
 
 /// A node's attributes by name.
@@ -566,12 +567,17 @@ pub fn conv2d(
     if sh != sw || dh != dw {
         candle_core::bail!("strides {:?} / dilations {:?} differ between H and W", [sh, sw], [dh, dw])
     }
-    let x = x
-        .pad_with_zeros(2, pads[0], pads[2])?
-        .pad_with_zeros(3, pads[1], pads[3])?
-        .narrow(2, 0, (oh - 1) * sh + (kh - 1) * dh + 1)?
-        .narrow(3, 0, (ow - 1) * sw + (kw - 1) * dw + 1)?;
-    let y = contiguous(&x)?.conv2d(&contiguous(weight)?, 0, sh, dh, groups)?;
+    let y = if dh == 1 {
+        // Depthwise convolutions as tap sums rather than one convolution per channel.
+        portable::conv2d(x, &contiguous(weight)?, None, sh, (pads[0], pads[2], pads[1], pads[3]), groups)?
+    } else {
+        let x = x
+            .pad_with_zeros(2, pads[0], pads[2])?
+            .pad_with_zeros(3, pads[1], pads[3])?
+            .narrow(2, 0, (oh - 1) * sh + (kh - 1) * dh + 1)?
+            .narrow(3, 0, (ow - 1) * sw + (kw - 1) * dw + 1)?;
+        contiguous(&x)?.conv2d(&contiguous(weight)?, 0, sh, dh, groups)?
+    };
     match bias {
         Some(b) => {
             let y = y.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
@@ -616,7 +622,8 @@ pub fn max_pool2d(x: &Tensor, window: &Window, taps: &mut Taps) -> Result<Tensor
     let [sh, sw] = window.strides;
     let [dh, dw] = window.dilations;
     let plain = kh == kw && sh == sw && window.dilations == [1, 1] && pads.iter().all(|&p| p == pads[0]);
-    if plain && taps.fast_kernels(x) && pads[0] < kh {
+    if plain && pads[0] < kh {
+        // Ours on the fast engine, else Candle ops with PyTorch's first-maximum gradient.
         let pool = MaxPool2d { kernel: kh, stride: sh, pad: pads[0] };
         let y = pool.forward(x, taps)?;
         if y.dims() == [n, c, oh, ow] {

@@ -23,7 +23,7 @@ use crate::cam::{Method, Smoothing};
 use crate::engine::Engine;
 use crate::explain::StageChoice;
 use crate::model::card::Model;
-use crate::model::{stage_index, EngineKind};
+use crate::model::{with_stage, EngineKind};
 use crate::preprocess;
 use crate::render::Colormap;
 use crate::{Error, Result};
@@ -94,11 +94,14 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = load()?;
-    let net = &model.network;
-    // The stage and class the user asked for, checked before the (slower) forward pass.
-    let stage = match &opts.stages {
-        StageChoice::Named(name) => Some(stage_index(net.as_ref(), name)?),
-        StageChoice::Default | StageChoice::All => None,
+    // The stage and class the user asked for, checked before the (slower) forward pass; a module
+    // of an imported graph outside its default stages joins them.
+    let (net, stage) = match &opts.stages {
+        StageChoice::Named(name) => {
+            let (net, stage) = with_stage(&model.network, name)?;
+            (net, Some(stage))
+        }
+        StageChoice::Default | StageChoice::All => (model.network.clone(), None),
     };
     let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
     let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
