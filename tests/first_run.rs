@@ -1,20 +1,11 @@
 //! A newcomer's first commands (issue #11): what `explain` says it wrote, output formats, the
 //! debugger's options and errors, and the errors that point at the mistake.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn camscope(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_camscope"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{camscope, stderr};
 
 /// The one-line error of a failed run.
 fn error(args: &[&str]) -> String {

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
@@ -229,4 +230,17 @@ pub fn write_random_resnet18(path: &Path, seed: u64) {
     tensors.insert("fc.weight".into(), rng.tensor(&[1000, 512], -bound, bound));
     tensors.insert("fc.bias".into(), rng.tensor(&[1000], -bound, bound));
     candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+/// Runs the camscope binary from the repository's root.
+pub fn camscope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_camscope"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
