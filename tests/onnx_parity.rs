@@ -404,7 +404,8 @@ fn handmade_graph_runs_every_method() {
     }
     // Ablation through forward_from equals the rerun of the whole graph with the stage replaced.
     let stage = 1;
-    let x = candle_core::Tensor::rand(0f32, 1.0, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let ablated: Vec<f32> = (0..3 * 4 * 8 * 8).map(|_| rng.float()).collect();
+    let x = candle_core::Tensor::from_vec(ablated, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
     let mut taps =
         camscope::model::Taps::new(model.stages(), EngineKind::Portable, camscope::model::Mode::Plain);
     let resumed = model.forward_from(stage, &x, &mut taps).unwrap().unwrap();
