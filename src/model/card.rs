@@ -64,9 +64,7 @@ impl Model {
     /// Wraps any [`ImageClassifier`]: one forward pass on a blank input of the preprocessing's
     /// size checks that the model runs and taps every stage, and counts its classes. Without
     /// `labels`, 1000 classes get the ImageNet names and other counts "class N". The check runs
-    /// on the CPU, so build the model's weights there (`--device` moves the input, and Candle
-    /// copies constants as needed, for the built-in families; a model of your own that keeps its
-    /// weights on a GPU should be wrapped after checking it yourself).
+    /// on the CPU: a model whose weights live on another device fails it.
     pub fn new(
         name: impl Into<String>,
         network: Arc<dyn ImageClassifier>,
