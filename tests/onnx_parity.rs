@@ -13,7 +13,7 @@ use camscope::cam::{Control, Method};
 use camscope::engine::Engine;
 use camscope::model::{EngineKind, ImageClassifier, Layout};
 use camscope::onnx::OnnxModel;
-use common::{max_abs_diff, npy_vec, pearson, read_npy};
+use common::{max_abs_diff, npy_vec, pearson, read_npy, skip};
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -45,7 +45,7 @@ fn fixtures() -> Option<PathBuf> {
 
 fn case(name: &str) -> Option<(PathBuf, Case)> {
     let Some(dir) = fixtures() else {
-        println!("skipped: no ONNX fixtures (../shared/fixtures/onnx or $CAMSCOPE_FIXTURES/onnx)");
+        skip("needs the ONNX fixtures (../shared/fixtures/onnx or $CAMSCOPE_FIXTURES/onnx)");
         return None;
     };
     let cases: Vec<Case> =
@@ -65,7 +65,7 @@ fn check_export(name: &str, file: &str) {
     let Some((dir, case)) = case(name) else { return };
     let path = dir.join(file);
     if !path.is_file() {
-        println!("skipped: {} is missing", path.display());
+        skip(&format!("{} is missing", path.display()));
         return;
     }
     let t = Instant::now();
@@ -168,7 +168,7 @@ fn vit_tiny_matches_reference() {
 #[test]
 fn default_stages_are_the_blocks() {
     let Some(dir) = fixtures() else {
-        println!("skipped: no ONNX fixtures");
+        skip("needs the ONNX fixtures (../shared/fixtures/onnx or $CAMSCOPE_FIXTURES/onnx)");
         return;
     };
     let expect = [
@@ -600,7 +600,7 @@ fn debugger_runs_vit_tiny_onnx_in_tmux() {
     use std::time::Duration;
     let Some((dir, _)) = case("vit_tiny") else { return };
     if !Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()) {
-        println!("skipped: tmux not found");
+        skip("tmux not found");
         return;
     }
     let name = "camscope-onnx-vit";

@@ -1,6 +1,8 @@
 //! End-to-end: the real binary in a real terminal (tmux), driven by keys, read back from the
 //! screen. Skips itself where tmux is missing (`.ci/run` installs it).
 
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -80,7 +82,7 @@ impl Drop for Session {
 fn have_tmux() -> bool {
     let ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("tmux not found: skipping the end-to-end terminal test");
+        common::skip("tmux not found (the end-to-end terminal test needs it)");
     }
     ok
 }
