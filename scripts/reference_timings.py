@@ -1,15 +1,26 @@
 """Times pytorch-grad-cam on this machine, the way SPEC §8's reference was taken, so that
 `camscope bench` can be compared side by side (issue 5).
 
-Needs torch, torchvision, grad-cam and safetensors (not installed by CI: this is a measurement, not a
-test):  python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch torchvision grad-cam safetensors
+Needs torch, torchvision, grad-cam and safetensors, and timm for vit_tiny (not installed by CI:
+this is a measurement, not a test):
+         python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch torchvision grad-cam safetensors timm
 Run:     RAYON_NUM_THREADS=2 /tmp/ref/bin/python scripts/reference_timings.py --threads 2
 Prints the median wall time of one Grad-CAM call (forward + backward + map, one stage) for
 EfficientNet-Lite0 (the repo's weights) and torchvision ResNet-18/50 (random weights: the time
 does not depend on them), and of Grad-CAM at every stage of Lite0 (one call per stage).
+
+`--models` picks what to time (default: lite0,resnet18,resnet50). Also available, for the ONNX
+fixtures' source models (issue 10; scripts/compare_onnx_speed.sh puts them beside `camscope bench`):
+  mobilenet_v2  torchvision mobilenet_v2, target layer features.18
+  vit_tiny      timm vit_tiny_patch16_224, target layer blocks.11.norm1 with the tokens reshape
+                t[:, 1:, :].reshape(1, 14, 14, C).permute(0, 3, 1, 2)
+both with random weights, eval mode, 224x224 input. `--json` prints one object instead of the text
+lines: {"efficientnet-lite0": ms, "efficientnet-lite0-all": ms, "resnet18": ms, "resnet50": ms,
+"mobilenet_v2": ms, "vit_tiny": ms} (those timed).
 """
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +32,6 @@ import torch.nn.functional as F
 import torchvision
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,19 +114,19 @@ def median_ms(f, runs):
     return statistics.median(times)
 
 
-def gradcam_ms(model, layers, x, runs):
-    cam = GradCAM(model=model, target_layers=layers)
+def gradcam_ms(model, layers, x, runs, reshape_transform=None):
+    cam = GradCAM(model=model, target_layers=layers, reshape_transform=reshape_transform)
     target = [ClassifierOutputTarget(int(model(x).argmax()))]
     return median_ms(lambda: cam(input_tensor=x, targets=target), runs)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=20)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+def vit_tokens(t, prefix=1, grid=(14, 14)):
+    """Drop the class token, lay the patch tokens on their grid (as the ONNX fixtures' references)."""
+    return t[:, prefix:, :].reshape(t.size(0), *grid, t.size(2)).permute(0, 3, 1, 2)
+
+
+def time_lite0(x, runs, report):
+    from safetensors.torch import load_file
 
     lite = Lite0()
     state = load_file(str(ROOT / "models" / "efficientnet_lite0.safetensors"))
@@ -124,15 +134,71 @@ def main():
     # The only keys not in the file are the aliases `stem.*` / `head.*` of the same modules.
     assert not unexpected and all(m.split(".")[0] in ("stem", "head") for m in missing), missing
     lite.eval()
-    x = torch.randn(1, 3, 224, 224)
-    print(f"torch {torch.__version__}, {a.threads} threads, median of {a.runs}")
-    print(f"efficientnet-lite0 gradcam _conv_head: {gradcam_ms(lite, [lite.head], x, a.runs):.1f} ms")
+    report("efficientnet-lite0", "efficientnet-lite0 gradcam _conv_head", gradcam_ms(lite, [lite.head], x, runs))
     stages = [lite.stem, *lite._blocks, lite.head]
-    total = sum(gradcam_ms(lite, [s], x, max(a.runs // 4, 3)) for s in stages)
-    print(f"efficientnet-lite0 gradcam at all {len(stages)} stages, one call each: {total:.1f} ms")
-    for name in ["resnet18", "resnet50"]:
+    total = sum(gradcam_ms(lite, [s], x, max(runs // 4, 3)) for s in stages)
+    report("efficientnet-lite0-all", f"efficientnet-lite0 gradcam at all {len(stages)} stages, one call each", total)
+
+
+def time_resnet(name):
+    def run(x, runs, report):
         m = getattr(torchvision.models, name)(weights=None).eval()
-        print(f"{name} gradcam layer4: {gradcam_ms(m, [m.layer4[-1]], x, a.runs):.1f} ms")
+        report(name, f"{name} gradcam layer4", gradcam_ms(m, [m.layer4[-1]], x, runs))
+
+    return run
+
+
+def time_mobilenet_v2(x, runs, report):
+    m = torchvision.models.mobilenet_v2(weights=None).eval()
+    report("mobilenet_v2", "mobilenet_v2 gradcam features.18", gradcam_ms(m, [m.features[18]], x, runs))
+
+
+def time_vit_tiny(x, runs, report):
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    ms = gradcam_ms(m, [m.blocks[11].norm1], x, runs, reshape_transform=vit_tokens)
+    report("vit_tiny", "vit_tiny gradcam blocks.11.norm1", ms)
+
+
+MODELS = {
+    "lite0": time_lite0,
+    "resnet18": time_resnet("resnet18"),
+    "resnet50": time_resnet("resnet50"),
+    "mobilenet_v2": time_mobilenet_v2,
+    "vit_tiny": time_vit_tiny,
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--models", default="lite0,resnet18,resnet50",
+                   help=f"comma-separated, of: {','.join(MODELS)}")
+    p.add_argument("--json", action="store_true", help='print {"name": ms, ...} instead of text')
+    a = p.parse_args()
+    names = [n.strip() for n in a.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        p.error(f"unknown model(s) {','.join(unknown)}; known: {','.join(MODELS)}")
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+
+    x = torch.randn(1, 3, 224, 224)
+    results = {}
+
+    def report(key, what, ms):
+        results[key] = ms
+        if not a.json:
+            print(f"{what}: {ms:.1f} ms", flush=True)
+
+    if not a.json:
+        print(f"torch {torch.__version__}, {a.threads} threads, median of {a.runs}")
+    for name in names:
+        MODELS[name](x, a.runs, report)
+    if a.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":
