@@ -17,7 +17,7 @@ use candle_core::{IndexOp, Tensor, Var};
 use crate::cam::Chw;
 use crate::error::{Error, Result};
 use crate::model::{
-    check_all_stages_tapped, Backward, BiasGradient, EngineKind, ImageClassifier, Mode, Taps,
+    check_all_stages_tapped, Backward, BiasGradient, EngineKind, ImageClassifier, Mode, Recording, Taps,
 };
 
 /// What the backward pass of a trace runs on.
@@ -27,6 +27,8 @@ enum Tape {
     /// Candle's autograd through the zero `Var` taps; `logits` is the graph's root. `raw` holds
     /// every stage's output in the model's own layout, on its device (what Ablation-CAM edits).
     Autograd { taps: Vec<Var>, logits: Tensor, raw: Vec<Tensor> },
+    /// The model's own reverse pass over the forward pass it recorded.
+    Reverse { recording: Box<dyn Recording>, raw: Vec<Tensor> },
 }
 
 pub struct Trace {
@@ -47,15 +49,40 @@ pub struct Prediction {
 }
 
 impl Trace {
-    /// Runs the forward pass of `input` (1×3×H×W), keeping every stage's activation: with the
-    /// model's CPU tape on the fast engine where it has one, through Candle's autograd otherwise.
+    /// Runs the forward pass of `input` (1×3×H×W), keeping every stage's activation. On the
+    /// fast engine: the model's CPU tape on the CPU where it has one, else its own reverse pass
+    /// where it has one; Candle's autograd otherwise.
     pub fn new(model: &Arc<dyn ImageClassifier>, input: &Tensor, engine: EngineKind) -> Result<Self> {
-        let fast = engine == EngineKind::Fast && input.device().is_cpu() && model.cpu_tape().is_some();
-        if fast {
+        let fast = engine == EngineKind::Fast;
+        if fast && input.device().is_cpu() && model.cpu_tape().is_some() {
             Self::on_cpu(model, input)
+        } else if fast && model.reverse_pass().is_some() {
+            Self::with_reverse_pass(model, input)
         } else {
             Self::with_autograd(model, input, engine)
         }
+    }
+
+    fn with_reverse_pass(model: &Arc<dyn ImageClassifier>, input: &Tensor) -> Result<Self> {
+        let pass = model.reverse_pass().expect("checked by the caller");
+        let recording = pass.record(input)?;
+        let raw = recording.stage_outputs();
+        let specs = model.stages();
+        if raw.len() != specs.len() {
+            return Err(Error::Model(format!(
+                "model {} recorded {} stage outputs for {} stages",
+                model.name(),
+                raw.len(),
+                specs.len()
+            )));
+        }
+        let activations = raw
+            .iter()
+            .zip(specs)
+            .map(|(a, spec)| Ok(Arc::new(Chw::from_nchw(&spec.layout.to_nchw(a)?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let logit_values: Vec<f32> = recording.logits().i(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        Self::finish(model.clone(), activations, Tape::Reverse { recording, raw }, logit_values)
     }
 
     fn on_cpu(model: &Arc<dyn ImageClassifier>, input: &Tensor) -> Result<Self> {
@@ -172,7 +199,7 @@ impl Trace {
     /// input's device.
     pub fn raw_activation(&self, stage: usize, device: &candle_core::Device) -> Result<Tensor> {
         match &self.tape {
-            Tape::Autograd { raw, .. } => Ok(raw[stage].clone()),
+            Tape::Autograd { raw, .. } | Tape::Reverse { raw, .. } => Ok(raw[stage].clone()),
             // A CPU tape's stages are C×H×W.
             Tape::Cpu { .. } => {
                 let a = &self.activations[stage];
@@ -194,6 +221,10 @@ impl Trace {
                 self.backward_cpu(*input_shape, saved, class, &mut Backward::plain(), false)?.0
             }
             Tape::Autograd { taps, logits, .. } => self.backward_autograd(taps, logits, class)?,
+            Tape::Reverse { recording, .. } => {
+                let grads = recording.stage_gradients(class)?;
+                self.stage_gradients(grads.iter().map(Option::as_ref))?
+            }
         };
         let grads = Arc::new(grads);
         self.gradients.lock().expect("gradient cache poisoned").insert(class, grads.clone());
@@ -250,11 +281,16 @@ impl Trace {
 
     fn backward_autograd(&self, taps: &[Var], logits: &Tensor, class: usize) -> Result<Vec<Arc<Chw>>> {
         let store = logits.i((0, class))?.backward()?;
+        self.stage_gradients(taps.iter().map(|tap| store.get(tap.as_tensor())))
+    }
+
+    /// Every stage's gradient (in the stage's layout) laid on its C×H×W grid.
+    fn stage_gradients<'t>(&self, grads: impl Iterator<Item = Option<&'t Tensor>>) -> Result<Vec<Arc<Chw>>> {
         let specs = self.model.stages();
-        taps.iter()
+        grads
             .zip(&self.activations)
             .zip(specs)
-            .map(|((tap, a), spec)| match store.get(tap.as_tensor()) {
+            .map(|((g, a), spec)| match g {
                 Some(g) => Ok(Arc::new(Chw::from_nchw(&spec.layout.to_nchw(g)?)?)),
                 // A stage the score does not depend on has zero gradient.
                 None => Ok(Arc::new(Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]))),

@@ -299,6 +299,185 @@ mod handmade {
         }
     }
 
+    fn f32_values(name: &str, dims: &[i64], values: Vec<f32>) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: data_type::FLOAT,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A two-block Vision Transformer as `torch.onnx.export` writes one: a 4×4 patch embedding
+    /// of 3×16×16 into 16 tokens of width 8 behind a class token, blocks of LayerNorm, two-head
+    /// attention (qkv MatMul, Reshape, Transpose, Split, Squeeze, Softmax) and an MLP whose GELU
+    /// is Div/Erf/Add/Mul in block 0 and one Gelu node in block 1, a final LayerNorm, the class
+    /// token gathered and a Gemm head: 5 classes.
+    pub fn transformer() -> ModelProto {
+        let mut rng = Rng(11);
+        let (d, t) = (8i64, 17i64);
+        let mut init = vec![
+            f32_tensor("wp", &[d, 3, 4, 4], &mut rng, 0.3),
+            f32_tensor("bp", &[d], &mut rng, 0.1),
+            ints_tensor("tokens_shape", &[1, d, 16]),
+            f32_tensor("cls", &[1, 1, d], &mut rng, 0.5),
+            f32_tensor("pos", &[1, t, d], &mut rng, 0.2),
+            ints_tensor("qkv_shape", &[1, t, 3, 2, 4]),
+            ints_tensor("split3", &[1, 1, 1]),
+            ints_tensor("axis0", &[0]),
+            ints_tensor("attn_shape", &[1, t, d]),
+            ints_tensor("first", &[0]),
+            f32_values("scale", &[], vec![0.5]),
+            f32_values("sqrt2", &[], vec![std::f32::consts::SQRT_2]),
+            f32_values("one", &[], vec![1.0]),
+            f32_values("half", &[], vec![0.5]),
+            f32_values("ln_s", &[d], (0..d).map(|_| 1.0 + 0.2 * rng.float()).collect()),
+            f32_tensor("ln_b", &[d], &mut rng, 0.1),
+            f32_tensor("wh", &[5, d], &mut rng, 0.5),
+            f32_tensor("bh", &[5], &mut rng, 0.1),
+        ];
+        let mut nodes = vec![
+            node(
+                "Conv",
+                "/patch_embed/proj/Conv",
+                &["input", "wp", "bp"],
+                &["pe"],
+                vec![attr_ints("strides", &[4, 4]), attr_ints("kernel_shape", &[4, 4])],
+            ),
+            node("Reshape", "/patch_embed/Reshape", &["pe", "tokens_shape"], &["pe_flat"], vec![]),
+            node(
+                "Transpose",
+                "/patch_embed/Transpose",
+                &["pe_flat"],
+                &["pe_t"],
+                vec![attr_ints("perm", &[0, 2, 1])],
+            ),
+            node("Concat", "/Concat", &["cls", "pe_t"], &["tok"], vec![attr_int("axis", 1)]),
+            node("Add", "/Add", &["tok", "pos"], &["x0"], vec![]),
+        ];
+        for b in 0..2 {
+            let p = format!("/blocks/blocks.{b}");
+            let v = |n: &str| format!("b{b}_{n}");
+            for (name, dims, scale) in [
+                ("wqkv", vec![d, 3 * d], 0.4),
+                ("bqkv", vec![3 * d], 0.1),
+                ("wo", vec![d, d], 0.4),
+                ("bo", vec![d], 0.1),
+                ("w1", vec![d, 2 * d], 0.4),
+                ("b1", vec![2 * d], 0.1),
+                ("w2", vec![2 * d, d], 0.4),
+                ("b2", vec![d], 0.1),
+                ("ln1_b", vec![d], 0.1),
+                ("ln2_b", vec![d], 0.1),
+            ] {
+                init.push(f32_tensor(&v(name), &dims, &mut rng, scale));
+            }
+            for name in ["ln1_s", "ln2_s"] {
+                init.push(f32_values(&v(name), &[d], (0..d).map(|_| 1.0 + 0.2 * rng.float()).collect()));
+            }
+            let x_in = if b == 0 { "x0".to_string() } else { "b0_out".to_string() };
+            let n = |op: &str, name: &str, ins: &[&str], outs: &[&str], attrs| {
+                let ins: Vec<String> =
+                    ins.iter().map(|i| i.strip_prefix('$').map_or_else(|| i.to_string(), &v)).collect();
+                let outs: Vec<String> = outs.iter().map(|o| v(o)).collect();
+                let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+                let outs: Vec<&str> = outs.iter().map(String::as_str).collect();
+                node(op, &format!("{p}/{name}"), &ins, &outs, attrs)
+            };
+            let x = x_in.as_str();
+            nodes.extend([
+                n(
+                    "LayerNormalization",
+                    "norm1/LayerNormalization",
+                    &[x, "$ln1_s", "$ln1_b"],
+                    &["n1"],
+                    vec![],
+                ),
+                n("MatMul", "attn/qkv/MatMul", &["$n1", "$wqkv"], &["qkv0"], vec![]),
+                n("Add", "attn/qkv/Add", &["$qkv0", "$bqkv"], &["qkv1"], vec![]),
+                n("Reshape", "attn/Reshape", &["$qkv1", "qkv_shape"], &["qkv2"], vec![]),
+                n(
+                    "Transpose",
+                    "attn/Transpose",
+                    &["$qkv2"],
+                    &["qkv3"],
+                    vec![attr_ints("perm", &[2, 0, 3, 1, 4])],
+                ),
+                n(
+                    "Split",
+                    "attn/Split",
+                    &["$qkv3", "split3"],
+                    &["q5", "k5", "v5"],
+                    vec![attr_int("axis", 0)],
+                ),
+                n("Squeeze", "attn/Squeeze", &["$q5", "axis0"], &["q"], vec![]),
+                n("Squeeze", "attn/Squeeze_1", &["$k5", "axis0"], &["k"], vec![]),
+                n("Squeeze", "attn/Squeeze_2", &["$v5", "axis0"], &["vv"], vec![]),
+                n("Transpose", "attn/Transpose_1", &["$k"], &["kt"], vec![attr_ints("perm", &[0, 1, 3, 2])]),
+                n("MatMul", "attn/MatMul", &["$q", "$kt"], &["s"], vec![]),
+                n("Mul", "attn/Mul", &["$s", "scale"], &["s2"], vec![]),
+                n("Softmax", "attn/Softmax", &["$s2"], &["pr"], vec![attr_int("axis", -1)]),
+                n("MatMul", "attn/MatMul_1", &["$pr", "$vv"], &["o"], vec![]),
+                n("Transpose", "attn/Transpose_2", &["$o"], &["o2"], vec![attr_ints("perm", &[0, 2, 1, 3])]),
+                n("Reshape", "attn/Reshape_1", &["$o2", "attn_shape"], &["o3"], vec![]),
+                n("MatMul", "attn/proj/MatMul", &["$o3", "$wo"], &["o4"], vec![]),
+                n("Add", "attn/proj/Add", &["$o4", "$bo"], &["o5"], vec![]),
+                n("Add", "Add", &[x, "$o5"], &["r1"], vec![]),
+                n(
+                    "LayerNormalization",
+                    "norm2/LayerNormalization",
+                    &["$r1", "$ln2_s", "$ln2_b"],
+                    &["n2"],
+                    vec![],
+                ),
+                n("MatMul", "mlp/fc1/MatMul", &["$n2", "$w1"], &["h0"], vec![]),
+                n("Add", "mlp/fc1/Add", &["$h0", "$b1"], &["h"], vec![]),
+            ]);
+            if b == 0 {
+                nodes.extend([
+                    n("Div", "mlp/act/Div", &["$h", "sqrt2"], &["h1"], vec![]),
+                    n("Erf", "mlp/act/Erf", &["$h1"], &["h2"], vec![]),
+                    n("Add", "mlp/act/Add", &["$h2", "one"], &["h3"], vec![]),
+                    n("Mul", "mlp/act/Mul", &["$h", "$h3"], &["h4"], vec![]),
+                    n("Mul", "mlp/act/Mul_1", &["$h4", "half"], &["g"], vec![]),
+                ]);
+            } else {
+                nodes.push(n("Gelu", "mlp/act/Gelu", &["$h"], &["g"], vec![]));
+            }
+            nodes.extend([
+                n("MatMul", "mlp/fc2/MatMul", &["$g", "$w2"], &["m0"], vec![]),
+                n("Add", "mlp/fc2/Add", &["$m0", "$b2"], &["m"], vec![]),
+                n("Add", "Add_1", &["$r1", "$m"], &["out"], vec![]),
+            ]);
+        }
+        nodes.extend([
+            node(
+                "LayerNormalization",
+                "/norm/LayerNormalization",
+                &["b1_out", "ln_s", "ln_b"],
+                &["xn"],
+                vec![],
+            ),
+            node("Gather", "/Gather", &["xn", "first"], &["cls_tok"], vec![attr_int("axis", 1)]),
+            node("Flatten", "/Flatten", &["cls_tok"], &["flat"], vec![attr_int("axis", 1)]),
+            node("Gemm", "/head/Gemm", &["flat", "wh", "bh"], &["logits"], vec![attr_int("transB", 1)]),
+        ]);
+        ModelProto {
+            ir_version: 9,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 20 }],
+            producer_name: "camscope test".into(),
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "tiny_vit".into(),
+                initializer: init,
+                input: vec![value_info("input", data_type::FLOAT, &[Some(1), Some(3), Some(16), Some(16)])],
+                output: vec![value_info("logits", data_type::FLOAT, &[Some(1), Some(5)])],
+            }),
+            ..Default::default()
+        }
+    }
+
     /// Three blocks (conv + ReLU, the second strided, with a residual-free 1×1 last), global
     /// pooling, the tracer's Shape → Gather → Unsqueeze → Concat → Reshape, and a Gemm head:
     /// 3×16×16 → 5 classes. Biases F32, one weight F16.
@@ -421,6 +600,92 @@ fn handmade_graph_runs_every_method() {
     let (a, b): (Vec<f32>, Vec<f32>) =
         (resumed.flatten_all().unwrap().to_vec1().unwrap(), full.flatten_all().unwrap().to_vec1().unwrap());
     assert!(max_abs_diff(&a, &b) <= 1e-5);
+}
+
+/// The fast engine's reverse pass (hand-written gradient rules, no weight gradients) gives the
+/// gradients Candle's autograd gives through the portable engine's forward pass: at every
+/// stage, for every class listed. Returns the worst difference relative to the largest
+/// gradient of its stage.
+fn assert_reverse_pass_matches_autograd(
+    label: &str,
+    model: &Arc<dyn ImageClassifier>,
+    input: &candle_core::Tensor,
+    classes: &[usize],
+    tolerance: f32,
+) -> f32 {
+    let reference = camscope::trace::Trace::new(model, input, EngineKind::Portable).unwrap();
+    let pass = model.reverse_pass().expect("an ONNX model has a reverse pass");
+    let recording = pass.record(input).unwrap();
+    let logits: Vec<f32> = recording.logits().flatten_all().unwrap().to_vec1().unwrap();
+    let scale = logits.iter().fold(1f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&logits, reference.logits()) <= 1e-4 * scale, "{label}: logits");
+    let mut worst = 0f32;
+    for &class in classes {
+        let ours = recording.stage_gradients(class).unwrap();
+        let theirs = reference.gradients(class).unwrap();
+        assert_eq!(ours.len(), model.stages().len());
+        for ((g, expected), spec) in ours.iter().zip(theirs.iter()).zip(model.stages()) {
+            let ours: Vec<f32> = match g {
+                Some(g) => spec.layout.to_nchw(g).unwrap().flatten_all().unwrap().to_vec1().unwrap(),
+                None => vec![0.0; expected.data.len()],
+            };
+            let largest = expected.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // (Zero where a ViT's head reads the class token alone: its last block's patch tokens.)
+            let relative = max_abs_diff(&ours, &expected.data) / if largest > 0.0 { largest } else { 1.0 };
+            assert!(
+                relative <= tolerance,
+                "{label}: class {class} at {}: the reverse pass differs from autograd by {relative:.2e} of the \
+                 largest gradient",
+                spec.name
+            );
+            worst = worst.max(relative);
+        }
+    }
+    worst
+}
+
+#[test]
+fn reverse_pass_matches_autograd_on_handmade_graphs() {
+    for (label, proto, stages) in [
+        ("cnn", handmade::model(), vec!["blocks.0", "blocks.1", "blocks.2"]),
+        ("vit", handmade::transformer(), vec!["blocks.0", "blocks.1"]),
+    ] {
+        let model = tiny(&proto).unwrap();
+        let names: Vec<&str> = model.stages().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, stages, "{label}");
+        let model: Arc<dyn ImageClassifier> = Arc::new(model);
+        let mut rng = handmade::Rng(5);
+        let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
+        let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+        assert_reverse_pass_matches_autograd(label, &model, &input, &[0, 1, 2, 3, 4], 1e-4);
+    }
+}
+
+/// The same on every ONNX fixture, at every default stage (CNNs and transformers, both
+/// exporters), for the top class and one other.
+#[test]
+fn reverse_pass_matches_autograd_on_fixtures() {
+    let Some(root) = fixtures() else {
+        skip("needs the ONNX fixtures (../shared/fixtures/onnx or $CAMSCOPE_FIXTURES/onnx)");
+        return;
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .flat_map(|case| std::fs::read_dir(case.path()).into_iter().flatten().flatten())
+        .map(|f| f.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .onnx files under {}", root.display());
+    for path in files {
+        let label = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
+        let model: Arc<dyn ImageClassifier> = Arc::new(OnnxModel::load(&path, None).unwrap());
+        let input = read_npy(&path.parent().unwrap().join("input.npy"));
+        let top = camscope::trace::Trace::new(&model, &input, EngineKind::Portable).unwrap().top_class();
+        let worst = assert_reverse_pass_matches_autograd(&label, &model, &input, &[top, 7], 1e-4);
+        println!("{label}: {} stages, worst relative difference {worst:.2e}", model.stages().len());
+    }
 }
 
 fn load_error(model: &camscope::onnx::proto::ModelProto) -> String {

@@ -189,6 +189,33 @@ pub trait ImageClassifier: Send + Sync {
     fn cpu_tape(&self) -> Option<&dyn CpuTape> {
         None
     }
+
+    /// The model's own reverse pass over Candle tensors, if it has one: what the fast engine
+    /// runs instead of Candle's autograd (which also computes every weight's gradient).
+    fn reverse_pass(&self) -> Option<&dyn ReversePass> {
+        None
+    }
+}
+
+/// A model's own backward pass over Candle tensors, on any device: gradients at the stages
+/// only, never at the weights, with hand-written rules where Candle's composed ones are slow.
+/// Tests hold it equal to Candle's autograd through the same forward pass.
+pub trait ReversePass: Send + Sync {
+    /// The forward pass of one image (1, 3, H, W), keeping what the reverse passes need.
+    fn record(&self, x: &Tensor) -> CResult<Box<dyn Recording>>;
+}
+
+/// One image's forward pass, kept for its reverse passes (one per target class).
+pub trait Recording: Send + Sync {
+    /// Every stage's output (batch 1, the stage's own layout), in stage order.
+    fn stage_outputs(&self) -> Vec<Tensor>;
+
+    /// The logits, (1, classes).
+    fn logits(&self) -> Tensor;
+
+    /// The gradient of logit `class` at every stage's output, in the stage's layout; `None`
+    /// where the score does not depend on the stage.
+    fn stage_gradients(&self, class: usize) -> CResult<Vec<Option<Tensor>>>;
 }
 
 /// The engine's hook inside a model's forward pass.
@@ -293,7 +320,11 @@ impl<'a> Taps<'a> {
         if activation == Activation::Identity {
             return Ok(x.clone());
         }
-        let y = activate(x, activation)?;
+        let y = if self.fast_kernels(x) {
+            super::ops::activation(x, activation)?
+        } else {
+            activate(x, activation)?
+        };
         if self.mode != Mode::GuidedRelu {
             return Ok(y);
         }

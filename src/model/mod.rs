@@ -21,8 +21,8 @@ use candle_core::Tensor;
 use crate::cam::Chw;
 use crate::error::{Error, Result};
 pub use contract::{
-    Backward, BiasGradient, Capabilities, CpuTape, EngineKind, ImageClassifier, Layout, Mode, StageHook,
-    StageSpec, Taps,
+    Backward, BiasGradient, Capabilities, CpuTape, EngineKind, ImageClassifier, Layout, Mode, Recording,
+    ReversePass, StageHook, StageSpec, Taps,
 };
 use ops::Classifier;
 pub use registry::{Arch, Family};

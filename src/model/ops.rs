@@ -322,6 +322,19 @@ impl Conv2d {
         taps.activation(&linear, self.params.activation)
     }
 
+    /// The gradient at the input (of shape `input`, NCHW) given the gradient `dy` at the
+    /// convolution's output before its activation: our kernel, no weight gradient. CPU only.
+    pub fn input_gradient(&self, dy: &Tensor, input: &Shape) -> Result<Tensor> {
+        let g = self.params.geometry(input)?;
+        if dy.dims() != [g.batch, g.out_channels, g.out_h, g.out_w] {
+            candle_core::bail!("a gradient of shape {:?} for a convolution of input {input:?}", dy.dims())
+        }
+        let op = ConvInputGradOp { params: self.linear_params.clone(), input: input.clone() };
+        // Without an activation the output is never read: `dy` stands in for it.
+        let dy = dy.to_dtype(DType::F32)?.contiguous()?;
+        dy.apply_op2_no_bwd(&dy, &op)
+    }
+
     /// Batch-1 forward with our kernels and no autograd graph: what the CPU trace runs.
     pub fn forward_cpu(&self, x: &Chw) -> Result<Chw> {
         let p = &self.params;
@@ -495,6 +508,71 @@ impl CustomOp2 for MaxPoolGradOp {
         let mut dx = vec![0.0f32; xl.shape().elem_count()];
         kernels::max_pool2d_backward(&g, contiguous_f32(x, xl)?, contiguous_f32(dy, dyl)?, &mut dx);
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// ReLU or ReLU6 in one pass over the data, with PyTorch's gradient (none at the boundaries).
+/// The same function as [`contract::activate`]'s eight Candle ops (compare, convert, multiply,
+/// add, each a pass of its own): what a graph whose activations are separate nodes runs on the
+/// fast engine on the CPU.
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::Identity {
+        return Ok(x.clone());
+    }
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return contract::activate(x, act);
+    }
+    x.contiguous()?.apply_op1(ActivationOp(act))
+}
+
+struct ActivationOp(Activation);
+
+impl CustomOp1 for ActivationOp {
+    fn name(&self) -> &'static str {
+        "camscope-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout)?;
+        let y: Vec<f32> = x.iter().map(|&v| self.0.apply(v)).collect();
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(activation_gradient(grad_res, res, self.0)?))
+    }
+}
+
+/// The gradient `dy` at an activation's output `y` carried to its input: zero where the
+/// activation is flat (judged from the output, [`Activation::passes`]).
+pub fn activation_gradient(dy: &Tensor, y: &Tensor, act: Activation) -> Result<Tensor> {
+    if dy.dtype() != DType::F32 || !dy.device().is_cpu() {
+        return dy.mul(&contract::activation_mask(y, act)?);
+    }
+    dy.contiguous()?.apply_op2_no_bwd(&y.contiguous()?, &ActivationGradOp(act))
+}
+
+struct ActivationGradOp(Activation);
+
+impl CustomOp2 for ActivationGradOp {
+    fn name(&self) -> &'static str {
+        "camscope-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dy: &CpuStorage,
+        dyl: &Layout,
+        y: &CpuStorage,
+        yl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dy, y) = (contiguous_f32(dy, dyl)?, contiguous_f32(y, yl)?);
+        if dy.len() != y.len() {
+            candle_core::bail!("activation gradient of {} values for {} outputs", dy.len(), y.len())
+        }
+        let mut dx = dy.to_vec();
+        kernels::mask_in_place(&mut dx, y, self.0);
+        Ok((CpuStorage::F32(dx), dyl.shape().clone()))
     }
 }
 
@@ -790,5 +868,42 @@ mod tests {
         let conv = Conv2d::new(rand(&[5, 2, 3, 3], 1), None, 1, Padding::Symmetric(1), 2, Activation::Relu);
         let e = conv.unwrap_err().to_string();
         assert!(e.contains("divisible"), "{e}");
+    }
+
+    /// The one-pass activation equals Candle's composed one, forward and backward, with
+    /// PyTorch's gradient at the boundaries (none at exactly 0 or 6); its gradient op alone
+    /// gives the same; the input gradient of a convolution equals autograd's.
+    #[test]
+    fn activation_op_and_conv_input_gradient_match_autograd() {
+        let x = Tensor::new(&[-1.0f32, 0.0, 0.5, 3.0, 6.0, 7.0], &Device::Cpu).unwrap();
+        let dy = Tensor::new(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &Device::Cpu).unwrap();
+        for (act, expected) in [
+            (Activation::Relu, [0.0f32, 0.0, 3.0, 4.0, 5.0, 6.0]),
+            (Activation::Relu6, [0.0, 0.0, 3.0, 4.0, 0.0, 0.0]),
+        ] {
+            let var = Var::from_tensor(&x).unwrap();
+            let y = activation(var.as_tensor(), act).unwrap();
+            let reference = contract::activate(&x, act).unwrap();
+            assert_eq!(max_diff(&y, &reference), 0.0, "{act:?}");
+            let grads = y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx: Vec<f32> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
+            assert_eq!(dx, expected, "{act:?} through autograd");
+            let direct: Vec<f32> = activation_gradient(&dy, &y, act).unwrap().to_vec1().unwrap();
+            assert_eq!(direct, expected, "{act:?} alone");
+        }
+
+        let conv =
+            Conv2d::new(rand(&[6, 2, 3, 3], 2), None, 2, Padding::Symmetric(1), 2, Activation::Identity)
+                .unwrap();
+        let x = rand(&[1, 4, 9, 7], 3);
+        let var = Var::from_tensor(&x).unwrap();
+        // Candle's convolution and its autograd: an independent reference.
+        let y = conv.forward(var.as_tensor(), &mut taps(EngineKind::Portable)).unwrap();
+        let dy = rand(y.dims(), 4);
+        let expected = y.mul(&dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let expected = expected.get(var.as_tensor()).unwrap();
+        let ours = conv.input_gradient(&dy, x.shape()).unwrap();
+        assert!(max_diff(&ours, expected) < 1e-5);
+        assert!(conv.input_gradient(&dy.narrow(3, 0, 2).unwrap(), x.shape()).is_err());
     }
 }

@@ -5,12 +5,13 @@
 //! One job per file: [`proto`] decodes the protobuf (prost messages, no `protoc`), [`tensor`]
 //! reads initializers (inline or external), [`graph`] orders, folds and probes the graph,
 //! [`ops`] maps each operator to Candle, [`stages`] finds modules, their outputs and layouts,
-//! and [`model`] is the classifier.
+//! [`model`] is the classifier, and [`reverse`] its backward pass on the fast engine.
 
 pub mod graph;
 pub mod model;
 pub mod ops;
 pub mod proto;
+mod reverse;
 pub mod stages;
 pub mod tensor;
 

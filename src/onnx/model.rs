@@ -15,9 +15,12 @@ use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::graph::Graph;
 use super::ops::{self, Op};
+use super::reverse::{OnnxRecording, Plan};
 use super::stages::{self, Module};
 use crate::error::{Error, Result};
-use crate::model::{Capabilities, ImageClassifier, StageSpec, Taps};
+use crate::model::{
+    Capabilities, EngineKind, ImageClassifier, Mode, Recording, ReversePass, StageSpec, Taps,
+};
 
 /// The graph's constants (None for the values computed at each pass), on one device.
 type Constants = Arc<Vec<Option<Tensor>>>;
@@ -36,6 +39,8 @@ pub struct OnnxModel {
     last_use: Arc<Vec<usize>>,
     /// Per stage, the nodes that compute the logits from that stage's output alone, if they do.
     resume: Vec<Option<Vec<usize>>>,
+    /// What the reverse pass from the logits to the stages touches.
+    plan: Arc<Plan>,
     capabilities: Capabilities,
     /// Whether the graph computes a batch of N images as N independent images (checked at
     /// load): then a batch runs as one; otherwise the images run in lockstep.
@@ -83,6 +88,8 @@ impl OnnxModel {
         last_use[graph.output] = usize::MAX;
         let capabilities = capabilities(&graph);
         let batched = batch_safe(&graph);
+        // Replaced by set_stages below.
+        let plan = Arc::new(Plan::new(&graph, &[]));
         let graph = Arc::new(graph);
         let mut model = OnnxModel {
             name,
@@ -93,6 +100,7 @@ impl OnnxModel {
             taps_at: HashMap::new(),
             last_use: Arc::new(last_use),
             resume: Vec::new(),
+            plan,
             capabilities,
             batched,
             on_device: Mutex::new(Vec::new()),
@@ -112,6 +120,7 @@ impl OnnxModel {
             self.taps_at.entry(m.value).or_default().push(i);
         }
         self.resume = self.stage_values.iter().map(|&v| resume_nodes(&self.graph, v)).collect();
+        self.plan = Arc::new(Plan::new(&self.graph, &self.stage_values));
     }
 
     /// The same model with these stages (any module paths of the graph, e.g. `blocks.11.norm1`),
@@ -149,6 +158,7 @@ impl OnnxModel {
             taps_at: HashMap::new(),
             last_use: self.last_use.clone(),
             resume: Vec::new(),
+            plan: self.plan.clone(),
             capabilities: self.capabilities,
             batched: self.batched,
             on_device: Mutex::new(Vec::new()),
@@ -192,6 +202,17 @@ impl OnnxModel {
     /// Runs the graph: from the input image, or from stage `from`'s output (only the nodes of
     /// `resume[from]`), tapping the stages it reaches.
     fn run(&self, x: &Tensor, taps: &mut Taps, from: Option<usize>) -> CResult<Tensor> {
+        Ok(self.run_keeping(x, taps, from, None)?.0)
+    }
+
+    /// [`Self::run`], also returning the values `keep` marks (for a batch of one image).
+    fn run_keeping(
+        &self,
+        x: &Tensor,
+        taps: &mut Taps,
+        from: Option<usize>,
+        keep: Option<&[bool]>,
+    ) -> CResult<(Tensor, Vec<Option<Tensor>>)> {
         let g = &self.graph;
         let consts = self.consts_on(x.device())?;
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
@@ -280,19 +301,24 @@ impl OnnxModel {
                 vals[v] = Some(values);
             }
             for &v in node.inputs.iter().flatten() {
-                if self.last_use[v] == ni {
+                if self.last_use[v] == ni && !keep.is_some_and(|k| k[v]) {
                     vals[v] = None;
                 }
             }
         }
-        let Some(out) = vals[g.output].take() else {
+        let Some(out) = vals[g.output].clone() else {
             candle_core::bail!("the graph's output was not computed")
         };
-        if out.len() == 1 {
-            Ok(out.into_iter().next().expect("one"))
-        } else {
-            Tensor::cat(&out, 0)
-        }
+        let out = if out.len() == 1 { out[0].clone() } else { Tensor::cat(&out, 0)? };
+        let kept = match keep {
+            Some(keep) => vals
+                .into_iter()
+                .zip(keep)
+                .map(|(v, &k)| if k && items == 1 { v.and_then(|v| v.into_iter().next()) } else { None })
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((out, kept))
     }
 }
 
@@ -414,7 +440,29 @@ fn resume_nodes(g: &Graph, start: usize) -> Option<Vec<usize>> {
     Some(run)
 }
 
+impl ReversePass for OnnxModel {
+    fn record(&self, x: &Tensor) -> CResult<Box<dyn Recording>> {
+        if x.dim(0)? != 1 {
+            candle_core::bail!("the reverse pass records one image at a time, not {}", x.dim(0)?)
+        }
+        let mut taps = Taps::new(&self.specs, EngineKind::Fast, Mode::Plain);
+        let (logits, values) = self.run_keeping(x, &mut taps, None, Some(&self.plan.keep))?;
+        Ok(Box::new(OnnxRecording {
+            graph: self.graph.clone(),
+            plan: self.plan.clone(),
+            stage_values: self.stage_values.clone(),
+            values,
+            consts: self.consts_on(x.device())?,
+            logits,
+        }))
+    }
+}
+
 impl ImageClassifier for OnnxModel {
+    fn reverse_pass(&self) -> Option<&dyn ReversePass> {
+        Some(self)
+    }
+
     fn name(&self) -> String {
         format!("{}.onnx", self.name)
     }

@@ -435,7 +435,7 @@ pub fn ints(t: &Tensor) -> Result<Vec<i64>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::I64)?.flatten_all()?.to_vec1()
 }
 
-fn floats(t: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn floats(t: &Tensor) -> Result<Vec<f32>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
@@ -448,14 +448,14 @@ pub fn axis(a: i64, rank: usize) -> Result<usize> {
     Ok(if a < 0 { (a + r) as usize } else { a as usize })
 }
 
-fn input(inputs: &[Option<Tensor>], i: usize) -> Result<&Tensor> {
+pub(crate) fn input(inputs: &[Option<Tensor>], i: usize) -> Result<&Tensor> {
     match inputs.get(i) {
         Some(Some(t)) => Ok(t),
         _ => candle_core::bail!("missing input {i}"),
     }
 }
 
-fn optional(inputs: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
+pub(crate) fn optional(inputs: &[Option<Tensor>], i: usize) -> Option<&Tensor> {
     inputs.get(i).and_then(|t| t.as_ref())
 }
 
@@ -474,6 +474,31 @@ fn unify(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
 /// A mask (0/1 in `x`'s dtype) treated as a constant by autograd.
 fn mask(cond: Tensor, like: &Tensor) -> Result<Tensor> {
     Ok(cond.to_dtype(like.dtype())?.detach())
+}
+
+/// A Clip node's bounds: its optional inputs 1 and 2, else its attributes.
+pub(crate) fn clip_bounds(
+    inputs: &[Option<Tensor>],
+    min: Option<f32>,
+    max: Option<f32>,
+) -> Result<(Option<f32>, Option<f32>)> {
+    let bound = |i: usize, attr: Option<f32>| -> Result<Option<f32>> {
+        match optional(inputs, i) {
+            Some(t) => Ok(Some(floats(t)?.first().copied().unwrap_or(f32::NAN))),
+            None => Ok(attr),
+        }
+    };
+    Ok((bound(1, min)?, bound(2, max)?))
+}
+
+/// The ReLU a clip to these bounds is (to [0, 6]: ReLU6; to [0, ∞): ReLU), if it is one.
+pub(crate) fn clip_activation(lo: Option<f32>, hi: Option<f32>) -> Option<Activation> {
+    match (lo, hi) {
+        (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 => Some(Activation::Relu6),
+        (Some(0.0), None) => Some(Activation::Relu),
+        (Some(lo), Some(hi)) if lo == 0.0 && hi == f32::INFINITY => Some(Activation::Relu),
+        _ => None,
+    }
 }
 
 /// clamp(x, lo, hi) whose gradient is 1 strictly inside (lo, hi) and 0 outside (PyTorch's
@@ -496,7 +521,7 @@ fn sigmoid(x: &Tensor) -> Result<Tensor> {
     x.neg()?.exp()?.affine(1.0, 1.0)?.recip()
 }
 
-fn contiguous(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     if t.is_contiguous() {
         Ok(t.clone())
     } else {
@@ -505,7 +530,7 @@ fn contiguous(t: &Tensor) -> Result<Tensor> {
 }
 
 /// NumPy matmul (ranks ≥ 1, batch dimensions broadcast).
-fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
@@ -771,7 +796,7 @@ fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn reduce_axes(x: &Tensor, axes: &[i64]) -> Result<Vec<usize>> {
+pub(crate) fn reduce_axes(x: &Tensor, axes: &[i64]) -> Result<Vec<usize>> {
     let mut v: Vec<usize> = axes.iter().map(|&a| axis(a, x.rank())).collect::<Result<_>>()?;
     v.sort_unstable();
     v.dedup();
@@ -876,18 +901,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         }
         Op::Clip { min, max } => {
             let x = x()?;
-            let bound = |i: usize, attr: Option<f32>| -> Result<Option<f32>> {
-                match optional(inputs, i) {
-                    Some(t) => Ok(Some(floats(t)?.first().copied().unwrap_or(f32::NAN))),
-                    None => Ok(attr),
-                }
-            };
-            let (lo, hi) = (bound(1, *min)?, bound(2, *max)?);
-            one(match (lo, hi) {
-                (Some(lo), Some(hi)) if lo == 0.0 && hi == 6.0 => taps.relu6(x)?,
-                (Some(0.0), None) => taps.relu(x)?,
-                (Some(lo), Some(hi)) if lo == 0.0 && hi == f32::INFINITY => taps.relu(x)?,
-                (lo, hi) => clip(x, lo, hi)?,
+            let (lo, hi) = clip_bounds(inputs, *min, *max)?;
+            one(match clip_activation(lo, hi) {
+                Some(Activation::Relu6) => taps.relu6(x)?,
+                Some(Activation::Relu) => taps.relu(x)?,
+                _ => clip(x, lo, hi)?,
             })
         }
         Op::HardSigmoid { alpha, beta } => {
