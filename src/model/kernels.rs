@@ -656,6 +656,7 @@ macro_rules! with_best_simd {
         }
     };
 }
+pub(crate) use with_best_simd;
 
 /// Elements per rayon task for element-wise passes.
 const ELEMENTWISE_CHUNK: usize = 1 << 14;

@@ -7,6 +7,7 @@
 //! [`ops`] maps each operator to Candle, [`stages`] finds modules, their outputs and layouts,
 //! [`model`] is the classifier, and [`reverse`] its backward pass on the fast engine.
 
+mod fused;
 pub mod graph;
 pub mod model;
 pub mod ops;

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::fused;
 use super::proto::{AttributeProto, NodeProto};
 use crate::model::ops::{Activation, Conv2d, MaxPool2d, Padding};
 use crate::model::portable;
@@ -535,11 +536,8 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
     let (a2, b2) = if a2.dtype() != b2.dtype() { unify_dtype(&a2, &b2)? } else { (a2, b2) };
-    let mut y = if a2.rank() == 2 && b2.rank() == 2 {
-        contiguous(&a2)?.matmul(&contiguous(&b2)?)?
-    } else {
-        contiguous(&a2)?.broadcast_matmul(&contiguous(&b2)?)?
-    };
+    let (a2, b2) = (gemm_operand(&a2)?, gemm_operand(&b2)?);
+    let mut y = if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
     if rb == 1 {
         y = y.squeeze(D::Minus1)?;
     }
@@ -547,6 +545,23 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         y = y.squeeze(y.rank().saturating_sub(if rb == 1 { 1 } else { 2 }))?;
     }
     Ok(y)
+}
+
+/// A matmul operand as Candle's CPU matmul takes it without a copy: any strides within each
+/// matrix (gemm reads a transposed view as it is), batches laid out as Candle's batch stepping
+/// expects. Anything else, and every operand off the CPU, is made contiguous.
+fn gemm_operand(t: &Tensor) -> Result<Tensor> {
+    let (dims, stride) = (t.dims(), t.stride());
+    let batches_ok = match (dims.len(), stride) {
+        (2 | 3, _) => true,
+        (4, [s0, s1, _, _]) => *s0 == s1 * dims[1] || dims[0] == 1 || dims[1] == 1,
+        _ => false,
+    };
+    if t.device().is_cpu() && batches_ok {
+        Ok(t.clone())
+    } else {
+        contiguous(t)
+    }
 }
 
 fn unify_dtype(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -878,6 +893,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             } else {
                 x.to_dtype(DType::F32)?
             };
+            if *u == Unary::Erf && taps.fast_kernels(&x) {
+                if let Some(y) = fused::erf(&x)? {
+                    return one(y);
+                }
+            }
             one(match u {
                 Unary::Sqrt => x.sqrt()?,
                 Unary::Erf => x.erf()?,
@@ -892,7 +912,15 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
                 Unary::Ceil => x.ceil()?,
             })
         }
-        Op::Gelu { tanh } => one(if *tanh { x()?.gelu()? } else { x()?.gelu_erf()? }),
+        Op::Gelu { tanh } => {
+            let x = x()?;
+            if !tanh && taps.fast_kernels(x) {
+                if let Some(y) = fused::gelu(x)? {
+                    return one(y);
+                }
+            }
+            one(if *tanh { x.gelu()? } else { x.gelu_erf()? })
+        }
         Op::Relu => one(taps.relu(x()?)?),
         Op::LeakyRelu(alpha) => {
             let x = x()?;
@@ -918,6 +946,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         Op::Softmax { axis: a, log } => {
             let x = x()?;
             let a = axis(*a, x.rank())?;
+            if !log && a + 1 == x.rank() && taps.fast_kernels(x) {
+                if let Some(y) = fused::softmax_last(x)? {
+                    return one(y);
+                }
+            }
             let shifted = x.broadcast_sub(&x.max_keepdim(a)?.detach())?;
             let e = shifted.exp()?;
             let sum = e.sum_keepdim(a)?;
@@ -927,9 +960,16 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             // Statistics in f64: with random weights a channel's mean can dwarf its spread, and
             // f32 sums then lose the digits the gradient needs.
             let x = x()?;
+            let first = axis(*a, x.rank())?;
+            if taps.fast_kernels(x) {
+                if let Some(y) =
+                    fused::layer_norm(x, first, *epsilon, optional(inputs, 1), optional(inputs, 2))?
+                {
+                    return one(y);
+                }
+            }
             let dtype = x.dtype();
             let x = x.to_dtype(DType::F64)?;
-            let first = axis(*a, x.rank())?;
             let dims: Vec<usize> = (first..x.rank()).collect();
             let mean = x.mean_keepdim(dims.as_slice())?;
             let centred = x.broadcast_sub(&mean)?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::fused;
 use super::graph::Graph;
 use super::ops::{self, Op, Reduce, Unary};
 use crate::model::ops::{activation_gradient, Activation};
@@ -280,6 +281,11 @@ fn vjp(
         }
         Op::Unary(u) if only(&[0]) => {
             let x = float(x()?)?;
+            if *u == Unary::Erf {
+                if let Some(dx) = fused::erf_gradient(dy, &x)? {
+                    return first(dx);
+                }
+            }
             first(match u {
                 Unary::Sqrt => dy.div(&y.affine(2.0, 0.0)?)?,
                 // d erf(x)/dx = 2/√π · e^(−x²)
@@ -299,6 +305,9 @@ fn vjp(
         Op::Gelu { tanh: false } if only(&[0]) => {
             // d/dx x·Φ(x) = Φ(x) + x·φ(x)
             let x = float(x()?)?;
+            if let Some(dx) = fused::gelu_gradient(dy, &x)? {
+                return first(dx);
+            }
             let cdf = x.affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?.erf()?.affine(0.5, 0.5)?;
             let pdf = x
                 .sqr()?
@@ -317,6 +326,11 @@ fn vjp(
         }
         Op::Softmax { axis, log } if only(&[0]) => {
             let a = ops::axis(*axis, y.rank())?;
+            if !log && a + 1 == y.rank() {
+                if let Some(dx) = fused::softmax_last_gradient(dy, y)? {
+                    return first(dx);
+                }
+            }
             first(if *log {
                 dy.sub(&y.exp()?.broadcast_mul(&dy.sum_keepdim(a)?)?)?
             } else {
@@ -327,6 +341,11 @@ fn vjp(
             // Statistics in f64, as in the forward pass.
             let x = x()?;
             let first_axis = ops::axis(*axis, x.rank())?;
+            if let Some(dx) =
+                fused::layer_norm_gradient(dy, x, first_axis, *epsilon, ops::optional(inputs, 1))?
+            {
+                return first(dx);
+            }
             let dims: Vec<usize> = (first_axis..x.rank()).collect();
             let x64 = x.to_dtype(DType::F64)?;
             let centred = x64.broadcast_sub(&x64.mean_keepdim(dims.as_slice())?)?;
