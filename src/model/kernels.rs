@@ -274,7 +274,7 @@ impl ConvGeometry {
 /// `dst (m×n) [+]= a (m×k) · b (k×n)`, with `a` and `b` given by row/column strides so that
 /// transposed operands need no copy.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

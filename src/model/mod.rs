@@ -8,6 +8,7 @@ pub mod card;
 pub mod contract;
 pub mod efficientnet_lite;
 pub mod kernels;
+pub mod matmul;
 pub mod ops;
 pub mod portable;
 pub mod registry;

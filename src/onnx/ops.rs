@@ -530,14 +530,25 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// NumPy matmul (ranks ≥ 1, batch dimensions broadcast).
-pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// NumPy matmul (ranks ≥ 1, batch dimensions broadcast); with our row-parallel CPU kernel
+/// where `fast` and it applies.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, fast: bool) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
     let (a2, b2) = if a2.dtype() != b2.dtype() { unify_dtype(&a2, &b2)? } else { (a2, b2) };
-    let (a2, b2) = (gemm_operand(&a2)?, gemm_operand(&b2)?);
-    let mut y = if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
+    let ours = if fast { crate::model::matmul::matmul(&a2, &b2)? } else { None };
+    let mut y = match ours {
+        Some(y) => y,
+        None => {
+            let (a2, b2) = (gemm_operand(&a2)?, gemm_operand(&b2)?);
+            if a2.rank() == 2 && b2.rank() == 2 {
+                a2.matmul(&b2)?
+            } else {
+                a2.broadcast_matmul(&b2)?
+            }
+        }
+    };
     if rb == 1 {
         y = y.squeeze(D::Minus1)?;
     }
@@ -833,7 +844,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             if *trans_b {
                 b = b.t()?;
             }
-            let mut y = matmul(&a, &b)?;
+            let mut y = matmul(&a, &b, taps.fast_kernels(&a))?;
             if *alpha != 1.0 {
                 y = y.affine(*alpha as f64, 0.0)?;
             }
@@ -843,7 +854,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             }
             one(y)
         }
-        Op::MatMul => one(matmul(x()?, input(inputs, 1)?)?),
+        Op::MatMul => one(matmul(x()?, input(inputs, 1)?, taps.fast_kernels(x()?))?),
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max => {
             let (a, b) = unify(x()?, input(inputs, 1)?)?;
             one(match op {

@@ -231,13 +231,13 @@ fn vjp(
             if wanted[0] {
                 // y = α·A'·B' + β·C with A' = Aᵀ if trans_a, B' likewise.
                 let b_t = if *trans_b { b.clone() } else { b.t()? };
-                let da = ops::matmul(dy, &b_t)?;
+                let da = ops::matmul(dy, &b_t, true)?;
                 let da = if *trans_a { ops::contiguous(&da.t()?)? } else { da };
                 dx[0] = Some(scale(da, *alpha)?);
             }
             if wanted[1] {
                 let a_t = if *trans_a { a.clone() } else { a.t()? };
-                let db = ops::matmul(&a_t, dy)?;
+                let db = ops::matmul(&a_t, dy, true)?;
                 let db = if *trans_b { ops::contiguous(&db.t()?)? } else { db };
                 dx[1] = Some(scale(db, *alpha)?);
             }
@@ -250,10 +250,10 @@ fn vjp(
         Op::MatMul if x()?.rank() >= 2 && ops::input(inputs, 1)?.rank() >= 2 => {
             let (a, b) = (x()?, ops::input(inputs, 1)?);
             if wanted[0] {
-                dx[0] = Some(reduce_to(&ops::matmul(dy, &b.t()?)?, a.dims())?);
+                dx[0] = Some(reduce_to(&ops::matmul(dy, &b.t()?, true)?, a.dims())?);
             }
             if wanted[1] {
-                dx[1] = Some(reduce_to(&ops::matmul(&a.t()?, dy)?, b.dims())?);
+                dx[1] = Some(reduce_to(&ops::matmul(&a.t()?, dy, true)?, b.dims())?);
             }
             Ok(dx)
         }
