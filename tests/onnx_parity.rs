@@ -840,6 +840,21 @@ fn mutated_inputs_never_panic() {
         assert!(outcome.is_ok(), "safetensors mutation {i} panicked");
     }
 
+    // A PyTorch zip checkpoint (tests/fixtures/tiny.pth: torch.save of two tensors), through the
+    // weights loader, which reads it from a file.
+    let pth = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny.pth")).unwrap();
+    let pth_path = dir.path().join("w.pth");
+    std::fs::write(&pth_path, &pth).unwrap();
+    assert!(camscope::model::weights::WeightStore::from_file(&pth_path).is_ok(), "the intact checkpoint");
+    for i in 0..1000 {
+        let bytes = mutate(&pth, &mut rng);
+        std::fs::write(&pth_path, &bytes).unwrap();
+        let p = pth_path.clone();
+        let outcome =
+            std::panic::catch_unwind(move || camscope::model::weights::WeightStore::from_file(&p).is_ok());
+        assert!(outcome.is_ok(), ".pth mutation {i} panicked");
+    }
+
     // Model cards (pointing at an ONNX file and at safetensors), through card::load.
     std::fs::write(dir.path().join("tiny.onnx"), &onnx).unwrap();
     let card = "name = \"tiny\"\nweights = \"tiny.onnx\"\n\n[preprocess]\ninput_size = 16\nresize = 18\nmean = [123.675, 116.28, 103.53]\nstd = [58.395, 57.12, 57.375]\n";

@@ -152,7 +152,23 @@ impl WeightStore {
     }
 }
 
+/// Candle's pickle reader panics on some corrupt checkpoints (an index past a list's end);
+/// that panic becomes an error here, so a bad file never takes the process down.
 fn read_pth(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
+    match std::panic::catch_unwind(|| read_pth_unguarded(path)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            candle_core::bail!("the checkpoint reader failed on it: {why}")
+        }
+    }
+}
+
+fn read_pth_unguarded(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut tensors = candle_core::pickle::read_all(path)?;
     if tensors.is_empty() {
         // Checkpoints saved as {"state_dict": ...} (Lightning and friends).
