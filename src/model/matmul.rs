@@ -7,7 +7,8 @@
 //! two more such products, so autograd through it equals autograd through Candle's matmul.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use super::kernels;
 
@@ -54,6 +55,9 @@ fn batch_skip(layout: &Layout) -> Option<usize> {
 
 struct MatMulOp;
 
+/// A block of the output: (matrix, first row, its rows of the output).
+type Block<'a> = (usize, usize, &'a mut [f32]);
+
 impl CustomOp2 for MatMulOp {
     fn name(&self) -> &'static str {
         "camscope-matmul"
@@ -83,26 +87,36 @@ impl CustomOp2 for MatMulOp {
         out_dims.extend([m, n]);
         let mut out = vec![0f32; batch * m * n];
         if !out.is_empty() {
-            // Blocks that share out evenly: each matrix in threads / gcd(batch, threads) row
-            // blocks (3 attention heads on 2 threads: 6 blocks, not 3), none under 32 rows.
+            // About one block per thread (each gemm call packs `b` again, so no finer), whole
+            // matrices when the batch has enough of them.
             let threads = rayon::current_num_threads().max(1);
-            let gcd = |mut x: usize, mut y: usize| {
-                while y != 0 {
-                    (x, y) = (y, x % y);
-                }
-                x
-            };
-            let per_matrix = (threads / gcd(batch.max(1), threads)).min(m.div_ceil(32)).max(1);
-            let rows = m.div_ceil(per_matrix).max(1);
-            let blocks: Vec<(usize, usize, &mut [f32])> = out
+            let rows = m.div_ceil(threads.div_ceil(batch.max(1))).max(1);
+            let blocks: Vec<Mutex<Option<Block>>> = out
                 .chunks_mut(m * n)
                 .enumerate()
                 .flat_map(|(i, o)| o.chunks_mut(rows * n).enumerate().map(move |(j, c)| (i, j * rows, c)))
+                .map(|block| Mutex::new(Some(block)))
                 .collect();
-            blocks.into_par_iter().for_each(|(i, row, dst)| {
+            let next = AtomicUsize::new(0);
+            let work = || loop {
+                let claimed = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = blocks.get(claimed) else { break };
+                let Some((i, row, dst)) = slot.lock().expect("a block is claimed once").take() else {
+                    continue;
+                };
                 let a = &a[i * a_skip + row * a_rs..];
                 let b = &b[i * b_skip..];
                 kernels::matmul(dst.len() / n, n, k, dst, false, a, a_rs, a_cs, b, b_rs, b_cs, 1);
+            };
+            // The calling thread works too, from the first block on: a pool thread woken for the
+            // product (≈0.1 ms on a VM) joins in when it is up, rather than everyone waiting
+            // for it.
+            let helpers = rayon::current_num_threads().saturating_sub(1).min(blocks.len().saturating_sub(1));
+            rayon::in_place_scope(|scope| {
+                for _ in 0..helpers {
+                    scope.spawn(|_| work());
+                }
+                work();
             });
         }
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
