@@ -96,12 +96,28 @@ impl ConvParams {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("camscope kernels need contiguous tensors"),
     }
+}
+
+/// A gradient op's two operands, the gradient `dy` and the value it is carried through (an
+/// input or an output of the op), as contiguous f32 slices of one length.
+pub(crate) fn gradient_operands<'a>(
+    op: &str,
+    dy: &'a CpuStorage,
+    dy_layout: &Layout,
+    value: &'a CpuStorage,
+    value_layout: &Layout,
+) -> Result<(&'a [f32], &'a [f32])> {
+    let (dy, value) = (contiguous_f32(dy, dy_layout)?, contiguous_f32(value, value_layout)?);
+    if dy.len() != value.len() {
+        candle_core::bail!("{op}: a gradient of {} values for {} values", dy.len(), value.len())
+    }
+    Ok((dy, value))
 }
 
 /// Forward of a convolution with bias and activation fused.
@@ -566,10 +582,7 @@ impl CustomOp2 for ActivationGradOp {
         y: &CpuStorage,
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (dy, y) = (contiguous_f32(dy, dyl)?, contiguous_f32(y, yl)?);
-        if dy.len() != y.len() {
-            candle_core::bail!("activation gradient of {} values for {} outputs", dy.len(), y.len())
-        }
+        let (dy, y) = gradient_operands(self.name(), dy, dyl, y, yl)?;
         let mut dx = dy.to_vec();
         kernels::mask_in_place(&mut dx, y, self.0);
         Ok((CpuStorage::F32(dx), dyl.shape().clone()))

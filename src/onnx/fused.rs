@@ -15,19 +15,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::model::kernels::with_best_simd;
+use crate::model::ops::{contiguous_f32, gradient_operands};
 
 /// Rows are split between threads above this many values.
 const PARALLEL_MIN: usize = 1 << 15;
 
 fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
-}
-
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("fused kernels take contiguous f32 tensors"),
-    }
 }
 
 /// Runs `f(row index, output row)` over the rows of `out`, in parallel when it is large.
@@ -123,7 +117,7 @@ impl CustomOp1 for LayerNormOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
         let (scale, bias) =
             (self.scale.as_deref().map(Vec::as_slice), self.bias.as_deref().map(Vec::as_slice));
@@ -153,10 +147,7 @@ impl CustomOp2 for LayerNormGradOp {
         x: &CpuStorage,
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (dy, x) = (slice(dy, dyl)?, slice(x, xl)?);
-        if dy.len() != x.len() {
-            candle_core::bail!("LayerNorm gradient of {} values for {}", dy.len(), x.len())
-        }
+        let (dy, x) = gradient_operands(self.name(), dy, dyl, x, xl)?;
         let op = &self.0;
         let w = op.width;
         let mut dx = vec![0f32; x.len()];
@@ -250,7 +241,7 @@ impl CustomOp1 for SoftmaxOp {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
         let w = self.width;
         for_rows(&mut y, w, |r, out| softmax_row(&x[r * w..(r + 1) * w], out));
@@ -282,10 +273,7 @@ impl CustomOp2 for SoftmaxGradOp {
         y: &CpuStorage,
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (dy, y) = (slice(dy, dyl)?, slice(y, yl)?);
-        if dy.len() != y.len() {
-            candle_core::bail!("Softmax gradient of {} values for {}", dy.len(), y.len())
-        }
+        let (dy, y) = gradient_operands(self.name(), dy, dyl, y, yl)?;
         let w = self.width;
         let mut dx = vec![0f32; y.len()];
         for_rows(&mut dx, w, |r, out| {
@@ -497,7 +485,7 @@ impl CustomOp1 for Pointwise {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout)?;
         let mut y = vec![0f32; x.len()];
         match self {
             Pointwise::Erf => erf_slice(x, &mut y),
@@ -525,10 +513,7 @@ impl CustomOp2 for PointwiseGrad {
         x: &CpuStorage,
         xl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (dy, x) = (slice(dy, dyl)?, slice(x, xl)?);
-        if dy.len() != x.len() {
-            candle_core::bail!("gradient of {} values for {}", dy.len(), x.len())
-        }
+        let (dy, x) = gradient_operands(self.name(), dy, dyl, x, xl)?;
         let mut dx = vec![0f32; x.len()];
         match self.0 {
             Pointwise::Erf => erf_gradient_slice(x, dy, &mut dx),

@@ -88,8 +88,6 @@ impl OnnxModel {
         last_use[graph.output] = usize::MAX;
         let capabilities = capabilities(&graph);
         let batched = batch_safe(&graph);
-        // Replaced by set_stages below.
-        let plan = Arc::new(Plan::new(&graph, &[]));
         let graph = Arc::new(graph);
         let mut model = OnnxModel {
             name,
@@ -100,7 +98,8 @@ impl OnnxModel {
             taps_at: HashMap::new(),
             last_use: Arc::new(last_use),
             resume: Vec::new(),
-            plan,
+            // Found for the stages by set_stages below.
+            plan: Arc::default(),
             capabilities,
             batched,
             on_device: Mutex::new(Vec::new()),

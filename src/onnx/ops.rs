@@ -436,7 +436,7 @@ pub fn ints(t: &Tensor) -> Result<Vec<i64>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::I64)?.flatten_all()?.to_vec1()
 }
 
-pub(crate) fn floats(t: &Tensor) -> Result<Vec<f32>> {
+fn floats(t: &Tensor) -> Result<Vec<f32>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
@@ -822,11 +822,44 @@ fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
         .collect()
 }
 
-pub(crate) fn reduce_axes(x: &Tensor, axes: &[i64]) -> Result<Vec<usize>> {
+fn reduce_axes(x: &Tensor, axes: &[i64]) -> Result<Vec<usize>> {
     let mut v: Vec<usize> = axes.iter().map(|&a| axis(a, x.rank())).collect::<Result<_>>()?;
     v.sort_unstable();
     v.dedup();
     Ok(v)
+}
+
+/// The dimensions of `x` a Reduce node reduces (its `axes` attribute, else its second input;
+/// none given: all), or None where it reduces nothing (no axes and `noop_with_empty_axes`).
+pub(crate) fn reduced_dims(
+    x: &Tensor,
+    axes: &Option<Vec<i64>>,
+    inputs: &[Option<Tensor>],
+    noop_with_empty_axes: bool,
+) -> Result<Option<Vec<usize>>> {
+    let axes = match (axes, optional(inputs, 1)) {
+        (Some(a), _) => a.clone(),
+        (None, Some(t)) => ints(t)?,
+        (None, None) => Vec::new(),
+    };
+    if axes.is_empty() {
+        return Ok((!noop_with_empty_axes).then(|| (0..x.rank()).collect()));
+    }
+    Ok(Some(reduce_axes(x, &axes)?))
+}
+
+/// A Transpose node's permutation of a rank-`rank` tensor (none given: reversed), checked.
+pub(crate) fn transpose_perm(perm: Option<&[i64]>, rank: usize) -> Result<Vec<usize>> {
+    let perm: Vec<usize> = match perm {
+        Some(p) => p.iter().map(|&a| axis(a, rank)).collect::<Result<_>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = perm.clone();
+    seen.sort_unstable();
+    if seen != (0..rank).collect::<Vec<_>>() {
+        candle_core::bail!("Transpose with perm {perm:?} of a rank-{rank} tensor")
+    }
+    Ok(perm)
 }
 
 /// Evaluates `op` on `inputs` (None: an omitted optional input).
@@ -1024,15 +1057,9 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         Op::MaxPool(window) => one(max_pool2d(x()?, window, taps)?),
         Op::Reduce { kind, axes, keepdims, noop_with_empty_axes } => {
             let x = x()?;
-            let axes = match (axes, optional(inputs, 1)) {
-                (Some(a), _) => a.clone(),
-                (None, Some(t)) => ints(t)?,
-                (None, None) => Vec::new(),
-            };
-            if axes.is_empty() && *noop_with_empty_axes {
+            let Some(dims) = reduced_dims(x, axes, inputs, *noop_with_empty_axes)? else {
                 return one(x.clone());
-            }
-            let dims = if axes.is_empty() { (0..x.rank()).collect() } else { reduce_axes(x, &axes)? };
+            };
             let mut y = x.clone();
             for &d in dims.iter().rev() {
                 y = match kind {
@@ -1133,16 +1160,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         }
         Op::Transpose { perm } => {
             let x = x()?;
-            let perm: Vec<usize> = match perm {
-                Some(p) => p.iter().map(|&a| axis(a, x.rank())).collect::<Result<_>>()?,
-                None => (0..x.rank()).rev().collect(),
-            };
-            let mut seen = perm.clone();
-            seen.sort_unstable();
-            if seen != (0..x.rank()).collect::<Vec<_>>() {
-                candle_core::bail!("Transpose with perm {perm:?} of a rank-{} tensor", x.rank())
-            }
-            one(x.permute(perm)?)
+            one(x.permute(transpose_perm(perm.as_deref(), x.rank())?)?)
         }
         Op::Squeeze { axes } => {
             let x = x()?;

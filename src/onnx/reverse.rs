@@ -20,6 +20,7 @@ use crate::model::ops::{activation_gradient, Activation};
 use crate::model::{EngineKind, Mode, Recording, Taps};
 
 /// What the reverse pass touches for one list of stages, found once from the graph.
+#[derive(Default)]
 pub(crate) struct Plan {
     /// Per value: whether a gradient flows through it (downstream of a stage and upstream of
     /// the output, not a constant).
@@ -380,15 +381,9 @@ fn vjp(
             if only(&[0]) =>
         {
             let x = x()?;
-            let axes = match (axes, ops::optional(inputs, 1)) {
-                (Some(a), _) => a.clone(),
-                (None, Some(t)) => ops::ints(t)?,
-                (None, None) => Vec::new(),
-            };
-            if axes.is_empty() && *noop_with_empty_axes {
+            let Some(dims) = ops::reduced_dims(x, axes, inputs, *noop_with_empty_axes)? else {
                 return first(dy.clone());
-            }
-            let dims = if axes.is_empty() { (0..x.rank()).collect() } else { ops::reduce_axes(x, &axes)? };
+            };
             let mut g = dy.clone();
             if !keepdims {
                 for &d in &dims {
@@ -423,10 +418,7 @@ fn vjp(
         }
         Op::Transpose { perm } if only(&[0]) => {
             let rank = x()?.rank();
-            let perm: Vec<usize> = match perm {
-                Some(p) => p.iter().map(|&a| ops::axis(a, rank)).collect::<Result<_>>()?,
-                None => (0..rank).rev().collect(),
-            };
+            let perm = ops::transpose_perm(perm.as_deref(), rank)?;
             let mut inverse = vec![0; rank];
             perm.iter().enumerate().for_each(|(i, &p)| inverse[p] = i);
             first(dy.permute(inverse)?)
