@@ -8,7 +8,7 @@
 //!
 //! Everything here works on plain contiguous NCHW `f32` slices so it can be tested without Candle.
 
-use rayon::prelude::*;
+use super::parallel;
 
 /// Non-linearity fused into a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,31 +330,53 @@ unsafe fn matmul_raw(
     };
     assert!(last(m, a_rs, k, a_cs).is_some_and(|i| i < a.len()), "matmul: `a` too short");
     assert!(last(k, b_rs, n, b_cs).is_some_and(|i| i < b.len()), "matmul: `b` too short");
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above keep every index the strides can reach inside `a` and `b`; the
-    // caller guarantees `dst`, which does not alias them (they are shared borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
+    // One block of rows or of columns (whichever the product has more of) per thread, each a
+    // single-threaded gemm on the shared pool (see `parallel`): gemm's own rayon split competes
+    // with Candle's spinning workers for the cores.
+    let by_rows = m >= n;
+    let blocks = threads.min(if by_rows { m } else { n }).max(1);
+    let span = if by_rows { m } else { n }.div_ceil(blocks);
+    let dst_addr = dst as usize;
+    let block = |i: usize| {
+        let start = i * span;
+        let len = span.min(if by_rows { m } else { n }.saturating_sub(start));
+        if len == 0 {
+            return;
+        }
+        let (rows, cols) = if by_rows { (len, n) } else { (m, len) };
+        let (a_off, b_off, d_off) =
+            if by_rows { (start * a_rs, 0, start * n) } else { (0, start * b_cs, start) };
+        // SAFETY: the asserts above keep every index the strides can reach inside `a` and `b`;
+        // the caller guarantees `dst`, which does not alias them (they are shared borrows), and
+        // the blocks write disjoint rows or columns of it.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                k,
+                (dst_addr as *mut f32).add(d_off),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr().add(a_off),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr().add(b_off),
+                b_cs as isize,
+                b_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    if blocks == 1 {
+        block(0);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(blocks, |range| range.for_each(block));
     }
 }
 
@@ -388,11 +410,11 @@ pub(crate) fn planes_per_task(plane: usize) -> usize {
 }
 
 fn gemm_threads(work: usize) -> usize {
-    // Spawning rayon tasks for tiny products costs more than it saves.
+    // Handing tiny products to other threads costs more than it saves.
     if work < 1 << 18 {
         1
     } else {
-        rayon::current_num_threads()
+        parallel::threads()
     }
 }
 
@@ -426,7 +448,7 @@ fn valid_columns(
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
 fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
     let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
-    col.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(row, out)| {
+    parallel::for_each_chunk(col, plane, planes_per_task(plane), |row, out| {
         let ci = row / (kh * kw);
         let ky = (row / kw) % kh;
         let kx = row % kw;
@@ -453,27 +475,25 @@ fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
 /// Adds a (col_rows × out_plane) matrix back onto the input channels it was unfolded from.
 fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
     let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
-    dx_group.par_chunks_mut(g.in_plane()).with_min_len(planes_per_task(g.in_plane())).enumerate().for_each(
-        |(ci, dst)| {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let row = (ci * kh + ky) * kw + kx;
-                    let src = &col[row * plane..(row + 1) * plane];
-                    let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
-                    for (oy, grad) in src.chunks_exact(g.out_w).enumerate() {
-                        let Some(iy) = source_index(oy, ky, s, g.pad_top, g.in_h) else { continue };
-                        let line = &mut dst[iy * g.in_w + ix0..(iy + 1) * g.in_w];
-                        let grad = &grad[columns.clone()];
-                        if s == 1 {
-                            line.iter_mut().zip(grad).for_each(|(d, &v)| *d += v);
-                        } else {
-                            line.iter_mut().step_by(s).zip(grad).for_each(|(d, &v)| *d += v);
-                        }
+    parallel::for_each_chunk(dx_group, g.in_plane(), planes_per_task(g.in_plane()), |ci, dst| {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
+                let src = &col[row * plane..(row + 1) * plane];
+                let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
+                for (oy, grad) in src.chunks_exact(g.out_w).enumerate() {
+                    let Some(iy) = source_index(oy, ky, s, g.pad_top, g.in_h) else { continue };
+                    let line = &mut dst[iy * g.in_w + ix0..(iy + 1) * g.in_w];
+                    let grad = &grad[columns.clone()];
+                    if s == 1 {
+                        line.iter_mut().zip(grad).for_each(|(d, &v)| *d += v);
+                    } else {
+                        line.iter_mut().step_by(s).zip(grad).for_each(|(d, &v)| *d += v);
                     }
                 }
             }
-        },
-    );
+        }
+    });
 }
 
 /// Depthwise convolution works on one zero-padded copy of each input plane, split into stride²
@@ -675,9 +695,9 @@ with_best_simd!(mask_chunk_in_place, fn(dy: &mut [f32], y: &[f32], act: Activati
 /// Zeroes the gradient `dy` where the activation whose output is `y` passes none.
 pub(crate) fn mask_in_place(dy: &mut [f32], y: &[f32], act: Activation) {
     assert_eq!(dy.len(), y.len());
-    dy.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(y.par_chunks(ELEMENTWISE_CHUNK))
-        .for_each(|(dy, y)| mask_chunk_in_place(dy, y, act));
+    parallel::for_each_chunk(dy, ELEMENTWISE_CHUNK, 1, |i, dy| {
+        mask_chunk_in_place(dy, &y[i * ELEMENTWISE_CHUNK..][..dy.len()], act)
+    });
 }
 
 with_best_simd!(bias_activation, fn(values: &mut [f32], bias: f32, act: Activation) {
@@ -760,9 +780,12 @@ fn depthwise_forward(
 ) {
     let plan = DepthwisePlan::new(g);
     let taps_len = g.kernel_h * g.kernel_w;
-    out.par_chunks_mut(g.out_plane()).with_min_len(planes_per_task(g.out_plane())).enumerate().for_each_init(
+    parallel::for_each_chunk_with(
+        out,
+        g.out_plane(),
+        planes_per_task(g.out_plane()),
         || plan.forward_scratch(),
-        |scratch, (nc, dst)| {
+        |scratch, nc, dst| {
             let c = nc % g.out_channels;
             let x = &x[nc * g.in_plane()..(nc + 1) * g.in_plane()];
             let b = bias.map_or(0.0, |b| b[c]);
@@ -782,9 +805,12 @@ fn depthwise_backward_input(
     let plan = DepthwisePlan::new(g);
     let taps_len = g.kernel_h * g.kernel_w;
     let op = g.out_plane();
-    dx.par_chunks_mut(g.in_plane()).with_min_len(planes_per_task(g.in_plane())).enumerate().for_each_init(
+    parallel::for_each_chunk_with(
+        dx,
+        g.in_plane(),
+        planes_per_task(g.in_plane()),
         || plan.backward_scratch(),
-        |scratch, (nc, dst)| {
+        |scratch, nc, dst| {
             let c = nc % g.in_channels;
             let grad = &dy[nc * op..(nc + 1) * op];
             let mask = mask.map(|(y, act)| (&y[nc * op..(nc + 1) * op], act));
@@ -843,7 +869,7 @@ pub fn conv2d_forward(
     // SAFETY: `write` writes every block of the output (see above).
     let mut out = unsafe { written_by(g.output_len(), write) };
     if bias.is_some() || act != Activation::Identity {
-        out.par_chunks_mut(plane).with_min_len(planes_per_task(plane)).enumerate().for_each(|(nc, plane)| {
+        parallel::for_each_chunk(&mut out, plane, planes_per_task(plane), |nc, plane| {
             bias_activation(plane, bias.map_or(0.0, |b| b[nc % g.out_channels]), act)
         });
     }
@@ -1060,7 +1086,7 @@ impl PoolGeometry {
 pub(crate) fn max_pool2d_forward(g: &PoolGeometry, x: &[f32], out: &mut [f32]) {
     g.assert_valid(x.len(), out.len());
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
-    out.par_chunks_mut(op).with_min_len(planes_per_task(op)).enumerate().for_each(|(p, dst)| {
+    parallel::for_each_chunk(out, op, planes_per_task(op), |p, dst| {
         let plane = &x[p * ip..(p + 1) * ip];
         for oy in 0..g.out_h {
             for ox in 0..g.out_w {
@@ -1079,7 +1105,7 @@ pub(crate) fn max_pool2d_backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &
     g.assert_valid(x.len(), dy.len());
     assert_eq!(dx.len(), x.len(), "max-pool input gradient length");
     let (ip, op) = (g.in_h * g.in_w, g.out_h * g.out_w);
-    dx.par_chunks_mut(ip).with_min_len(planes_per_task(ip)).enumerate().for_each(|(p, dst)| {
+    parallel::for_each_chunk(dx, ip, planes_per_task(ip), |p, dst| {
         dst.fill(0.0);
         let plane = &x[p * ip..(p + 1) * ip];
         let grad = &dy[p * op..(p + 1) * op];

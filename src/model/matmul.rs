@@ -7,7 +7,6 @@
 //! two more such products, so autograd through it equals autograd through Candle's matmul.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernels;
@@ -89,7 +88,8 @@ impl CustomOp2 for MatMulOp {
         if !out.is_empty() {
             // About one block per thread (each gemm call packs `b` again, so no finer), whole
             // matrices when the batch has enough of them.
-            let threads = rayon::current_num_threads().max(1);
+            let pool = candle_core::utils::barrier_pool();
+            let threads = pool.n_workers() + 1;
             let rows = m.div_ceil(threads.div_ceil(batch.max(1))).max(1);
             let blocks: Vec<Mutex<Option<Block>>> = out
                 .chunks_mut(m * n)
@@ -97,26 +97,15 @@ impl CustomOp2 for MatMulOp {
                 .flat_map(|(i, o)| o.chunks_mut(rows * n).enumerate().map(move |(j, c)| (i, j * rows, c)))
                 .map(|block| Mutex::new(Some(block)))
                 .collect();
-            let next = AtomicUsize::new(0);
-            let work = || loop {
-                let claimed = next.fetch_add(1, Ordering::Relaxed);
-                let Some(slot) = blocks.get(claimed) else { break };
-                let Some((i, row, dst)) = slot.lock().expect("a block is claimed once").take() else {
-                    continue;
-                };
-                let a = &a[i * a_skip + row * a_rs..];
-                let b = &b[i * b_skip..];
-                kernels::matmul(dst.len() / n, n, k, dst, false, a, a_rs, a_cs, b, b_rs, b_cs, 1);
-            };
-            // The calling thread works too, from the first block on: a pool thread woken for the
-            // product (≈0.1 ms on a VM) joins in when it is up, rather than everyone waiting
-            // for it.
-            let helpers = rayon::current_num_threads().saturating_sub(1).min(blocks.len().saturating_sub(1));
-            rayon::in_place_scope(|scope| {
-                for _ in 0..helpers {
-                    scope.spawn(|_| work());
+            pool.execute_chunked(blocks.len(), |claimed| {
+                for slot in &blocks[claimed] {
+                    let Some((i, row, dst)) = slot.lock().expect("a block is claimed once").take() else {
+                        continue;
+                    };
+                    let a = &a[i * a_skip + row * a_rs..];
+                    let b = &b[i * b_skip..];
+                    kernels::matmul(dst.len() / n, n, k, dst, false, a, a_rs, a_cs, b, b_rs, b_cs, 1);
                 }
-                work();
             });
         }
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))

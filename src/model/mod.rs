@@ -10,6 +10,7 @@ pub mod efficientnet_lite;
 pub mod kernels;
 pub mod matmul;
 pub mod ops;
+pub(crate) mod parallel;
 pub mod portable;
 pub mod registry;
 pub mod resnet;

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
+use crate::model::parallel;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::model::kernels::with_best_simd;
 use crate::model::ops::{contiguous_f32, gradient_operands};
@@ -24,13 +24,12 @@ fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// Runs `f(row index, output row)` over the rows of `out`, in parallel when it is large.
+/// Runs `f(row index, output row)` over the rows of `out`, in parallel when it is large (four
+/// tasks per thread, so that one slow thread is covered by the others).
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
-    } else {
-        out.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
-    }
+    let rows = out.len().div_ceil(width.max(1));
+    let per_task = if out.len() >= PARALLEL_MIN { rows.div_ceil(4 * parallel::threads()) } else { rows };
+    parallel::for_each_chunk(out, width, per_task, f);
 }
 
 /// A constant operand (scale, bias) as values, if autograd does not track it and it has
