@@ -315,6 +315,23 @@ mod handmade {
     /// is Div/Erf/Add/Mul in block 0 and one Gelu node in block 1, a final LayerNorm, the class
     /// token gathered and a Gemm head: 5 classes.
     pub fn transformer() -> ModelProto {
+        transformer_with(Gelu::Exported)
+    }
+
+    /// How block 0 writes its GELU.
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Gelu {
+        /// As the TorchScript exporter: Div, Erf, Add, Mul, Mul in the module `mlp.act`.
+        Exported,
+        /// One Gelu node.
+        Node,
+        /// The exporter's chain with its Div in another module (`mlp.pre`), so that the Div's
+        /// output is that module's output.
+        SplitModules,
+    }
+
+    /// [`transformer`] with block 0's GELU written as `gelu`.
+    pub fn transformer_with(gelu: Gelu) -> ModelProto {
         let mut rng = Rng(11);
         let (d, t) = (8i64, 17i64);
         let mut init = vec![
@@ -434,9 +451,10 @@ mod handmade {
                 n("MatMul", "mlp/fc1/MatMul", &["$n2", "$w1"], &["h0"], vec![]),
                 n("Add", "mlp/fc1/Add", &["$h0", "$b1"], &["h"], vec![]),
             ]);
-            if b == 0 {
+            if b == 0 && gelu != Gelu::Node {
+                let div = if gelu == Gelu::SplitModules { "mlp/pre/Div" } else { "mlp/act/Div" };
                 nodes.extend([
-                    n("Div", "mlp/act/Div", &["$h", "sqrt2"], &["h1"], vec![]),
+                    n("Div", div, &["$h", "sqrt2"], &["h1"], vec![]),
                     n("Erf", "mlp/act/Erf", &["$h1"], &["h2"], vec![]),
                     n("Add", "mlp/act/Add", &["$h2", "one"], &["h3"], vec![]),
                     n("Mul", "mlp/act/Mul", &["$h", "$h3"], &["h4"], vec![]),
@@ -642,6 +660,39 @@ fn assert_reverse_pass_matches_autograd(
         }
     }
     worst
+}
+
+/// The exporter's five-node GELU is read as one Gelu node: the same logits and stage maps on
+/// both engines as the graph written with a Gelu node, and as many nodes. Not where one of its
+/// values is a module's output (a stage could show it).
+#[test]
+fn exported_gelu_chains_become_one_node() {
+    use handmade::Gelu;
+    let load = |gelu| tiny(&handmade::transformer_with(gelu)).unwrap();
+    let (chain, node, split) = (load(Gelu::Exported), load(Gelu::Node), load(Gelu::SplitModules));
+    assert_eq!(chain.node_count(), node.node_count());
+    assert_eq!(split.node_count(), node.node_count() + 4, "the split chain keeps its nodes");
+    assert!(split.module_paths().iter().any(|m| m == "blocks.0.mlp.pre"));
+    let [chain, node, split]: [Arc<dyn ImageClassifier>; 3] =
+        [Arc::new(chain), Arc::new(node), Arc::new(split)];
+    let mut rng = handmade::Rng(9);
+    let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
+    let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+    for engine in [EngineKind::Fast, EngineKind::Portable] {
+        let results: Vec<(Vec<f32>, Vec<f32>)> = [&chain, &node, &split]
+            .into_iter()
+            .map(|m| {
+                let m = m.clone();
+                assert_eq!(m.stages()[0].name, "blocks.0");
+                let e = Engine::new(m, input.clone(), engine).unwrap();
+                (e.trace().logits().to_vec(), e.cam(Method::GradCam, 0, 2, &Control::default()).unwrap())
+            })
+            .collect();
+        for (other, label) in [(&results[1], "Gelu node"), (&results[2], "split chain")] {
+            assert!(max_abs_diff(&results[0].0, &other.0) < 1e-5, "{engine:?}: logits against the {label}");
+            assert!(max_abs_diff(&results[0].1, &other.1) < 1e-4, "{engine:?}: map against the {label}");
+        }
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! arithmetic (Shape → Gather → Unsqueeze → Concat → Reshape, ConstantOfShape/Equal/Where/
 //! Expand) — folded to constants for the graph's fixed input size. Folding needs every
 //! tensor's shape, so the graph is run once at load on a blank input (the probe): it also checks
-//! that every op works, and gives each value its shape.
+//! that every op works, and gives each value its shape. Last, `rewrite` merges the exporters'
+//! op chains (GELU, Linear bias) into single ops.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::ops::{self, Op, ParseError};
 use super::proto::{self, ModelProto, NodeProto};
+use super::rewrite;
 use super::tensor::{self, ExternalData};
 use crate::model::{EngineKind, Mode, Taps};
 
@@ -457,6 +459,9 @@ impl Graph {
         }
         let mut g = Graph { values, consts, nodes, input, output, input_size, input_name };
         g.prune();
+        if rewrite::fuse_gelu(&mut g) + rewrite::fuse_linear_bias(&mut g) > 0 {
+            g.prune();
+        }
         Ok(g)
     }
 

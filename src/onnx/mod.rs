@@ -5,7 +5,8 @@
 //! One job per file: [`proto`] decodes the protobuf (prost messages, no `protoc`), [`tensor`]
 //! reads initializers (inline or external), [`graph`] orders, folds and probes the graph,
 //! [`ops`] maps each operator to Candle, [`stages`] finds modules, their outputs and layouts,
-//! [`model`] is the classifier, and [`reverse`] its backward pass on the fast engine.
+//! [`rewrite`] merges exported op chains into single ops, [`model`] is the classifier, and
+//! [`reverse`] its backward pass on the fast engine.
 
 mod fused;
 pub mod graph;
@@ -13,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod proto;
 mod reverse;
+mod rewrite;
 pub mod stages;
 pub mod tensor;
 

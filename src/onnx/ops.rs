@@ -532,21 +532,27 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
 
 /// NumPy matmul (ranks ≥ 1, batch dimensions broadcast); with our row-parallel CPU kernel
 /// where `fast` and it applies.
-pub(crate) fn matmul(a: &Tensor, b: &Tensor, fast: bool) -> Result<Tensor> {
+/// `a · b`, plus `bias` where a Linear layer's bias Add was merged into the product at load
+/// (see `rewrite`; `bias` then has as many values as the product has columns).
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, fast: bool) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
     let (a2, b2) = if a2.dtype() != b2.dtype() { unify_dtype(&a2, &b2)? } else { (a2, b2) };
-    let ours = if fast { crate::model::matmul::matmul(&a2, &b2)? } else { None };
-    let mut y = match ours {
+    let ours = match (fast, bias) {
+        (false, _) => None,
+        (true, Some(bias)) if ra >= 2 && rb >= 2 => {
+            crate::model::matmul::matmul_bias(&a2, &b2, Some(bias))?.map(|y| (y, true))
+        }
+        (true, _) => crate::model::matmul::matmul(&a2, &b2)?.map(|y| (y, false)),
+    };
+    let (mut y, with_bias) = match ours {
         Some(y) => y,
         None => {
             let (a2, b2) = (gemm_operand(&a2)?, gemm_operand(&b2)?);
-            if a2.rank() == 2 && b2.rank() == 2 {
-                a2.matmul(&b2)?
-            } else {
-                a2.broadcast_matmul(&b2)?
-            }
+            let y =
+                if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
+            (y, false)
         }
     };
     if rb == 1 {
@@ -555,7 +561,13 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, fast: bool) -> Result<Tensor> {
     if ra == 1 {
         y = y.squeeze(y.rank().saturating_sub(if rb == 1 { 1 } else { 2 }))?;
     }
-    Ok(y)
+    match bias {
+        Some(bias) if !with_bias => {
+            let (y, bias) = unify(&y, bias)?;
+            y.broadcast_add(&bias)
+        }
+        _ => Ok(y),
+    }
 }
 
 /// A matmul operand as Candle's CPU matmul takes it without a copy: any strides within each
@@ -738,9 +750,48 @@ fn avg_pool2d(x: &Tensor, window: &Window, count_include_pad: bool, taps: &mut T
 }
 
 /// Slice of `x` along `axis` from `start` to `end` by `step` (ONNX clamping rules).
+/// A Slice node's starts, ends, axes and steps, from its attributes (opset < 10) or inputs.
+pub fn slice_params(attrs: Option<&[Vec<i64>; 3]>, inputs: &[Option<Tensor>]) -> Result<[Vec<i64>; 4]> {
+    let (starts, ends, axes, steps) = match attrs {
+        Some([s, e, a]) => (s.clone(), e.clone(), a.clone(), vec![1; s.len()]),
+        None => {
+            let starts = ints(input(inputs, 1)?)?;
+            let ends = ints(input(inputs, 2)?)?;
+            let axes = match optional(inputs, 3) {
+                Some(t) => ints(t)?,
+                None => (0..starts.len() as i64).collect(),
+            };
+            let steps = match optional(inputs, 4) {
+                Some(t) => ints(t)?,
+                None => vec![1; starts.len()],
+            };
+            (starts, ends, axes, steps)
+        }
+    };
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        candle_core::bail!("Slice with starts, ends, axes and steps of different lengths")
+    }
+    Ok([starts, ends, axes, steps])
+}
+
+/// The first index and the length that a slice with step 1 takes of an axis of `dim` values
+/// (ONNX's rules: negative bounds count from the end, bounds are clamped); None for other steps.
+pub fn unit_slice(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize, usize)> {
+    if step != 1 {
+        return None;
+    }
+    let dim = dim as i64;
+    let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v }.clamp(0, dim);
+    let (s, e) = (norm(start), norm(end));
+    Some((s as usize, (e - s).max(0) as usize))
+}
+
 pub fn slice_axis(x: &Tensor, axis: usize, start: i64, end: i64, step: i64) -> Result<Tensor> {
     if step == 0 {
         candle_core::bail!("Slice with step 0")
+    }
+    if let Some((first, len)) = unit_slice(x.dim(axis)?, start, end, step) {
+        return x.narrow(axis, if len == 0 { 0 } else { first }, len);
     }
     let dim = x.dim(axis)? as i64;
     let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
@@ -750,9 +801,6 @@ pub fn slice_axis(x: &Tensor, axis: usize, start: i64, end: i64, step: i64) -> R
         let e = end.clamp(0, dim);
         if e <= s {
             return x.narrow(axis, 0, 0);
-        }
-        if step == 1 {
-            return x.narrow(axis, s as usize, (e - s) as usize);
         }
         let idx: Vec<i64> = (s..e).step_by(step as usize).collect();
         let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), x.device())?;
@@ -877,7 +925,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             if *trans_b {
                 b = b.t()?;
             }
-            let mut y = matmul(&a, &b, taps.fast_kernels(&a))?;
+            let mut y = matmul(&a, &b, None, taps.fast_kernels(&a))?;
             if *alpha != 1.0 {
                 y = y.affine(*alpha as f64, 0.0)?;
             }
@@ -887,7 +935,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             }
             one(y)
         }
-        Op::MatMul => one(matmul(x()?, input(inputs, 1)?, taps.fast_kernels(x()?))?),
+        Op::MatMul => one(matmul(x()?, input(inputs, 1)?, optional(inputs, 2), taps.fast_kernels(x()?))?),
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Min | Op::Max => {
             let (a, b) = unify(x()?, input(inputs, 1)?)?;
             one(match op {
@@ -1116,25 +1164,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         }
         Op::Slice { attrs } => {
             let x = x()?;
-            let (starts, ends, axes, steps) = match attrs {
-                Some([s, e, a]) => (s.clone(), e.clone(), a.clone(), vec![1; s.len()]),
-                None => {
-                    let starts = ints(input(inputs, 1)?)?;
-                    let ends = ints(input(inputs, 2)?)?;
-                    let axes = match optional(inputs, 3) {
-                        Some(t) => ints(t)?,
-                        None => (0..starts.len() as i64).collect(),
-                    };
-                    let steps = match optional(inputs, 4) {
-                        Some(t) => ints(t)?,
-                        None => vec![1; starts.len()],
-                    };
-                    (starts, ends, axes, steps)
-                }
-            };
-            if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
-                candle_core::bail!("Slice with starts, ends, axes and steps of different lengths")
-            }
+            let [starts, ends, axes, steps] = slice_params(attrs.as_ref(), inputs)?;
             let mut y = x.clone();
             for i in 0..starts.len() {
                 let a = axis(axes[i], x.rank())?;

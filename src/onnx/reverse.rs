@@ -232,13 +232,13 @@ fn vjp(
             if wanted[0] {
                 // y = α·A'·B' + β·C with A' = Aᵀ if trans_a, B' likewise.
                 let b_t = if *trans_b { b.clone() } else { b.t()? };
-                let da = ops::matmul(dy, &b_t, true)?;
+                let da = ops::matmul(dy, &b_t, None, true)?;
                 let da = if *trans_a { ops::contiguous(&da.t()?)? } else { da };
                 dx[0] = Some(scale(da, *alpha)?);
             }
             if wanted[1] {
                 let a_t = if *trans_a { a.clone() } else { a.t()? };
-                let db = ops::matmul(&a_t, dy, true)?;
+                let db = ops::matmul(&a_t, dy, None, true)?;
                 let db = if *trans_b { ops::contiguous(&db.t()?)? } else { db };
                 dx[1] = Some(scale(db, *alpha)?);
             }
@@ -251,10 +251,10 @@ fn vjp(
         Op::MatMul if x()?.rank() >= 2 && ops::input(inputs, 1)?.rank() >= 2 => {
             let (a, b) = (x()?, ops::input(inputs, 1)?);
             if wanted[0] {
-                dx[0] = Some(reduce_to(&ops::matmul(dy, &b.t()?, true)?, a.dims())?);
+                dx[0] = Some(reduce_to(&ops::matmul(dy, &b.t()?, None, true)?, a.dims())?);
             }
             if wanted[1] {
-                dx[1] = Some(reduce_to(&ops::matmul(&a.t()?, dy, true)?, b.dims())?);
+                dx[1] = Some(reduce_to(&ops::matmul(&a.t()?, dy, None, true)?, b.dims())?);
             }
             Ok(dx)
         }
@@ -394,6 +394,27 @@ fn vjp(
             let cells: usize = dims.iter().map(|&d| x.dims()[d]).product();
             first(if *kind == Reduce::Mean { g.affine(1.0 / cells.max(1) as f64, 0.0)? } else { g })
         }
+        Op::Slice { attrs } if only(&[0]) => {
+            // The gradient in the sliced window, zeros around it: undone axis by axis, last
+            // first. Steps other than 1 take autograd.
+            let x = x()?;
+            let [starts, ends, axes, steps] = ops::slice_params(attrs.as_ref(), inputs)?;
+            let mut dims = x.dims().to_vec();
+            let mut windows = Vec::with_capacity(starts.len());
+            for i in 0..starts.len() {
+                let a = ops::axis(axes[i], x.rank())?;
+                let Some((first, len)) = ops::unit_slice(dims[a], starts[i], ends[i], steps[i]) else {
+                    return autograd_vjp(op, inputs, dys, wanted);
+                };
+                windows.push((a, first, dims[a] - first - len));
+                dims[a] = len;
+            }
+            let mut dx = dy.clone();
+            for &(a, before, after) in windows.iter().rev() {
+                dx = dx.pad_with_zeros(a, before, after)?;
+            }
+            first(dx)
+        }
         Op::Concat { axis } => {
             let a = ops::axis(*axis, y.rank())?;
             let mut start = 0;
@@ -524,4 +545,51 @@ fn autograd_vjp(
         dx[k] = store.get(var.as_tensor()).cloned();
     }
     Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EngineKind, Mode, Taps};
+    use candle_core::Device;
+
+    fn ints(v: &[i64]) -> Option<Tensor> {
+        Some(Tensor::new(v, &Device::Cpu).unwrap())
+    }
+
+    /// The Slice rule equals autograd through the slice: negative and clamped bounds, several
+    /// axes, an empty window, and steps other than 1 (which take autograd themselves).
+    #[test]
+    fn slice_gradient_matches_autograd() {
+        let x = Tensor::randn(0f32, 1., (2, 5, 7), &Device::Cpu).unwrap();
+        let cases: Vec<[&[i64]; 4]> = vec![
+            [&[1], &[4], &[1], &[1]],
+            [&[-3], &[i64::MAX], &[-1], &[1]],
+            [&[0, 2], &[1, -1], &[0, 2], &[1, 1]],
+            [&[3], &[3], &[1], &[1]],
+            [&[0], &[7], &[2], &[2]],
+        ];
+        for (i, [starts, ends, axes, steps]) in cases.into_iter().enumerate() {
+            let op = Op::Slice { attrs: None };
+            let inputs = vec![Some(x.clone()), ints(starts), ints(ends), ints(axes), ints(steps)];
+            let mut taps = Taps::new(&[], EngineKind::Fast, Mode::Plain);
+            let y = ops::eval(&op, &inputs, &mut taps).unwrap().remove(0);
+            let dy = Tensor::randn(0f32, 1., y.shape(), &Device::Cpu).unwrap();
+            let wanted = [true, false, false, false, false];
+            let ours = vjp(&op, &inputs, &[y], &[Some(dy.clone())], &wanted).unwrap().remove(0).unwrap();
+            let reference = autograd_vjp(&op, &inputs, &[Some(dy)], &wanted).unwrap().remove(0).unwrap();
+            let d: f32 = ours
+                .sub(&reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d == 0.0, "case {i}: differs by {d}");
+        }
+    }
 }
