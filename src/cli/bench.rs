@@ -88,7 +88,7 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
     Ok(Row {
         model: model.name.clone(),
         engine,
-        threads: rayon::current_num_threads(),
+        threads: crate::model::parallel::threads(),
         forward_ms: median(fwd),
         backward_ms: median(bwd),
         maps_ms: median(maps),
