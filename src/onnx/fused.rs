@@ -24,12 +24,14 @@ fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// Runs `f(row index, output row)` over the rows of `out`, in parallel when it is large (four
-/// tasks per thread, so that one slow thread is covered by the others).
-fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let rows = out.len().div_ceil(width.max(1));
-    let per_task = if out.len() >= PARALLEL_MIN { rows.div_ceil(4 * parallel::threads()) } else { rows };
-    parallel::for_each_chunk(out, width, per_task, f);
+/// A new output of `len` values, row by row: `f(row index, output row)`, in parallel when it is
+/// large (four tasks per thread, so that one slow thread is covered by the others).
+fn map_rows(len: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    let rows = len.div_ceil(width.max(1));
+    let per_task = if len >= PARALLEL_MIN { rows.div_ceil(4 * parallel::threads()) } else { rows };
+    parallel::for_each_chunk(&mut out, width, per_task, f);
+    out
 }
 
 /// A constant operand (scale, bias) as values, if autograd does not track it and it has
@@ -117,10 +119,9 @@ impl CustomOp1 for LayerNormOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
-        let mut y = vec![0f32; x.len()];
         let (scale, bias) =
             (self.scale.as_deref().map(Vec::as_slice), self.bias.as_deref().map(Vec::as_slice));
-        for_rows(&mut y, self.width, |r, out| {
+        let y = map_rows(x.len(), self.width, |r, out| {
             layer_norm_row(&x[r * self.width..(r + 1) * self.width], self.epsilon, scale, bias, out)
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -149,9 +150,8 @@ impl CustomOp2 for LayerNormGradOp {
         let (dy, x) = gradient_operands(self.name(), dy, dyl, x, xl)?;
         let op = &self.0;
         let w = op.width;
-        let mut dx = vec![0f32; x.len()];
         let scale = op.scale.as_deref().map(Vec::as_slice);
-        for_rows(&mut dx, w, |r, out| {
+        let dx = map_rows(x.len(), w, |r, out| {
             let rows = r * w..(r + 1) * w;
             layer_norm_gradient_row(&x[rows.clone()], &dy[rows], op.epsilon, scale, out)
         });
@@ -241,9 +241,8 @@ impl CustomOp1 for SoftmaxOp {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout)?;
-        let mut y = vec![0f32; x.len()];
         let w = self.width;
-        for_rows(&mut y, w, |r, out| softmax_row(&x[r * w..(r + 1) * w], out));
+        let y = map_rows(x.len(), w, |r, out| softmax_row(&x[r * w..(r + 1) * w], out));
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
@@ -274,8 +273,7 @@ impl CustomOp2 for SoftmaxGradOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (dy, y) = gradient_operands(self.name(), dy, dyl, y, yl)?;
         let w = self.width;
-        let mut dx = vec![0f32; y.len()];
-        for_rows(&mut dx, w, |r, out| {
+        let dx = map_rows(y.len(), w, |r, out| {
             softmax_gradient_row(&y[r * w..(r + 1) * w], &dy[r * w..(r + 1) * w], out)
         });
         Ok((CpuStorage::F32(dx), dyl.shape().clone()))

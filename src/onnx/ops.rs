@@ -530,29 +530,23 @@ pub(crate) fn contiguous(t: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// NumPy matmul (ranks ≥ 1, batch dimensions broadcast); with our row-parallel CPU kernel
-/// where `fast` and it applies.
-/// `a · b`, plus `bias` where a Linear layer's bias Add was merged into the product at load
-/// (see `rewrite`; `bias` then has as many values as the product has columns).
+/// NumPy matmul (ranks ≥ 1, batch dimensions broadcast), plus `bias` where a Linear layer's bias
+/// Add was merged into the product at load (see `rewrite`); with our threaded CPU kernel, which
+/// adds the bias as it writes, where `fast` and it applies.
 pub(crate) fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, fast: bool) -> Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
     let (a2, b2) = if a2.dtype() != b2.dtype() { unify_dtype(&a2, &b2)? } else { (a2, b2) };
-    let ours = match (fast, bias) {
-        (false, _) => None,
-        (true, Some(bias)) if ra >= 2 && rb >= 2 => {
-            crate::model::matmul::matmul_bias(&a2, &b2, Some(bias))?.map(|y| (y, true))
-        }
-        (true, _) => crate::model::matmul::matmul(&a2, &b2)?.map(|y| (y, false)),
-    };
-    let (mut y, with_bias) = match ours {
-        Some(y) => y,
+    let ours = if fast { crate::model::matmul::matmul_bias(&a2, &b2, bias)? } else { None };
+    // The bias still to add: none where our kernel took it.
+    let (mut y, bias) = match ours {
+        Some(y) => (y, None),
         None => {
             let (a2, b2) = (gemm_operand(&a2)?, gemm_operand(&b2)?);
             let y =
                 if a2.rank() == 2 && b2.rank() == 2 { a2.matmul(&b2)? } else { a2.broadcast_matmul(&b2)? };
-            (y, false)
+            (y, bias)
         }
     };
     if rb == 1 {
@@ -562,11 +556,11 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, fast: bool) 
         y = y.squeeze(y.rank().saturating_sub(if rb == 1 { 1 } else { 2 }))?;
     }
     match bias {
-        Some(bias) if !with_bias => {
+        Some(bias) => {
             let (y, bias) = unify(&y, bias)?;
-            y.broadcast_add(&bias)
+            y.add(&bias)
         }
-        _ => Ok(y),
+        None => Ok(y),
     }
 }
 
@@ -749,7 +743,6 @@ fn avg_pool2d(x: &Tensor, window: &Window, count_include_pad: bool, taps: &mut T
     y.broadcast_mul(&counts.affine(1.0 / (kh * kw) as f64, 0.0)?.recip()?.detach())
 }
 
-/// Slice of `x` along `axis` from `start` to `end` by `step` (ONNX clamping rules).
 /// A Slice node's starts, ends, axes and steps, from its attributes (opset < 10) or inputs.
 pub fn slice_params(attrs: Option<&[Vec<i64>; 3]>, inputs: &[Option<Tensor>]) -> Result<[Vec<i64>; 4]> {
     let (starts, ends, axes, steps) = match attrs {
@@ -786,12 +779,13 @@ pub fn unit_slice(dim: usize, start: i64, end: i64, step: i64) -> Option<(usize,
     Some((s as usize, (e - s).max(0) as usize))
 }
 
+/// Slice of `x` along `axis` from `start` to `end` by `step` (ONNX clamping rules).
 pub fn slice_axis(x: &Tensor, axis: usize, start: i64, end: i64, step: i64) -> Result<Tensor> {
     if step == 0 {
         candle_core::bail!("Slice with step 0")
     }
     if let Some((first, len)) = unit_slice(x.dim(axis)?, start, end, step) {
-        return x.narrow(axis, if len == 0 { 0 } else { first }, len);
+        return x.narrow(axis, first, len);
     }
     let dim = x.dim(axis)? as i64;
     let norm = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
