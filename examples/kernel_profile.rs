@@ -3,8 +3,8 @@
 //! depthwise layer 2000 times instead (for `perf record`).
 //!
 //!     RAYON_NUM_THREADS=1 cargo run --release --example kernel_profile
-use camscope::model::efficientnet_lite::Variant;
-use camscope::model::kernels::{conv2d_backward_input, conv2d_forward, Activation, ConvGeometry};
+use camscope::families::efficientnet_lite::Variant;
+use camscope::kernels::{conv2d_backward_input, conv2d_forward, Activation, ConvGeometry};
 use std::time::Instant;
 
 fn geom(cin: usize, h: usize, cout: usize, k: usize, s: usize, groups: usize) -> ConvGeometry {

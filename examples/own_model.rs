@@ -18,8 +18,9 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use camscope::model::card::{Model, Preprocess};
-use camscope::model::{Capabilities, ImageClassifier, StageSpec, Taps};
+use camscope::contract::Model;
+use camscope::contract::{Capabilities, ImageClassifier, StageSpec, Taps};
+use camscope::preprocess::Preprocess;
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
 

@@ -8,8 +8,8 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::cam::{self, Chw, Control, Kind, Method, Smoothing};
+use crate::contract::{self, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
-use crate::model::{self, EngineKind, ImageClassifier};
 use crate::trace::Trace;
 
 pub struct Engine {
@@ -36,7 +36,7 @@ impl Engine {
 
     /// The stage to explain when none is named: the last one whose output is still spatial.
     pub fn default_stage(&self) -> usize {
-        model::default_stage(&self.trace.shapes())
+        contract::default_stage(&self.trace.shapes())
     }
 
     /// The normalised input tensor (1×3×S×S).

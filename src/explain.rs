@@ -10,11 +10,13 @@ use serde::Serialize;
 
 use crate::cam::Method;
 use crate::cam::{Control, Smoothing};
+use crate::contract::Model;
+use crate::contract::{with_stage, EngineKind, ImageClassifier};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::families::Arch;
+use crate::load;
 use crate::metrics::{self, Scores};
-use crate::model::card::{self, Model};
-use crate::model::{with_stage, Arch, EngineKind, ImageClassifier};
 use crate::preprocess::{self, ModelInput};
 use crate::render::{self, Colormap};
 use crate::trace::Prediction;
@@ -65,7 +67,7 @@ impl Default for ExplainOptions {
     fn default() -> Self {
         Self {
             image: None,
-            model: card::DEFAULT_MODEL.into(),
+            model: load::DEFAULT_MODEL.into(),
             arch: None,
             device: candle_core::Device::Cpu,
             engine: EngineKind::Fast,
@@ -135,7 +137,7 @@ fn ms(since: Instant) -> f64 {
 /// Runs the whole pipeline.
 pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
     let t = Instant::now();
-    let model = card::load(&opts.model, opts.arch.clone())?;
+    let model = load::load(&opts.model, opts.arch.clone())?;
     let load = ms(t);
     let mut explanation = explain_model(&model, opts)?;
     explanation.timings_ms.load = load;
@@ -143,7 +145,7 @@ pub fn explain(opts: &ExplainOptions) -> Result<Explanation> {
 }
 
 /// The pipeline on a model already loaded — a built-in one, or your own
-/// [`ImageClassifier`](crate::model::ImageClassifier) wrapped with [`Model::new`]. `opts.model`
+/// [`ImageClassifier`](crate::contract::ImageClassifier) wrapped with [`Model::new`]. `opts.model`
 /// and `opts.arch` are not used.
 pub fn explain_model(model: &Model, opts: &ExplainOptions) -> Result<Explanation> {
     let t = Instant::now();

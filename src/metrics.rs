@@ -8,8 +8,8 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::cam::Control;
+use crate::contract::{logits, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
-use crate::model::{logits, EngineKind, ImageClassifier};
 
 /// ROAD's percentiles of removed pixels.
 pub const ROAD_PERCENTILES: [f32; 4] = [20.0, 40.0, 60.0, 80.0];
@@ -299,7 +299,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{StageSpec, Taps};
+    use crate::contract::{StageSpec, Taps};
     use candle_core::Device;
 
     #[test]

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::card::Preprocess;
 
 /// Larger images are refused before decoding: a header can claim any size.
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
@@ -17,6 +17,33 @@ const MAX_DECODE_BYTES: u64 = 1 << 30;
 /// The sample image (a bull mastiff above a tabby cat) used when no image is given.
 pub const SAMPLE_PNG: &[u8] = include_bytes!("../assets/both.png");
 pub const SAMPLE_NAME: &str = "(built-in sample both.png)";
+
+/// How a model wants its images: what a model card's `[preprocess]` says, and what a source
+/// assumes without a card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Side of the square the network sees.
+    pub input_size: usize,
+    /// The shorter image side is resized to this before the centre crop.
+    pub resize: usize,
+    /// Per-channel mean and std, in pixel units (0..255).
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// ImageNet's mean and std at `size` (resize to size/0.875, centre crop): what torchvision
+    /// and timm classifiers expect unless told otherwise.
+    pub fn imagenet(size: usize) -> Self {
+        Preprocess {
+            input_size: size,
+            resize: (size as f64 / 0.875).round() as usize,
+            mean: [123.675, 116.28, 103.53],
+            std: [58.395, 57.12, 57.375],
+        }
+    }
+}
 
 /// What the network is run on, and what a person is shown.
 pub struct ModelInput {

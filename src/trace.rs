@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{IndexOp, Tensor, Var};
 
-use crate::cam::Chw;
-use crate::error::{Error, Result};
-use crate::model::{
+use crate::contract::Chw;
+use crate::contract::{
     check_all_stages_tapped, Backward, BiasGradient, EngineKind, ImageClassifier, Mode, Recording, Taps,
 };
+use crate::error::{Error, Result};
 
 /// What the backward pass of a trace runs on.
 enum Tape {
@@ -302,8 +302,9 @@ impl Trace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::test_support::{seeded_tensor, worst_and_scale};
-    use crate::model::{card, Arch};
+    use crate::families::Arch;
+    use crate::load;
+    use crate::test_support::{seeded_tensor, worst_and_scale};
 
     fn assert_same(a: &Chw, b: &Chw, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
@@ -321,7 +322,7 @@ mod tests {
         // 32×32 ends at 1×1 planes, where kernel taps only ever see padding.
         let cases = ["efficientnet-lite0", "resnet18"].into_iter().flat_map(|a| [(a, 96, 80), (a, 32, 32)]);
         for (seed, (arch, h, w)) in cases.enumerate() {
-            let model = card::synthetic(Arch::parse(arch).unwrap(), 3).unwrap();
+            let model = load::synthetic(Arch::parse(arch).unwrap(), 3).unwrap();
             let input = seeded_tensor(&[1, 3, h, w], seed as u64);
             let cpu = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             assert!(matches!(cpu.tape, Tape::Cpu { .. }));
@@ -346,7 +347,7 @@ mod tests {
     /// The portable engine never takes the CPU tape, even on the CPU.
     #[test]
     fn portable_engine_runs_through_autograd() {
-        let model = card::synthetic(Arch::parse("resnet18").unwrap(), 1).unwrap();
+        let model = load::synthetic(Arch::parse("resnet18").unwrap(), 1).unwrap();
         let trace =
             Trace::new(&model.network, &seeded_tensor(&[1, 3, 32, 32], 1), EngineKind::Portable).unwrap();
         assert!(matches!(trace.tape, Tape::Autograd { .. }));

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use camscope::cam::{Control, Method};
+use camscope::contract::Model;
+use camscope::contract::{Capabilities, EngineKind, ImageClassifier, Layout, StageSpec, Taps};
 use camscope::engine::Engine;
-use camscope::model::card::{Model, Preprocess};
-use camscope::model::{Capabilities, EngineKind, ImageClassifier, Layout, StageSpec, Taps};
+use camscope::preprocess::Preprocess;
 use candle_core::{Device, Module, Result, Tensor, D};
 
 /// A deterministic input: values in [-1, 1) from a fixed seed.
@@ -131,7 +132,7 @@ fn tokens_are_laid_on_the_patch_grid_without_their_prefix() {
                 raw = Some(t.clone());
                 Ok(t)
             };
-            let mut taps = Taps::with_hook(toy.stages(), kind, camscope::model::Mode::Plain, &mut grab);
+            let mut taps = Taps::with_hook(toy.stages(), kind, camscope::contract::Mode::Plain, &mut grab);
             toy.forward(&x, &mut taps).unwrap();
             drop(taps);
             let raw: Vec<Vec<Vec<f32>>> = raw.unwrap().to_vec3().unwrap();
@@ -203,12 +204,12 @@ fn ablation_without_resuming_equals_ablation_with_it() {
             self.0.capabilities()
         }
     }
-    let arch = camscope::model::Arch::parse("resnet18").unwrap();
-    let resnet = camscope::model::card::synthetic(arch, 4).unwrap();
+    let arch = camscope::families::Arch::parse("resnet18").unwrap();
+    let resnet = camscope::load::synthetic(arch, 4).unwrap();
     let wrapped: Arc<dyn ImageClassifier> = Arc::new(NoResume(resnet.network.clone()));
     let x = input(64, 5);
     let ctl = Control { batch_size: 64, ..Control::default() };
-    let stage = camscope::model::stage_index(resnet.network.as_ref(), "layer3.1").unwrap();
+    let stage = camscope::contract::stage_index(resnet.network.as_ref(), "layer3.1").unwrap();
     let a = Engine::new(resnet.network.clone(), x.clone(), EngineKind::Portable).unwrap();
     let b = Engine::new(wrapped, x, EngineKind::Portable).unwrap();
     let class = a.trace().top_class();
@@ -272,4 +273,23 @@ fn own_model_example_prints_the_explain_json_contract() {
             .unwrap();
         assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// The paths of camscope 0.1 (`camscope::model::…`) still name the same items after the move
+/// into rooms, so a Candle user's code written against them keeps building.
+#[test]
+fn old_model_paths_still_resolve() {
+    use camscope::model::card::{Model as OldModel, Preprocess as OldPreprocess};
+    use camscope::model::{ImageClassifier as OldClassifier, StageSpec as OldStageSpec};
+    fn same<T>(_: Option<T>, _: Option<T>) {}
+    same::<OldModel>(None, None::<camscope::contract::Model>);
+    same::<OldPreprocess>(None, None::<camscope::preprocess::Preprocess>);
+    same::<OldStageSpec>(None, None::<camscope::contract::StageSpec>);
+    fn takes_new(_: &dyn camscope::contract::ImageClassifier) {}
+    fn takes_old(m: &dyn OldClassifier) {
+        takes_new(m)
+    }
+    let _ = takes_old;
+    let arch = camscope::model::Arch::parse("resnet18").unwrap();
+    assert_eq!(arch, camscope::families::Arch::parse("resnet18").unwrap());
 }

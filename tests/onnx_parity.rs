@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use camscope::cam::{Control, Method};
+use camscope::contract::{EngineKind, ImageClassifier, Layout};
 use camscope::engine::Engine;
-use camscope::model::{EngineKind, ImageClassifier, Layout};
 use camscope::onnx::OnnxModel;
 use common::{max_abs_diff, npy_vec, pearson, read_npy, skip};
 
@@ -85,7 +85,7 @@ fn check_export(name: &str, file: &str) {
         let top3: Vec<usize> = trace.ranking().into_iter().take(3).collect();
         assert_eq!(top3, case.top3, "{name}/{file} {engine}: top-3");
 
-        let shapes = camscope::model::stage_shapes(model.as_ref(), 224, 224, engine).unwrap();
+        let shapes = camscope::contract::stage_shapes(model.as_ref(), 224, 224, engine).unwrap();
         for (spec, shape) in model.stages().iter().zip(&shapes) {
             assert_eq!(shape.raw, case.layer_shapes[&spec.name], "{name}/{file}: shape of {}", spec.name);
         }
@@ -93,7 +93,7 @@ fn check_export(name: &str, file: &str) {
         let (mut worst_r, mut worst_d, mut checked) = (f64::INFINITY, 0f32, 0);
         let mut failures = Vec::new();
         for cam in case.cams.iter().filter(|c| c.method != "scorecam") {
-            let stage = camscope::model::stage_index(model.as_ref(), &cam.layer).unwrap();
+            let stage = camscope::contract::stage_index(model.as_ref(), &cam.layer).unwrap();
             assert_eq!(
                 layout_json(model.stages()[stage].layout),
                 cam.layout,
@@ -604,14 +604,14 @@ fn handmade_graph_runs_every_method() {
     let ablated: Vec<f32> = (0..3 * 4 * 8 * 8).map(|_| rng.float()).collect();
     let x = candle_core::Tensor::from_vec(ablated, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
     let mut taps =
-        camscope::model::Taps::new(model.stages(), EngineKind::Portable, camscope::model::Mode::Plain);
+        camscope::contract::Taps::new(model.stages(), EngineKind::Portable, camscope::contract::Mode::Plain);
     let resumed = model.forward_from(stage, &x, &mut taps).unwrap().unwrap();
     let mut replace = |i: usize, a: candle_core::Tensor| if i == stage { Ok(x.clone()) } else { Ok(a) };
     let stages = model.stages();
-    let mut taps = camscope::model::Taps::with_hook(
+    let mut taps = camscope::contract::Taps::with_hook(
         stages,
         EngineKind::Portable,
-        camscope::model::Mode::Plain,
+        camscope::contract::Mode::Plain,
         &mut replace,
     );
     let full = model.forward(&input.repeat((3, 1, 1, 1)).unwrap(), &mut taps).unwrap();
@@ -802,10 +802,8 @@ fn bad_graphs_fail_with_clear_errors() {
     t.data_location = 1;
     t.external_data = vec![StringStringEntryProto { key: "location".into(), value: "gone.data".into() }];
     std::fs::write(dir.path().join("m.onnx"), m.encode_to_vec()).unwrap();
-    let e = camscope::model::card::load(dir.path().join("m.onnx").to_str().unwrap(), None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e =
+        camscope::load::load(dir.path().join("m.onnx").to_str().unwrap(), None).err().unwrap().to_string();
     assert!(e.contains("gone.data"), "{e}");
 }
 
@@ -886,7 +884,7 @@ fn mutated_inputs_never_panic() {
     for i in 0..1000 {
         let bytes = mutate(&st, &mut rng);
         let outcome = std::panic::catch_unwind(|| {
-            camscope::model::weights::WeightStore::from_safetensors_bytes("fuzz", &bytes).is_ok()
+            camscope::families::WeightStore::from_safetensors_bytes("fuzz", &bytes).is_ok()
         });
         assert!(outcome.is_ok(), "safetensors mutation {i} panicked");
     }
@@ -896,13 +894,13 @@ fn mutated_inputs_never_panic() {
     let pth = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny.pth")).unwrap();
     let pth_path = dir.path().join("w.pth");
     std::fs::write(&pth_path, &pth).unwrap();
-    assert!(camscope::model::weights::WeightStore::from_file(&pth_path).is_ok(), "the intact checkpoint");
+    assert!(camscope::families::WeightStore::from_file(&pth_path).is_ok(), "the intact checkpoint");
     for i in 0..1000 {
         let bytes = mutate(&pth, &mut rng);
         std::fs::write(&pth_path, &bytes).unwrap();
         let p = pth_path.clone();
         let outcome =
-            std::panic::catch_unwind(move || camscope::model::weights::WeightStore::from_file(&p).is_ok());
+            std::panic::catch_unwind(move || camscope::families::WeightStore::from_file(&p).is_ok());
         assert!(outcome.is_ok(), ".pth mutation {i} panicked");
     }
 
@@ -911,13 +909,13 @@ fn mutated_inputs_never_panic() {
     let card = "name = \"tiny\"\nweights = \"tiny.onnx\"\n\n[preprocess]\ninput_size = 16\nresize = 18\nmean = [123.675, 116.28, 103.53]\nstd = [58.395, 57.12, 57.375]\n";
     let path = dir.path().join("card.toml");
     std::fs::write(&path, card).unwrap();
-    let model = camscope::model::card::load(path.to_str().unwrap(), None).unwrap();
+    let model = camscope::load::load(path.to_str().unwrap(), None).unwrap();
     assert_eq!((model.name.as_str(), model.labels.len(), model.preprocess.input_size), ("tiny", 5, 16));
     for i in 0..1000 {
         let bytes = mutate(card.as_bytes(), &mut rng);
         std::fs::write(&path, &bytes).unwrap();
         let p = path.to_str().unwrap().to_string();
-        let outcome = std::panic::catch_unwind(move || camscope::model::card::load(&p, None).is_ok());
+        let outcome = std::panic::catch_unwind(move || camscope::load::load(&p, None).is_ok());
         assert!(outcome.is_ok(), "card mutation {i} panicked: {}", String::from_utf8_lossy(&bytes));
     }
 }

@@ -12,9 +12,10 @@ mod common;
 use std::path::Path;
 
 use camscope::cam::{Control, Kind, Method};
+use camscope::contract::Model;
+use camscope::contract::{stage_index, stage_shapes, EngineKind};
 use camscope::engine::Engine;
-use camscope::model::card::{self, Model};
-use camscope::model::{stage_index, stage_shapes, EngineKind};
+use camscope::load;
 use camscope::trace::Trace;
 use common::*;
 
@@ -22,13 +23,13 @@ use common::*;
 /// random weights `resnetN_seedS.{safetensors,pth}` of the big set.
 fn load_model(case: &Case, weights_ext: &str) -> Model {
     if case.model == "efficientnet-lite0" {
-        return card::load("efficientnet-lite0", None).unwrap();
+        return load::load("efficientnet-lite0", None).unwrap();
     }
     let Some((arch, seed)) = case.model.split_once('@').filter(|(a, _)| a.starts_with("resnet")) else {
         panic!("{}: fixture model {} unknown to tests/parity.rs", case.name, case.model)
     };
     let path = case.dir.parent().unwrap().join(format!("{arch}_seed{seed}.{weights_ext}"));
-    card::load(path.to_str().unwrap(), None).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    load::load(path.to_str().unwrap(), None).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// SPEC §6: r ≥ 0.999 and max |Δ| ≤ 0.02; the perturbation methods (thousands of forward passes

@@ -3,7 +3,7 @@
 
 mod common;
 
-use camscope::model::card;
+use camscope::load;
 use camscope::preprocess::load_input;
 use camscope::trace::Trace;
 use common::*;
@@ -22,14 +22,14 @@ fn assert_is_the_reference(ours: &camscope::preprocess::ModelInput) {
 
 #[test]
 fn both_png_preprocesses_to_the_reference_tensor_exactly() {
-    let model = card::load("efficientnet-lite0", None).unwrap();
+    let model = load::load("efficientnet-lite0", None).unwrap();
     assert_is_the_reference(&load_input(Some(&image("both.png")), &model.preprocess).unwrap());
 }
 
 /// The sample shown when no image is given is the reference's both.png: same tensor, same picture.
 #[test]
 fn builtin_sample_is_both_png() {
-    let model = card::load("efficientnet-lite0", None).unwrap();
+    let model = load::load("efficientnet-lite0", None).unwrap();
     let sample = load_input(None, &model.preprocess).unwrap();
     assert_is_the_reference(&sample);
     let file = load_input(Some(&image("both.png")), &model.preprocess).unwrap();
@@ -37,9 +37,9 @@ fn builtin_sample_is_both_png() {
 }
 
 fn top5(name: &str) -> Vec<usize> {
-    let model = card::load("efficientnet-lite0", None).unwrap();
+    let model = load::load("efficientnet-lite0", None).unwrap();
     let input = load_input(Some(&image(name)), &model.preprocess).unwrap();
-    let trace = Trace::new(&model.network, &input.tensor, camscope::model::EngineKind::Fast).unwrap();
+    let trace = Trace::new(&model.network, &input.tensor, camscope::contract::EngineKind::Fast).unwrap();
     trace.ranking().into_iter().take(5).collect()
 }
 

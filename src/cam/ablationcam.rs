@@ -6,8 +6,8 @@
 use candle_core::{DType, Tensor};
 
 use super::Control;
+use crate::contract::{EngineKind, ImageClassifier, Mode, Taps};
 use crate::error::Result;
-use crate::model::{EngineKind, ImageClassifier, Mode, Taps};
 
 /// The value a removed channel takes: 0 for non-negative activations (the paper), otherwise far
 /// below anything the stage produces (the reference's choice for signed activations).

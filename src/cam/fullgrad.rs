@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{IndexOp, Tensor, Var};
+use candle_core::Tensor;
 
-use super::{min_max, resize_bilinear, Chw};
+use super::{backward_in_mode, min_max, resize_bilinear, Chw};
+use crate::contract::{EngineKind, ImageClassifier, Mode};
 use crate::error::Result;
-use crate::model::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
 use crate::trace::Trace;
 
 /// Σ_c min-max(|v_c|) at the tensor's own resolution.
@@ -71,11 +71,7 @@ fn autograd_gradients(
     input: &Tensor,
     class: usize,
 ) -> Result<Gradients> {
-    let x = Var::from_tensor(input)?;
-    let mut taps = Taps::new(model.stages(), engine, Mode::RecordBiases);
-    let logits = model.forward(x.as_tensor(), &mut taps)?;
-    check_all_stages_tapped(model, taps.stages_seen())?;
-    let grads = logits.i((0, class))?.backward()?;
+    let (x, mut taps, grads) = backward_in_mode(model, engine, input, class, Mode::RecordBiases)?;
     let input_term = match grads.get(x.as_tensor()) {
         Some(g) => g.mul(input)?,
         None => input.zeros_like()?,
@@ -91,15 +87,16 @@ fn autograd_gradients(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cam::test_support::{seeded_tensor, worst_and_scale};
-    use crate::model::{card, Arch};
+    use crate::families::Arch;
+    use crate::load;
+    use crate::test_support::{seeded_tensor, worst_and_scale};
 
     /// The CPU path (one more backward over the trace, bias gradients recorded) against Candle's
     /// autograd with every bias tapped, on both engines, for both families.
     #[test]
     fn cpu_fullgrad_equals_autograd_fullgrad() {
         for (seed, arch) in ["efficientnet-lite0", "resnet18"].into_iter().enumerate() {
-            let model = card::synthetic(Arch::parse(arch).unwrap(), 5).unwrap();
+            let model = load::synthetic(Arch::parse(arch).unwrap(), 5).unwrap();
             let input = seeded_tensor(&[1, 3, 64, 64], seed as u64);
             let trace = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             let class = trace.top_class();

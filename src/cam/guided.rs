@@ -3,13 +3,12 @@
 //! Guided Grad-CAM multiplies it, pixel by pixel, with the Grad-CAM map. Both are shown as maps of
 //! the gradient's magnitude (its L2 norm over colour channels).
 
-use candle_core::backprop::GradStore;
-use candle_core::{IndexOp, Tensor, Var};
+use candle_core::Tensor;
 
-use super::Chw;
+use super::{backward_in_mode, Chw};
+use crate::contract::{EngineKind, ImageClassifier, Mode};
 use crate::error::Result;
-use crate::model::contract::activation_mask;
-use crate::model::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
+use crate::kernels::activation::activation_mask;
 use crate::trace::Trace;
 
 /// The guided gradient of the class logit with respect to the input, (1, 3, S, S), through
@@ -23,13 +22,9 @@ pub fn gradient(
     input: &Tensor,
     class: usize,
 ) -> Result<Tensor> {
-    let x = Var::from_tensor(input)?;
-    let mut taps = Taps::new(model.stages(), engine, Mode::GuidedRelu);
-    let logits = model.forward(x.as_tensor(), &mut taps)?;
-    check_all_stages_tapped(model, taps.stages_seen())?;
-    let cuts = taps.take_guided_cuts();
     // Gradients at the leaves (every cut's output and the input), summed over all their uses.
-    let mut leaves: GradStore = logits.i((0, class))?.backward()?;
+    let (x, mut taps, mut leaves) = backward_in_mode(model, engine, input, class, Mode::GuidedRelu)?;
+    let cuts = taps.take_guided_cuts();
     for cut in cuts.iter().rev() {
         let Some(g) = leaves.remove(cut.output.as_tensor()) else { continue };
         let guided = g.relu()?.mul(&activation_mask(&cut.input, cut.activation)?)?.detach();
@@ -71,8 +66,10 @@ pub fn map(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::{Activation, Classifier, Conv2d, Linear, Padding};
-    use crate::model::{Backward, Layer, Network, Stage};
+    use crate::contract::{Backward, Taps};
+    use crate::families::{Layer, Network, Stage};
+    use crate::kernels::Activation;
+    use crate::layers::{Classifier, Conv2d, Linear, Padding};
     use candle_core::Device;
 
     struct ConvRelu(Conv2d);
@@ -114,7 +111,7 @@ mod tests {
     fn finite_difference(net: &Network, x: &[f32], shape: (usize, usize, usize, usize)) -> Vec<f32> {
         let score = |v: &[f32]| -> f64 {
             let t = Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
-            let logits = crate::model::logits(net, &t, EngineKind::Portable).unwrap();
+            let logits = crate::contract::logits(net, &t, EngineKind::Portable).unwrap();
             logits.get(0).unwrap().get(0).unwrap().to_scalar::<f32>().unwrap() as f64
         };
         let h = 1e-2;
@@ -161,10 +158,11 @@ mod tests {
     /// the residual add).
     #[test]
     fn cpu_guided_gradient_equals_autograd() {
-        use crate::cam::test_support::{seeded_tensor, worst_and_scale};
-        use crate::model::{card, Arch};
+        use crate::families::Arch;
+        use crate::load;
+        use crate::test_support::{seeded_tensor, worst_and_scale};
         for (seed, arch) in ["efficientnet-lite0", "resnet18"].into_iter().enumerate() {
-            let model = card::synthetic(Arch::parse(arch).unwrap(), 9).unwrap();
+            let model = load::synthetic(Arch::parse(arch).unwrap(), 9).unwrap();
             let input = seeded_tensor(&[1, 3, 64, 64], 10 + seed as u64);
             let trace = Trace::new(&model.network, &input, EngineKind::Fast).unwrap();
             let class = trace.top_class();

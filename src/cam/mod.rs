@@ -2,6 +2,9 @@
 //! and the target score's gradient `G` (both C×H×W) returning a map at stage resolution; the
 //! post-processing every method shares (SPEC §2) lives here once, as in pytorch-grad-cam's
 //! `BaseCAM`.
+//!
+//! May use: `contract`, `trace`, `kernels` (activation masks). A new method is one file here and
+//! one line in [`Method`]'s table.
 
 mod ablationcam;
 mod eigen;
@@ -23,74 +26,11 @@ pub use fullgrad::map as fullgrad_map;
 pub use guided::map as guided_backprop_map;
 pub use scorecam::weights as scorecam_weights;
 
-use candle_core::Tensor;
-
+pub use crate::contract::Chw;
+use crate::contract::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
 use crate::error::{Error, Result};
-
-/// One image's activations (or gradients) at one stage: C planes of H×W, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chw {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub data: Vec<f32>,
-}
-
-impl Chw {
-    pub fn new(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Self {
-        assert_eq!(data.len(), channels * height * width, "Chw data does not match its shape");
-        Self { channels, height, width, data }
-    }
-
-    /// From a (1, C, H, W) tensor, in Candle's error type (for use inside a model's taps).
-    pub fn from_nchw(t: &Tensor) -> candle_core::Result<Self> {
-        let t = t.to_dtype(candle_core::DType::F32)?;
-        let (_, c, h, w) = t.dims4()?;
-        if t.dim(0)? != 1 {
-            candle_core::bail!("expected one image's activation, got shape {:?}", t.dims())
-        }
-        Ok(Self::new(c, h, w, t.flatten_all()?.to_vec1()?))
-    }
-
-    /// From a (1, C, H, W) or (C, H, W) tensor.
-    pub fn from_tensor(t: &Tensor) -> Result<Self> {
-        let t = t.to_dtype(candle_core::DType::F32)?;
-        let (c, h, w) = match t.dims() {
-            [1, c, h, w] | [c, h, w] => (*c, *h, *w),
-            d => return Err(Error::Model(format!("expected a C×H×W activation, got shape {d:?}"))),
-        };
-        Ok(Self::new(c, h, w, t.flatten_all()?.to_vec1()?))
-    }
-
-    /// (C, H, W).
-    pub fn shape(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
-    }
-
-    pub fn plane(&self) -> usize {
-        self.height * self.width
-    }
-
-    pub fn channel(&self, k: usize) -> &[f32] {
-        &self.data[k * self.plane()..(k + 1) * self.plane()]
-    }
-
-    pub fn channels_iter(&self) -> impl Iterator<Item = &[f32]> {
-        self.data.chunks_exact(self.plane().max(1))
-    }
-
-    /// Σ_ij of every channel.
-    pub fn channel_sums(&self) -> Vec<f32> {
-        self.channels_iter().map(|c| c.iter().sum()).collect()
-    }
-
-    /// Element-wise product with another tensor of the same shape.
-    pub fn mul(&self, other: &Chw) -> Chw {
-        assert_eq!(self.data.len(), other.data.len());
-        let data = self.data.iter().zip(&other.data).map(|(a, b)| a * b).collect();
-        Chw::new(self.channels, self.height, self.width, data)
-    }
-}
+use candle_core::backprop::GradStore;
+use candle_core::{IndexOp, Tensor, Var};
 
 /// Σ_k w_k A_k: the map of every channel-weighting method.
 pub fn weighted_sum(a: &Chw, weights: &[f32]) -> Vec<f32> {
@@ -245,7 +185,7 @@ impl Method {
 
     /// The map at stage resolution, before ReLU and normalisation, of a method that is a pure
     /// function of activations and gradients; `None` for perturbation methods, which need the
-    /// network (see [`crate::engine::Engine`]).
+    /// network (see the engine).
     pub fn stage_map(self, a: &Chw, g: &Chw) -> Option<Vec<f32>> {
         Some(match self {
             Method::GradCam => gradcam::map(a, g),
@@ -378,40 +318,30 @@ pub(crate) mod test_support {
     pub fn g() -> Chw {
         Chw::new(2, 2, 2, vec![1.0, -1.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0])
     }
-    /// A xorshift generator of integers below `n`, for tests that draw random shapes (fixed
-    /// seeds: the same shapes every run).
-    pub fn random_below(seed: u64) -> impl FnMut(usize) -> usize {
-        let mut state = seed;
-        move |n| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        }
-    }
-
-    /// A tensor of `shape` with values uniform in [-1, 1) from a fixed seed: the same inputs
-    /// every run.
-    pub fn seeded_tensor(shape: &[usize], seed: u64) -> candle_core::Tensor {
-        let mut next = random_below(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n).map(|_| next(1 << 24) as f32 / (1 << 23) as f32 - 1.0).collect();
-        candle_core::Tensor::from_vec(data, shape, &candle_core::Device::Cpu).expect("shape matches data")
-    }
-
-    /// (largest |got − want|, largest |want|): the two numbers a check relative to the size of
-    /// the reference compares.
-    pub fn worst_and_scale(got: &[f32], want: &[f32]) -> (f32, f32) {
-        assert_eq!(got.len(), want.len());
-        let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        (worst, want.iter().fold(0f32, |m, v| m.max(v.abs())))
-    }
     pub fn assert_close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
         for (i, (x, y)) in got.iter().zip(want).enumerate() {
             assert!((x - y).abs() < 1e-5, "position {i}: got {x}, want {y} (all: {got:?})");
         }
     }
+}
+
+/// One autograd pass from the input to `class`'s logit with the taps in `mode`: what FullGrad
+/// (bias taps) and guided backprop (ReLU cuts) build on. Returns the input's `Var`, the taps
+/// holding what the mode set aside, and the gradients of every leaf.
+fn backward_in_mode<'a>(
+    model: &'a dyn ImageClassifier,
+    engine: EngineKind,
+    input: &Tensor,
+    class: usize,
+    mode: Mode,
+) -> Result<(Var, Taps<'a>, GradStore)> {
+    let x = Var::from_tensor(input)?;
+    let mut taps = Taps::new(model.stages(), engine, mode);
+    let logits = model.forward(x.as_tensor(), &mut taps)?;
+    check_all_stages_tapped(model, taps.stages_seen())?;
+    let grads = logits.i((0, class))?.backward()?;
+    Ok((x, taps, grads))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 use candle_core::{Device, Tensor};
 
 use super::{Chw, Control};
+use crate::contract::{logits, EngineKind, ImageClassifier};
 use crate::error::Result;
-use crate::model::{logits, EngineKind, ImageClassifier};
 
 /// Bilinear upsampling with `align_corners = true` (PyTorch `UpsamplingBilinear2d`), which the
 /// reference uses here, unlike the half-pixel resize of the final maps.

@@ -92,7 +92,7 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// What `-m` names, the built-in model without it.
     pub fn model_spec(&self) -> &str {
-        self.model.as_deref().unwrap_or(crate::model::card::DEFAULT_MODEL)
+        self.model.as_deref().unwrap_or(crate::load::DEFAULT_MODEL)
     }
 }
 

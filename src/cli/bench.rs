@@ -5,10 +5,12 @@
 use std::time::Instant;
 
 use crate::cam::{Control, Method, Smoothing};
+use crate::contract::EngineKind;
+use crate::contract::Model;
 use crate::engine::Engine;
 use crate::explain::{self, ExplainOptions, StageChoice, Timings};
-use crate::model::card::{self, Model};
-use crate::model::{Arch, EngineKind};
+use crate::families::Arch;
+use crate::load;
 use crate::preprocess;
 use crate::Result;
 
@@ -48,10 +50,10 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
 
 /// A card or weights file; an architecture name without a card gets synthetic weights.
 fn load(name: &str) -> Result<Model> {
-    match card::load(name, None) {
+    match load::load(name, None) {
         Ok(model) => Ok(model),
         Err(e) => match Arch::parse(name) {
-            Ok(arch) => card::synthetic(arch, 0),
+            Ok(arch) => load::synthetic(arch, 0),
             Err(_) => Err(e),
         },
     }
@@ -88,7 +90,7 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
     Ok(Row {
         model: model.name.clone(),
         engine,
-        threads: crate::model::parallel::threads(),
+        threads: crate::kernels::parallel::threads(),
         forward_ms: median(fwd),
         backward_ms: median(bwd),
         maps_ms: median(maps),

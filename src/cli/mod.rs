@@ -1,6 +1,9 @@
 //! The camscope command line as a library: the `camscope` binary is [`main`], and a Rust program
 //! that builds its own model gets the very same commands — the debugger, `explain`, `layers`,
 //! `evaluate`, `bench` — on that model with [`main_with_model`].
+//!
+//! May use: everything below it (`load`, `engine`, `explain`, `metrics`, `render`, `tui`). A new
+//! subcommand is a variant in `args.rs` and its function here.
 
 pub mod args;
 mod bench;
@@ -12,9 +15,11 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::cam::Method;
+use crate::contract::EngineKind;
+use crate::contract::Model;
 use crate::explain::{self, ExplainOptions, StageChoice};
-use crate::model::card::{self, Model};
-use crate::model::{Arch, EngineKind};
+use crate::families::Arch;
+use crate::load;
 use crate::render::Colormap;
 use crate::tui;
 use crate::{Error, Result};
@@ -32,7 +37,7 @@ enum Source<'a> {
 impl Source<'_> {
     fn load(self, args: &ModelArgs) -> Result<Model> {
         match self {
-            Source::Flags => card::load(args.model_spec(), parse_arch(args)?),
+            Source::Flags => load::load(args.model_spec(), parse_arch(args)?),
             Source::Given(build) => {
                 if args.model.is_some() || args.arch.is_some() {
                     return Err(Error::Usage(
@@ -51,7 +56,7 @@ pub fn main() -> ExitCode {
 }
 
 /// The camscope command line on a model your program builds (any
-/// [`ImageClassifier`](crate::model::ImageClassifier) wrapped with [`Model::new`]): with no
+/// [`ImageClassifier`](crate::contract::ImageClassifier) wrapped with [`Model::new`]): with no
 /// subcommand the debugger, else `explain`, `layers`, `evaluate` or `bench`, exactly as the
 /// `camscope` binary runs them with `-m`. `build` runs once, when a command needs the model.
 pub fn main_with_model(build: impl Fn() -> Result<Model> + Sync) -> ExitCode {
@@ -198,7 +203,7 @@ fn run_evaluate(args: &args::EvaluateArgs, source: Source) -> Result<()> {
     let kind = EngineKind::parse(&args.model.engine)?;
     let (network, stage) = match &args.layer {
         Some(name) => {
-            let (network, stage) = crate::model::with_stage(&model.network, name)?;
+            let (network, stage) = crate::contract::with_stage(&model.network, name)?;
             (network, Some(stage))
         }
         None => (model.network.clone(), None),
@@ -324,9 +329,9 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
     let engine = EngineKind::parse(&args.engine)?;
     let net = model.network.as_ref();
     let size = model.preprocess.input_size;
-    let shapes = crate::model::stage_shapes(net, size, size, engine)?;
+    let shapes = crate::contract::stage_shapes(net, size, size, engine)?;
     let grids: Vec<[usize; 3]> = shapes.iter().map(|s| s.grid).collect();
-    let default = crate::model::default_stage(&grids);
+    let default = crate::contract::default_stage(&grids);
     let specs = net.stages();
     if json {
         let stages: Vec<serde_json::Value> = specs
@@ -350,7 +355,7 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
             let mark = if i == default { "  (default)" } else { "" };
             let [c, h, w] = s.grid;
             let layout = match spec.layout {
-                crate::model::Layout::Nchw => String::new(),
+                crate::contract::Layout::Nchw => String::new(),
                 other => format!("  {other}"),
             };
             println!("{i:>3}  {:<14} {c}×{h}×{w}{layout}{mark}", spec.name);

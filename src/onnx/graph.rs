@@ -15,7 +15,7 @@ use super::ops::{self, Op, ParseError};
 use super::proto::{self, ModelProto, NodeProto};
 use super::rewrite;
 use super::tensor::{self, ExternalData};
-use crate::model::{EngineKind, Mode, Taps};
+use crate::contract::{EngineKind, Mode, Taps};
 
 /// A node that runs at every forward pass (its output depends on the input image).
 #[derive(Debug)]

@@ -17,10 +17,10 @@ use super::graph::Graph;
 use super::ops::{self, Op};
 use super::reverse::{OnnxRecording, Plan};
 use super::stages::{self, Module};
-use crate::error::{Error, Result};
-use crate::model::{
+use crate::contract::{
     Capabilities, EngineKind, ImageClassifier, Mode, Recording, ReversePass, StageSpec, Taps,
 };
+use crate::error::{Error, Result};
 
 /// The graph's constants (None for the values computed at each pass), on one device.
 type Constants = Arc<Vec<Option<Tensor>>>;
@@ -324,7 +324,7 @@ impl OnnxModel {
 /// Every value of the graph for input `x` (None for constants), with no taps.
 fn eval_all(g: &Graph, x: &Tensor) -> CResult<Vec<Option<Tensor>>> {
     let no_stages = [];
-    let mut taps = Taps::new(&no_stages, crate::model::EngineKind::Fast, crate::model::Mode::Plain);
+    let mut taps = Taps::new(&no_stages, crate::contract::EngineKind::Fast, crate::contract::Mode::Plain);
     let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
     vals[g.input] = Some(x.clone());
     for node in &g.nodes {

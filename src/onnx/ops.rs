@@ -8,11 +8,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::fused;
 use super::proto::{AttributeProto, NodeProto};
-use crate::model::ops::{Activation, Conv2d, MaxPool2d, Padding};
-use crate::model::portable;
-use crate::model::Taps;
+use crate::contract::Taps;
+use crate::kernels::{fused, portable, Activation};
+use crate::layers::{Conv2d, MaxPool2d, Padding};
 
 /// A node's attributes by name.
 pub struct Attrs<'a>(pub &'a [AttributeProto]);
@@ -538,7 +537,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, fast: bool) 
     let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
     let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
     let (a2, b2) = if a2.dtype() != b2.dtype() { unify_dtype(&a2, &b2)? } else { (a2, b2) };
-    let ours = if fast { crate::model::matmul::matmul_bias(&a2, &b2, bias)? } else { None };
+    let ours = if fast { crate::kernels::matmul::matmul_bias(&a2, &b2, bias)? } else { None };
     // The bias still to add: none where our kernel took it.
     let (mut y, bias) = match ours {
         Some(y) => (y, None),
@@ -1394,7 +1393,7 @@ fn pad_axis(x: &Tensor, a: usize, before: i64, after: i64, mode: PadMode, value:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EngineKind, Mode};
+    use crate::contract::{EngineKind, Mode};
 
     fn t(v: &[f32], shape: &[usize]) -> Tensor {
         Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
@@ -1420,7 +1419,7 @@ mod tests {
 
     #[test]
     fn gather_on_shapes_keeps_scalar_and_vector_indices_apart() {
-        let stages: [crate::model::StageSpec; 0] = [];
+        let stages: [crate::contract::StageSpec; 0] = [];
         let mut taps = Taps::new(&stages, EngineKind::Portable, Mode::Plain);
         let shape = Tensor::new(&[1i64, 197, 192], &Device::Cpu).unwrap();
         let scalar = Tensor::new(-1i64, &Device::Cpu).unwrap();
@@ -1452,7 +1451,7 @@ mod tests {
 
     #[test]
     fn split_divides_by_sizes_or_evenly() {
-        let stages: [crate::model::StageSpec; 0] = [];
+        let stages: [crate::contract::StageSpec; 0] = [];
         let mut taps = Taps::new(&stages, EngineKind::Portable, Mode::Plain);
         let x = t(&[0., 1., 2., 3., 4.], &[5]);
         let sizes = Tensor::new(&[2i64, 3], &Device::Cpu).unwrap();
@@ -1479,7 +1478,7 @@ mod tests {
     /// maximum, counted once per window that picks it).
     #[test]
     fn max_pool_with_padding_has_the_right_gradient() {
-        let stages: [crate::model::StageSpec; 0] = [];
+        let stages: [crate::contract::StageSpec; 0] = [];
         let mut taps = Taps::new(&stages, EngineKind::Portable, Mode::Plain);
         let data: Vec<f32> = (0..16).map(|i| ((i * 7) % 16) as f32).collect();
         let x = candle_core::Var::from_tensor(&t(&data, &[1, 1, 4, 4])).unwrap();

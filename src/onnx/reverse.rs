@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::fused;
 use super::graph::Graph;
 use super::ops::{self, Op, Reduce, Unary};
-use crate::model::ops::{activation_gradient, Activation};
-use crate::model::{EngineKind, Mode, Recording, Taps};
+use crate::contract::{EngineKind, Mode, Recording, Taps};
+use crate::kernels::activation::{activation_gradient, Activation};
+use crate::kernels::fused;
 
 /// What the reverse pass touches for one list of stages, found once from the graph.
 #[derive(Default)]
@@ -550,7 +550,7 @@ fn autograd_vjp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EngineKind, Mode, Taps};
+    use crate::contract::{EngineKind, Mode, Taps};
     use candle_core::Device;
 
     fn ints(v: &[i64]) -> Option<Tensor> {

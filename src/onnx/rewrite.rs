@@ -7,6 +7,9 @@
 //! nodes). A Linear layer arrives as MatMul and an Add of its bias; as one MatMul with a bias
 //! input, the fast engine adds the bias as the product is written (48 passes fewer per forward
 //! pass of ViT-Tiny).
+//!
+//! The one import circle of this room: the passes edit a [`Graph`], and loading a graph runs them
+//! as its last step (after folding and pruning), so each needs the other.
 
 use super::graph::Graph;
 use super::ops::{Op, Unary};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::graph::Graph;
 use super::ops::Op;
-use crate::model::Layout;
+use crate::contract::Layout;
 
 /// A module of the graph whose output camscope can lay on a grid.
 #[derive(Debug, Clone)]

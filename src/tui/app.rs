@@ -11,36 +11,10 @@ use crate::cam::{Method, Smoothing};
 use crate::render::{self, Colormap};
 use crate::trace::Prediction;
 
+pub use super::action::Action;
 use super::theme::Theme;
 use super::worker::{Event, Job, MapKey};
 use crate::metrics::Scores;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Quit,
-    Cancel,
-    Help,
-    PrevStage,
-    NextStage,
-    Down,
-    Up,
-    ToggleFocus,
-    Select,
-    /// The n-th prediction (0-based) becomes the target.
-    Pick(usize),
-    Search,
-    NextMethod,
-    PrevMethod,
-    StageGrid,
-    MethodGrid,
-    CycleView,
-    OpacityUp,
-    OpacityDown,
-    NextTheme,
-    ToggleAugSmooth,
-    ToggleEigenSmooth,
-    Save,
-}
 
 /// What the runtime must do after an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +218,7 @@ impl App {
     /// suggestions of `--class`).
     pub fn search_results(&self) -> Vec<usize> {
         let Some(Popup::Search(s)) = &self.popup else { return vec![] };
-        crate::model::card::labels_matching(&self.info.labels, &s.query)
+        crate::contract::labels_matching(&self.info.labels, &s.query)
     }
 
     /// Makes `class` the target, with the cursor on it if it is among the predictions.

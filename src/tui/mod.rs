@@ -1,7 +1,11 @@
 //! The interactive debugger: `camscope [IMAGE]`. Everything that can fail (model, image, themes,
 //! keys) is loaded before the screen is taken over, so errors print like `explain`'s. The terminal
 //! is restored on quit, on error and on panic (ratatui's hook).
+//!
+//! May use: `engine`, `cam`, `render`, `load`, `contract`. A new pane is a draw function in
+//! `ui/`, a new key a row in `keymap.rs`, a new action a case in `app.rs`.
 
+mod action;
 mod app;
 mod config_file;
 mod keymap;
@@ -20,10 +24,10 @@ use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use crate::cam::{Method, Smoothing};
+use crate::contract::Model;
+use crate::contract::{with_stage, EngineKind};
 use crate::engine::Engine;
 use crate::explain::StageChoice;
-use crate::model::card::Model;
-use crate::model::{with_stage, EngineKind};
 use crate::preprocess;
 use crate::render::Colormap;
 use crate::{Error, Result};
@@ -131,7 +135,7 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
     Ok((app, engine, keymap))
 }
 
-/// The debugger on your own model (an [`ImageClassifier`](crate::model::ImageClassifier) wrapped
+/// The debugger on your own model (an [`ImageClassifier`](crate::contract::ImageClassifier) wrapped
 /// with [`Model::new`]).
 pub fn run_model(model: Model, opts: &TuiOptions) -> Result<()> {
     run(opts, || Ok(model))

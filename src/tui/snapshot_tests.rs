@@ -23,8 +23,8 @@ fn options() -> TuiOptions {
 }
 
 /// The built-in model, as `camscope` without `-m` loads it.
-fn builtin() -> crate::Result<crate::model::card::Model> {
-    crate::model::card::load(crate::model::card::DEFAULT_MODEL, None)
+fn builtin() -> crate::Result<crate::contract::Model> {
+    crate::load::load(crate::load::DEFAULT_MODEL, None)
 }
 
 /// The app on the sample, with the maps it wants computed synchronously (fixed timings, so the

@@ -11,11 +11,11 @@
 
 use std::sync::Arc;
 
-use crate::model::parallel;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::model::kernels::with_best_simd;
-use crate::model::ops::{contiguous_f32, gradient_operands};
+use super::parallel;
+use super::simd::with_best_simd;
+use super::storage::{contiguous_f32, gradient_operands};
 
 /// Rows are split between threads above this many values.
 const PARALLEL_MIN: usize = 1 << 15;

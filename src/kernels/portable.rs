@@ -249,10 +249,8 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::{
-        conv2d_backward_input, conv2d_forward, max_pool2d_backward, max_pool2d_forward, Activation,
-        ConvGeometry, PoolGeometry,
-    };
+    use crate::kernels::pool::{max_pool2d_backward, max_pool2d_forward};
+    use crate::kernels::{conv2d_backward_input, conv2d_forward, Activation, ConvGeometry, PoolGeometry};
     use candle_core::{Device, Var};
 
     /// xorshift64*: seeded, so every run draws the same shapes and values.
@@ -288,7 +286,7 @@ mod tests {
     /// Largest difference at most 1e-4 of the reference's largest magnitude.
     fn assert_close(got: &[f32], want: &[f32], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
-        let (worst, scale) = crate::cam::test_support::worst_and_scale(got, want);
+        let (worst, scale) = crate::test_support::worst_and_scale(got, want);
         assert!(worst <= 1e-4 * scale.max(1e-3), "{what}: off by {worst} (scale {scale})");
     }
 

@@ -6,15 +6,15 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::card::Preprocess;
-use super::ops::{
-    add_assign, mask_activation_gradient, Activation, Classifier, Conv2d, Linear, MaxPool2d, Padding,
-};
-use super::registry::Family;
+use super::family::Family;
+use super::network::{Layer, Network, Stage};
 use super::weights::WeightStore;
-use super::{Backward, Layer, Network, Stage, Taps};
-use crate::cam::Chw;
+use crate::contract::{Backward, Chw, Taps};
 use crate::error::{Error, Result};
+use crate::kernels::storage::add_assign;
+use crate::kernels::Activation;
+use crate::layers::{mask_activation_gradient, Classifier, Conv2d, Linear, MaxPool2d, Padding};
+use crate::preprocess::Preprocess;
 
 const BN_EPS: f64 = 1e-5;
 const WIDTHS: [usize; 4] = [64, 128, 256, 512];

@@ -64,6 +64,12 @@ pub(crate) fn for_each_chunk_with<T: Send, S>(
     });
 }
 
+/// Planes per task, so that a task does at least ~16k elements of work: small planes (7×7
+/// at the end of a network) are otherwise dominated by scheduling.
+pub(crate) fn planes_per_task(plane: usize) -> usize {
+    (16_384 / plane.max(1)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

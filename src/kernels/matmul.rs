@@ -3,7 +3,7 @@
 //! Why not Candle's matmul: it hands each product to gemm with gemm's own rayon parallelism,
 //! which on the products of a small transformer ran no faster on two threads than on one
 //! (197×192 by 192×576: 0.41 ms on two, 0.38 ms on one; PyTorch: 0.19 ms and 0.34 ms). Here
-//! each thread of the shared pool (`model::parallel`) runs single-threaded gemm on its own rows:
+//! each thread of the shared pool (`kernels::parallel`) runs single-threaded gemm on its own rows:
 //! 0.21 ms on two. A Candle custom op whose backward is two more such products, so autograd
 //! through it equals autograd through Candle's matmul; a Linear layer's bias is added as the
 //! products are written.
@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
-use super::kernels;
+use super::gemm;
 
 /// `a · b` for `a` (…, m, k) and `b` (k, n) or (…, k, n) with the same leading dimensions, on
 /// the CPU in f32; `None` where this kernel does not apply (the caller then uses Candle's).
@@ -130,7 +130,7 @@ impl CustomOp2 for MatMulOp {
                     };
                     let a = &a[i * a_skip + row * a_rs..];
                     let b = &b[i * b_skip..];
-                    kernels::matmul(
+                    gemm::matmul(
                         dst.len() / n,
                         n,
                         k,

@@ -8,13 +8,15 @@ use std::borrow::Cow;
 
 use candle_core::{Result as CResult, Tensor};
 
-use super::card::Preprocess;
-use super::ops::{add_assign, Activation, Classifier, Conv2d, Linear, Padding};
-use super::registry::Family;
+use super::family::Family;
+use super::network::{Layer, Network, Stage};
 use super::weights::WeightStore;
-use super::{Backward, Layer, Network, Stage, Taps};
-use crate::cam::Chw;
+use crate::contract::{Backward, Chw, Taps};
 use crate::error::{Error, Result};
+use crate::kernels::storage::add_assign;
+use crate::kernels::Activation;
+use crate::layers::{Classifier, Conv2d, Linear, Padding};
+use crate::preprocess::Preprocess;
 
 const BN_EPS: f64 = 1e-3;
 const STEM_CHANNELS: usize = 32;

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ops::BatchNorm;
 use crate::error::{Error, Result};
+use crate::layers::BatchNorm;
 
 enum Source {
     Tensors(HashMap<String, Tensor>),

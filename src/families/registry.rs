@@ -1,27 +1,15 @@
-//! The built-in families, as plug-ins: each file declares one [`Family`] (which architectures it
-//! builds, how it recognises a checkpoint from its tensor names, how to build it, how its
-//! checkpoints were preprocessed), and this list is the only place that names them all. Adding a
-//! family is one new file and one line here.
+//! The list of built-in families, the only place that names them all, and [`Arch`], one
+//! architecture of one of them. Each family file declares its own [`Family`]; this list collects
+//! them, and no family imports it back. Adding a family is one new file and one line here.
 
 use std::fmt;
 
-use super::card::Preprocess;
+use super::family::Family;
+use super::network::Network;
 use super::weights::WeightStore;
-use super::{efficientnet_lite, resnet, Network};
+use super::{efficientnet_lite, resnet};
 use crate::error::{Error, Result};
-
-/// A family of architectures built from a checkpoint's tensors.
-pub struct Family {
-    /// The architectures it builds, as `--arch` spells them (`resnet50`).
-    pub archs: fn() -> Vec<String>,
-    /// The architecture of a checkpoint whose tensor names are this family's; `None` when they
-    /// are not (an error when they are, but fit none of its architectures).
-    pub detect: fn(&WeightStore) -> Option<Result<String>>,
-    /// Builds architecture `arch` (one of `archs`), checking every tensor it reads.
-    pub build: fn(&str, &WeightStore) -> Result<Network>,
-    /// What the family's checkpoints were trained with, for weights that come without a card.
-    pub preprocess: fn(&str) -> Preprocess,
-}
+use crate::preprocess::Preprocess;
 
 /// Every built-in family.
 pub const FAMILIES: [&Family; 2] = [&efficientnet_lite::FAMILY, &resnet::FAMILY];
