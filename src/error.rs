@@ -45,6 +45,12 @@ pub enum Error {
     Keys { origin: String, message: String },
     #[error("terminal: {0}")]
     Terminal(String),
+    /// A data set (folder, CSV, annotations) that cannot be swept as given.
+    #[error("data set {path}: {message}")]
+    DataSet { path: PathBuf, message: String },
+    /// A results file of `sweep` that cannot be read, resumed or merged.
+    #[error("results {path}: {message}")]
+    Results { path: PathBuf, message: String },
     #[error("output {path}: {message}")]
     Output { path: PathBuf, message: String },
     #[error("device: {0}")]

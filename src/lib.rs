@@ -10,7 +10,9 @@
 //! | [`families`], [`onnx`] | the model sources: built-in families from checkpoints, imported ONNX graphs (a Rust user's own model is any `ImageClassifier`) |
 //! | [`load`] | `--model` → a [`contract::Model`]: cards, weights files, ONNX files; the one place that knows every source |
 //! | [`trace`], [`cam`], [`engine`], [`metrics`] | activations and gradients, the methods, maps on demand, faithfulness scores |
-//! | [`explain`], [`render`] | the headless pipeline and the pictures |
+//! | [`render`] | colormaps and overlays |
+//! | [`dataset`] | a whole data set: folders, ImageFolder trees, CSVs, boxes and masks; the sweep, its rows and results files |
+//! | [`explain`] | the headless pipeline of one image |
 //! | [`cli`], [`tui`] | the front ends: the command line and the debugger |
 //!
 //! [`preprocess`], [`device`] and [`error`] sit at the bottom beside the kernels. Every front end
@@ -19,6 +21,7 @@
 pub mod cam;
 pub mod cli;
 pub mod contract;
+pub mod dataset;
 pub mod device;
 pub mod engine;
 pub mod error;

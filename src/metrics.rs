@@ -16,7 +16,7 @@ pub const ROAD_PERCENTILES: [f32; 4] = [20.0, 40.0, 60.0, 80.0];
 /// Standard deviation of the noise the ROAD imputer adds (in the normalised input's units).
 const ROAD_NOISE: f32 = 0.01;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Scores {
     /// p(class | x ⊙ M) − p(class | x): higher means the map keeps what the model needs.
     pub confidence_change: f32,

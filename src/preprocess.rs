@@ -53,6 +53,8 @@ pub struct ModelInput {
     pub view: RgbImage,
     /// Where it came from, for messages and reports.
     pub source: String,
+    /// How the original image's pixels map onto `view` (an `.npy` input maps one to one).
+    pub geometry: CropGeometry,
 }
 
 /// Loads an image or `.npy` file, or the built-in sample when `path` is `None`.
@@ -76,7 +78,7 @@ pub fn load_input(path: Option<&Path>, pp: &Preprocess) -> Result<ModelInput> {
     from_image(img, pp, path.display().to_string())
 }
 
-fn decode_image(path: &Path) -> Result<DynamicImage> {
+pub(crate) fn decode_image(path: &Path) -> Result<DynamicImage> {
     let err = |message: String| Error::Image { path: path.into(), message };
     let open = || {
         image::ImageReader::open(path)
@@ -124,20 +126,48 @@ fn py_round(x: f64) -> usize {
     x.round_ties_even().max(0.0) as usize
 }
 
+/// Where the pixels of a w×h image land in the network's input: resized so the shorter side is
+/// `resize`, then centre-cropped to a square. Boxes and masks go through the very same steps
+/// (SPEC §10), so this is computed in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropGeometry {
+    /// The original image's size.
+    pub original: (usize, usize),
+    /// Its size after the resize (W′, H′).
+    pub resized: (usize, usize),
+    /// The crop's offset in the resized image.
+    pub left: usize,
+    pub top: usize,
+    /// Side of the square crop: the S of the S×S frame the maps live on.
+    pub size: usize,
+}
+
+impl CropGeometry {
+    pub fn new(width: usize, height: usize, pp: &Preprocess) -> Self {
+        let short = width.min(height) as f64;
+        let (nw, nh) = if width <= height {
+            (pp.resize, py_round(height as f64 * pp.resize as f64 / short).max(1))
+        } else {
+            (py_round(width as f64 * pp.resize as f64 / short).max(1), pp.resize)
+        };
+        let size = pp.input_size.min(nw).min(nh);
+        CropGeometry {
+            original: (width, height),
+            resized: (nw, nh),
+            left: py_round((nw - size) as f64 / 2.0),
+            top: py_round((nh - size) as f64 / 2.0),
+            size,
+        }
+    }
+}
+
 /// Resize so the shorter side is `pp.resize` (antialiased bilinear), then centre-crop.
 pub fn resize_and_crop(img: &RgbImage, pp: &Preprocess) -> Result<RgbImage> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let short = w.min(h) as f64;
-    let (nw, nh) = if w <= h {
-        (pp.resize, py_round(h as f64 * pp.resize as f64 / short).max(1))
-    } else {
-        (py_round(w as f64 * pp.resize as f64 / short).max(1), pp.resize)
-    };
-    let resized = if (nw, nh) == (w, h) { img.clone() } else { resize_bilinear_like_pil(img, nw, nh) };
-    let s = pp.input_size.min(nw).min(nh);
-    let left = py_round((nw - s) as f64 / 2.0) as u32;
-    let top = py_round((nh - s) as f64 / 2.0) as u32;
-    Ok(image::imageops::crop_imm(&resized, left, top, s as u32, s as u32).to_image())
+    let g = CropGeometry::new(img.width() as usize, img.height() as usize, pp);
+    let (nw, nh) = g.resized;
+    let resized = if g.resized == g.original { img.clone() } else { resize_bilinear_like_pil(img, nw, nh) };
+    let s = g.size as u32;
+    Ok(image::imageops::crop_imm(&resized, g.left as u32, g.top as u32, s, s).to_image())
 }
 
 /// One output pixel's taps: the first input index and 22-bit fixed-point weights.
@@ -237,9 +267,10 @@ pub fn normalise(view: &RgbImage, pp: &Preprocess) -> Result<Tensor> {
 }
 
 fn from_image(img: DynamicImage, pp: &Preprocess, source: String) -> Result<ModelInput> {
+    let geometry = CropGeometry::new(img.width() as usize, img.height() as usize, pp);
     let view = resize_and_crop(&to_rgb_on_white(&img), pp)?;
     let tensor = normalise(&view, pp)?;
-    Ok(ModelInput { tensor, view, source })
+    Ok(ModelInput { tensor, view, source, geometry })
 }
 
 fn load_npy(path: &Path, pp: &Preprocess) -> Result<ModelInput> {
@@ -265,7 +296,8 @@ fn load_npy(path: &Path, pp: &Preprocess) -> Result<ModelInput> {
         let px = |c: usize| (values[c * plane + i] * pp.std[c] + pp.mean[c]).round().clamp(0.0, 255.0) as u8;
         image::Rgb([px(0), px(1), px(2)])
     });
-    Ok(ModelInput { tensor: t, view, source: path.display().to_string() })
+    let geometry = CropGeometry { original: (w, h), resized: (w, h), left: 0, top: 0, size: w };
+    Ok(ModelInput { tensor: t, view, source: path.display().to_string(), geometry })
 }
 
 #[cfg(test)]

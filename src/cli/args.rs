@@ -112,6 +112,74 @@ pub enum Command {
     Bench(BenchArgs),
     /// Score every method's map for faithfulness to the model and time it
     Evaluate(EvaluateArgs),
+    /// Run the model over a data set (a folder, class folders, or a CSV) and write one row per
+    /// image: predictions, loss, and whether the map is on the object
+    Sweep(SweepArgs),
+    /// Combine the results files of a sharded sweep into one (one row per image)
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A folder of images (its first-level folders are the true classes when it holds only
+    /// folders, as torchvision's ImageFolder), or a CSV with columns path,label[,x0,y0,x1,y1]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub map: MapArgs,
+    /// Results file: .csv, or .jsonl for JSON lines; rows are flushed one by one
+    #[arg(short = 'o', long)]
+    pub out: PathBuf,
+    /// How many predictions each row holds
+    #[arg(short = 'k', long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Folder of Pascal VOC XML box files named like the images (default: an XML next to each
+    /// image)
+    #[arg(long, value_name = "DIR")]
+    pub boxes: Option<PathBuf>,
+    /// Folder of object masks, PNGs named like the images (a pixel > 0 is the object)
+    #[arg(long, value_name = "DIR")]
+    pub masks: Option<PathBuf>,
+    /// Pointing game: count a hit when the map's maximum is within PX pixels of the object
+    /// (TorchRay uses 15)
+    #[arg(long, value_name = "PX", default_value_t = 0.0)]
+    pub tolerance: f64,
+    /// Read a folder of folders as plain images, not as classes
+    #[arg(long)]
+    pub unlabelled: bool,
+    /// Add the faithfulness scores of `evaluate` to every row (many forward passes per image)
+    #[arg(long)]
+    pub metrics: bool,
+    /// Deletion/insertion steps of --metrics
+    #[arg(long, default_value_t = 56)]
+    pub metric_steps: usize,
+    /// Write every image's map (.npy) and overlay (.png) here, mirroring the image paths
+    #[arg(long, value_name = "DIR")]
+    pub save_maps: Option<PathBuf>,
+    /// Continue the results file: images already in it are skipped
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace the results file if it exists
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Take shard K of N (1-based) by a stable hash of each image's path, or `slurm` for the
+    /// array job's task; combine the parts with `camscope merge`
+    #[arg(long, value_name = "K/N|slurm")]
+    pub shard: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Results files of one sweep's shards (CSV or JSON lines, mixed as you like)
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+    /// The combined file: .csv or .jsonl
+    #[arg(short = 'o', long)]
+    pub out: PathBuf,
+    /// Replace OUT if it exists
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod bench;
+mod sweep;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ fn run(cli: Cli, source: Source) -> ExitCode {
         Some(Command::Layers { model, json }) => run_layers(&model, json, source),
         Some(Command::Bench(args)) => bench::run(&args, source),
         Some(Command::Evaluate(args)) => run_evaluate(&args, source),
+        Some(Command::Sweep(args)) => sweep::run(&args, source),
+        Some(Command::Merge(args)) => sweep::merge(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
