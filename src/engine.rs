@@ -48,25 +48,9 @@ impl Engine {
         self.model.as_ref()
     }
 
-    /// Whether `method` can run on this engine's model at all: a method that needs what the
-    /// model does not offer is refused before any work, naming both.
+    /// Whether `method` can run on this engine's model at all (see [`check_supported`]).
     pub fn check_supported(&self, method: Method) -> Result<()> {
-        let offers = self.model.capabilities();
-        let missing = match method {
-            Method::FullGrad if !offers.bias_gradients => Some("its biases (FullGrad sums their gradients)"),
-            Method::GuidedBackprop | Method::GuidedGradCam if !offers.guided_relu => {
-                Some("its ReLUs (guided backprop changes their gradient)")
-            }
-            _ => None,
-        };
-        match missing {
-            Some(what) => Err(Error::Unsupported {
-                method: method.name().into(),
-                model: self.model.name(),
-                what: what.into(),
-            }),
-            None => Ok(()),
-        }
+        check_supported(self.model.as_ref(), method)
     }
 
     /// Side of the (square) input, which is the side of every finished map.
@@ -213,5 +197,24 @@ impl Engine {
             }
         }
         Ok(sum)
+    }
+}
+
+/// Whether `method` can run on `model` at all: a method that needs what the model does not
+/// offer is refused before any work, naming both. Needs no image, so a sweep asks it once.
+pub fn check_supported(model: &dyn ImageClassifier, method: Method) -> Result<()> {
+    let offers = model.capabilities();
+    let missing = match method {
+        Method::FullGrad if !offers.bias_gradients => Some("its biases (FullGrad sums their gradients)"),
+        Method::GuidedBackprop | Method::GuidedGradCam if !offers.guided_relu => {
+            Some("its ReLUs (guided backprop changes their gradient)")
+        }
+        _ => None,
+    };
+    match missing {
+        Some(what) => {
+            Err(Error::Unsupported { method: method.name().into(), model: model.name(), what: what.into() })
+        }
+        None => Ok(()),
     }
 }

@@ -70,33 +70,19 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
     } else {
         HashSet::new()
     };
-    let mine: Vec<_> = set
-        .items
-        .iter()
-        .filter(|it| shard.is_none_or(|s| s.takes(&it.name)))
-        .filter(|it| !done.contains(&it.name))
-        .cloned()
-        .collect();
-    let mut lines = vec![format!(
+    let taken: Vec<_> = set.items.iter().filter(|it| shard.is_none_or(|s| s.takes(&it.name))).collect();
+    let mine: Vec<_> = taken.iter().filter(|it| !done.contains(&it.name)).map(|&it| it.clone()).collect();
+    let already = taken.len() - mine.len();
+    eprintln!(
         "camscope: {} images in {} ({}){}{}",
         set.items.len(),
         args.input.display(),
         layout_name(&set),
-        shard.map_or(String::new(), |s| format!(
-            "; shard {}/{} takes {}",
-            s.index,
-            s.count,
-            mine.len() + done.len()
-        )),
-        if done.is_empty() {
-            String::new()
-        } else {
-            format!("; {} already in {}", done.len(), args.out.display())
-        },
-    )];
-    lines.extend(set.skipped_summary().map(|s| format!("camscope: {s}")));
-    for line in &lines {
-        eprintln!("{line}");
+        shard.map_or(String::new(), |s| format!("; shard {}/{} takes {}", s.index, s.count, taken.len())),
+        if already == 0 { String::new() } else { format!("; {already} already in {}", args.out.display()) },
+    );
+    if let Some(skipped) = set.skipped_summary() {
+        eprintln!("camscope: {skipped}");
     }
     eprintln!(
         "camscope: {} at {} of {}, target: {}",
@@ -148,21 +134,16 @@ fn layout_name(set: &DataSet) -> &'static str {
 /// Rows of a results file that this run would not have written are refused, not mixed in.
 fn check_same_run(path: &Path, rows: &[Row], sweeper: &Sweeper) -> Result<()> {
     let (model, method, stage) = (&sweeper.model().name, sweeper.method_name(), sweeper.stage_name());
-    if let Some(r) = rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
-        {
-            return Err(Error::Results {
-                path: path.into(),
-                message: format!(
-                    "holds rows of model {}, {} at {}; this run is model {model}, {method} at {}: resume with the same options, or write another file",
-                    r.model,
-                    r.method,
-                    r.stage,
-                    stage
-                ),
-            });
-        }
+    match rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
+        Some(r) => Err(Error::Results {
+            path: path.into(),
+            message: format!(
+                "holds rows of model {}, {} at {}; this run is model {model}, {method} at {stage}: resume with the same options, or write another file",
+                r.model, r.method, r.stage
+            ),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Accuracy, errors and localisation of the rows of this run.

@@ -3,6 +3,17 @@
 
 const IMAGENET_LABELS: &str = include_str!("../../models/imagenet_classes.txt");
 
+/// The class a person names: an index (`243`) or a whole label in any case (`bull mastiff`).
+/// The one rule; callers say what an unknown name is.
+pub fn class_named(labels: &[String], name: &str) -> Option<usize> {
+    let name = name.trim();
+    if let Ok(i) = name.parse::<usize>() {
+        return (i < labels.len()).then_some(i);
+    }
+    let wanted = name.to_lowercase();
+    labels.iter().position(|l| l.to_lowercase() == wanted)
+}
+
 /// The classes whose label contains `query` (case-insensitive, trimmed), best first: the whole
 /// label, then whole words (`cat` in `tiger cat`), then the start of a word, then anywhere; in
 /// class order within each. The one label matcher: `--class` suggestions and the debugger's `/`.

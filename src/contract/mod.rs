@@ -26,7 +26,7 @@ pub use classifier::{
     check_all_stages_tapped, default_stage, logits, stage_index, stage_shapes, with_stage, Capabilities,
     ImageClassifier, StageShape,
 };
-pub use labels::{default_labels, imagenet_labels, labels_matching, parse_labels};
+pub use labels::{class_named, default_labels, imagenet_labels, labels_matching, parse_labels};
 pub use model::Model;
 pub use stage::{Layout, StageSpec};
 pub use tape::{Backward, BiasGradient, CpuTape, Recording, ReversePass};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::classifier::{check_all_stages_tapped, ImageClassifier};
-use super::labels::{default_labels, imagenet_labels, labels_matching};
+use super::labels::{class_named, default_labels, imagenet_labels, labels_matching};
 use super::taps::{EngineKind, Mode, Taps};
 use crate::error::{Error, Result};
 use crate::preprocess::Preprocess;
@@ -87,11 +87,14 @@ impl Model {
     /// label's error lists the labels that contain it, as the debugger's class search finds them.
     pub fn parse_class(&self, s: &str) -> Result<usize> {
         let n = self.labels.len();
-        if let Ok(i) = s.trim().parse::<usize>() {
-            return if i < n { Ok(i) } else { Err(Error::UnknownClass(s.into(), n - 1)) };
+        if let Some(class) = class_named(&self.labels, s) {
+            return Ok(class);
         }
-        let wanted = s.trim().to_lowercase();
-        self.labels.iter().position(|l| l.to_lowercase() == wanted).ok_or_else(|| Error::UnknownLabel {
+        if s.trim().parse::<usize>().is_ok() {
+            return Err(Error::UnknownClass(s.into(), n - 1));
+        }
+        let wanted = s.trim();
+        Err(Error::UnknownLabel {
             name: s.into(),
             max: n - 1,
             similar: if wanted.is_empty() {

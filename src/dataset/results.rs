@@ -120,7 +120,7 @@ impl Writer {
         }
         let file = if exists {
             let mut f = OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
-            ends_with_newline(path, &mut f)?;
+            drop_partial_last_line(path, &mut f)?;
             f
         } else {
             File::create(path).map_err(|e| Error::io(path, e))?
@@ -158,7 +158,7 @@ impl Writer {
 
 /// A file cut off mid-line by a kill loses that partial line, so the next row starts cleanly
 /// (the image it belonged to is redone: reading skipped it too).
-fn ends_with_newline(path: &Path, f: &mut File) -> Result<()> {
+fn drop_partial_last_line(path: &Path, f: &mut File) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if keep < bytes.len() {

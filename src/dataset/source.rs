@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::region::PixelBox;
+use crate::contract::class_named;
 use crate::error::{Error, Result};
 
 /// File extensions taken for images (any case). Anything else is listed as skipped.
@@ -71,7 +72,7 @@ impl DataSet {
     pub fn open(input: &Path, labels: &[String], ann: &Annotations) -> Result<DataSet> {
         let meta = std::fs::metadata(input).map_err(|e| Error::io(input, e))?;
         let mut set = if meta.is_file() {
-            if !input.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            if !has_extension(input, "csv") {
                 return Err(data_err(input, "is a file, not a folder or a .csv list of images"));
             }
             read_csv(input, labels)?
@@ -220,18 +221,10 @@ fn walk(root: &Path, labels: &[String], unlabelled: bool) -> Result<DataSet> {
     Ok(DataSet { root: root.into(), layout: Layout::ImageFolder, items, skipped })
 }
 
-/// The class of a label written by a person: the whole label in any case (`_` standing for a
-/// space, as folder names write it), or an index.
+/// The class of a label written in a folder name or a CSV: the contract's rule (an index, or a
+/// whole label in any case), or the label with `_` for its spaces, as folder names write it.
 fn class_of(name: &str, labels: &[String]) -> Option<usize> {
-    let wanted = name.trim().to_lowercase();
-    let spaced = wanted.replace('_', " ");
-    labels
-        .iter()
-        .position(|l| {
-            let l = l.to_lowercase();
-            l == wanted || l == spaced
-        })
-        .or_else(|| wanted.parse::<usize>().ok().filter(|&i| i < labels.len()))
+    class_named(labels, name).or_else(|| class_named(labels, &name.replace('_', " ")))
 }
 
 /// Up to five labels nearest to `name`: those containing it first, then by edit distance.

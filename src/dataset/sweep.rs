@@ -83,6 +83,7 @@ impl<'m> Sweeper<'m> {
                 (model.network.clone(), default_stage(&grids))
             }
         };
+        crate::engine::check_supported(network.as_ref(), opts.method)?;
         let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
         if let Some(dir) = &opts.save_maps {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -135,7 +136,6 @@ impl<'m> Sweeper<'m> {
         }
         let engine =
             Engine::new(self.network.clone(), input.tensor.to_device(&self.opts.device)?, self.opts.engine)?;
-        engine.check_supported(self.opts.method)?;
         let stage = self.stage;
         let trace = engine.trace();
         let probs = trace.probabilities();
