@@ -69,3 +69,45 @@ fn a_csv_with_boxes_and_a_bad_shard_are_handled() {
     let bad = camscope(&["sweep", &fixture("folder"), "--shard", "0/4", "-o", &out]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("count from 1"));
 }
+
+/// One target per image, and the batch changes nothing: every good row of a sweep is what
+/// `explain` says of that image alone with the row's target (top-k and the map itself).
+#[test]
+fn every_sweep_row_equals_explain_on_its_image_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |n: &str| dir.path().join(n).display().to_string();
+    let o = camscope(&["sweep", &fixture("folder"), "-o", &at("rows.jsonl"), "--save-maps", &at("maps")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = camscope::dataset::results::read(Path::new(&at("rows.jsonl"))).unwrap();
+    let read = |p: &str| {
+        let t = candle_core::Tensor::read_npy(p).unwrap();
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let mut compared = 0;
+    for row in rows.iter().filter(|r| r.error.is_none()) {
+        let target = row.target_index.unwrap().to_string();
+        let npy = at(&format!("{}.npy", row.path.replace('/', "_")));
+        let image = fixture(&format!("folder/{}", row.path));
+        let e = camscope(&["explain", &image, "-c", &target, "--json", "-k", "5", "--npy", &npy]);
+        assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+        let top: Vec<(u64, f64)> = json["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["index"].as_u64().unwrap(), p["prob"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(top.len(), row.top_k.len(), "{}", row.path);
+        for ((index, prob), r) in top.iter().zip(&row.top_k) {
+            assert_eq!(*index as usize, r.index, "{}", row.path);
+            assert!((prob - r.prob as f64).abs() < 1e-6, "{}: {prob} vs {}", row.path, r.prob);
+        }
+        let alone = read(&npy);
+        let swept = read(&at(&format!("maps/{}", row.path.replace(".jpg", ".npy"))));
+        assert_eq!(alone.len(), swept.len());
+        let worst = alone.iter().zip(&swept).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{}: maps differ by {worst}", row.path);
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+}

@@ -142,3 +142,32 @@ fn bad_image_exits_before_taking_the_screen() {
     let screen = s.wait_for("CAMSCOPE-EXIT=1");
     assert!(screen.contains("camscope: error:") && screen.contains("/no/such/photo.png"));
 }
+
+/// The data set's table: the sweep fills it, L sorts by loss (worst first), Enter opens the
+/// worst image, n steps to the next one in the table's order, Esc comes back to the table on
+/// that row, q quits cleanly.
+#[test]
+fn data_set_table_in_tmux() {
+    if !have_tmux() {
+        return;
+    }
+    let s = Session::start("camscope-set", 160, 40, "tests/fixtures/dataset/folder");
+    s.wait_for_all(&["class folders · 5 images", "swept 5 images", "accuracy 25.0% (1/4) · 1 errors"]);
+    s.keys("L");
+    let screen = s.wait_for("loss ▼");
+    let rows: Vec<&str> = screen.lines().filter(|l| l.starts_with("│") && l.contains(".jpg ")).collect();
+    assert!(rows[0].contains("espresso/hopper.jpg") && rows[0].contains("academic gown"), "{screen}");
+    assert!(rows[1].contains("tabby/both.jpg"), "{screen}");
+    s.keys("Enter");
+    s.wait_for_all(&["Predictions", "espresso/hopper.jpg · 1/5 in the table", "class 967 espresso"]);
+    s.keys("n");
+    // Esc while the map is computed cancels it; once it is shown, Esc goes back.
+    s.wait_for_all(&["tabby/both.jpg · 2/5 in the table", "class 281 tabby  map "]);
+    s.keys("Escape");
+    let screen = s.wait_for_all(&["loss ▼", "┌ tabby/both.jpg"]);
+    assert!(!screen.contains("Predictions"), "{screen}");
+    s.keys("w");
+    s.wait_for("3 of 5 rows (wrong)");
+    s.keys("q");
+    s.wait_for("CAMSCOPE-EXIT=0");
+}

@@ -22,8 +22,26 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct TuiArgs {
-    /// Image (PNG, JPEG, WebP, BMP, GIF) or .npy tensor; the built-in sample if omitted
+    /// Image (PNG, JPEG, WebP, BMP, GIF) or .npy tensor; the built-in sample if omitted. A
+    /// folder, a CSV list (path,label) or a results file of `camscope sweep` opens the data
+    /// set's table
     pub image: Option<PathBuf>,
+    /// A data set: also write its rows to this results file (.csv, .jsonl); rows already in it
+    /// are shown, not computed again
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
+    /// A results file: the folder its image paths are relative to (default: the file's folder)
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// A data set: folder of Pascal VOC XML box files named like the images
+    #[arg(long, value_name = "DIR")]
+    pub boxes: Option<PathBuf>,
+    /// A data set: folder of object masks, PNGs named like the images
+    #[arg(long, value_name = "DIR")]
+    pub masks: Option<PathBuf>,
+    /// A data set: read a folder of folders as plain images, not as classes
+    #[arg(long)]
+    pub unlabelled: bool,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]

@@ -101,7 +101,36 @@ fn run_tui(args: args::TuiArgs, source: Source) -> Result<()> {
         theme: args.theme.clone(),
         keys: args.keys.clone(),
     };
+    if let Some(input) = args.image.as_ref().filter(|p| is_data_set(p)) {
+        let set = tui::DataSetOptions {
+            input: input.clone(),
+            annotations: crate::dataset::Annotations {
+                boxes: args.boxes.clone(),
+                masks: args.masks.clone(),
+                unlabelled: args.unlabelled,
+            },
+            out: args.results.clone(),
+            images: args.images.clone(),
+            top_k: 5,
+            tolerance: 0.0,
+        };
+        if let Some(out) = &set.out {
+            crate::dataset::results::Format::of(out)?;
+        }
+        return tui::run_data_set(&opts, &set, || source.load(&args.model));
+    }
+    if args.results.is_some() || args.images.is_some() || args.boxes.is_some() || args.masks.is_some() {
+        return Err(Error::Usage(
+            "--results, --images, --boxes and --masks apply to a data set: give a folder, a CSV list or a results file".into(),
+        ));
+    }
     tui::run(&opts, || source.load(&args.model))
+}
+
+/// A folder, a CSV list or a results file: the debugger opens the data set's table.
+fn is_data_set(path: &std::path::Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    path.is_dir() || matches!(ext.as_deref(), Some("csv" | "jsonl" | "ndjson"))
 }
 
 fn stage_choice(map: &MapArgs) -> StageChoice {

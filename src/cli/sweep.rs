@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,7 +64,7 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
 
     let done: HashSet<String> = if args.resume && args.out.exists() {
         let rows = results::read(&args.out)?;
-        check_same_run(&args.out, &rows, &sweeper)?;
+        results::check_same_run(&args.out, &rows, &sweeper)?;
         rows.into_iter().map(|r| r.path).collect()
     } else {
         HashSet::new()
@@ -77,7 +76,7 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
         "camscope: {} images in {} ({}){}{}",
         set.items.len(),
         args.input.display(),
-        layout_name(&set),
+        set.layout.describe(),
         shard.map_or(String::new(), |s| format!("; shard {}/{} takes {}", s.index, s.count, taken.len())),
         if already == 0 { String::new() } else { format!("; {already} already in {}", args.out.display()) },
     );
@@ -100,12 +99,13 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
     on_ctrl_c();
     let mut display = ProgressDisplay::new(mine.len());
     let mut summary = Summary::default();
-    let progress = sweep::run(&sweeper, &mine, &INTERRUPTED, &mut |row: Row, p: &Progress| {
-        writer.write(&row)?;
-        summary.add(&row);
-        display.update(p, &row);
-        Ok(())
-    });
+    let progress =
+        sweep::run(&sweeper, &mine, &INTERRUPTED, &mut |row: Row, _map: Option<&[f32]>, p: &Progress| {
+            writer.write(&row)?;
+            summary.add(&row);
+            display.update(p, &row);
+            Ok(())
+        });
     display.finish();
     let progress = progress?;
     let interrupted = INTERRUPTED.load(Ordering::SeqCst) && progress.done < progress.total;
@@ -121,29 +121,6 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
     }
     eprintln!("camscope: wrote {}", args.out.display());
     Ok(())
-}
-
-fn layout_name(set: &DataSet) -> &'static str {
-    match set.layout {
-        crate::dataset::Layout::Folder => "a folder, no labels",
-        crate::dataset::Layout::ImageFolder => "class folders",
-        crate::dataset::Layout::Csv => "a CSV list",
-    }
-}
-
-/// Rows of a results file that this run would not have written are refused, not mixed in.
-fn check_same_run(path: &Path, rows: &[Row], sweeper: &Sweeper) -> Result<()> {
-    let (model, method, stage) = (&sweeper.model().name, sweeper.method_name(), sweeper.stage_name());
-    match rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
-        Some(r) => Err(Error::Results {
-            path: path.into(),
-            message: format!(
-                "holds rows of model {}, {} at {}; this run is model {model}, {method} at {stage}: resume with the same options, or write another file",
-                r.model, r.method, r.stage
-            ),
-        }),
-        None => Ok(()),
-    }
 }
 
 /// Accuracy, errors and localisation of the rows of this run.

@@ -200,6 +200,21 @@ pub fn merge(parts: Vec<(PathBuf, Vec<Row>)>) -> Result<Vec<Row>> {
     Ok(by_path.into_values().collect())
 }
 
+/// Rows of a results file that this run would not have written are refused, not mixed in.
+pub fn check_same_run(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Result<()> {
+    let (model, method, stage) = (&sweeper.model().name, sweeper.method_name(), sweeper.stage_name());
+    match rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
+        Some(r) => Err(results_err(
+            path,
+            format!(
+                "holds rows of model {}, {} at {}; this run is model {model}, {method} at {stage}: use the same options (-m, -M, -l), or write another file",
+                r.model, r.method, r.stage
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

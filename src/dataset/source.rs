@@ -66,6 +66,17 @@ pub struct Annotations {
     pub unlabelled: bool,
 }
 
+impl Layout {
+    /// How the summary lines name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Folder => "a folder, no labels",
+            Layout::ImageFolder => "class folders",
+            Layout::Csv => "a CSV list",
+        }
+    }
+}
+
 impl DataSet {
     /// Lists `input`: a CSV file, or a folder (an ImageFolder tree when it holds folders and no
     /// images at its top level).

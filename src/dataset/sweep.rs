@@ -118,15 +118,28 @@ impl<'m> Sweeper<'m> {
 
     /// The row of one image; whatever fails is the row's error, never the sweep's.
     pub fn row(&self, item: &Item, input: Result<ModelInput>, ctl: &Control) -> Result<Row> {
+        self.row_and_map(item, input, ctl).map(|(row, _)| row)
+    }
+
+    /// The row and, where the image had one, its map (S×S, the input's frame): the debugger shows
+    /// it beside the table; `sweep` only writes it with `--save-maps`.
+    pub fn row_and_map(
+        &self,
+        item: &Item,
+        input: Result<ModelInput>,
+        ctl: &Control,
+    ) -> Result<(Row, Option<Vec<f32>>)> {
         let outcome = input.and_then(|input| self.explain(item, &input, ctl));
         match outcome {
-            Ok(row) => Ok(row),
+            Ok((row, map)) => Ok((row, Some(map))),
             Err(Error::Cancelled) => Err(Error::Cancelled),
-            Err(e) => Ok(Row { error: Some(e.to_string().trim().to_string()), ..self.row_frame(item) }),
+            Err(e) => {
+                Ok((Row { error: Some(e.to_string().trim().to_string()), ..self.row_frame(item) }, None))
+            }
         }
     }
 
-    fn explain(&self, item: &Item, input: &ModelInput, ctl: &Control) -> Result<Row> {
+    fn explain(&self, item: &Item, input: &ModelInput, ctl: &Control) -> Result<(Row, Vec<f32>)> {
         if let Some(problem) = &item.problem {
             return Err(Error::Input { path: item.path.clone(), message: problem.clone() });
         }
@@ -169,7 +182,7 @@ impl<'m> Sweeper<'m> {
             save_maps(dir, &item.name, &map, input, self.opts.colormap)?;
         }
         let truth = item.label;
-        Ok(Row {
+        let row = Row {
             top_k,
             p_true: truth.map(|t| probs[t]),
             loss: truth.map(|t| cross_entropy(trace.logits(), t)),
@@ -181,7 +194,8 @@ impl<'m> Sweeper<'m> {
             metrics,
             note,
             ..self.row_frame(item)
-        })
+        };
+        Ok((row, map))
     }
 
     /// The object on the S×S frame: the union of the boxes and the mask, if there are any.
@@ -267,17 +281,20 @@ impl Progress {
     }
 }
 
+/// Takes each finished row, its map (where it has one) and the progress after it.
+pub type RowSink<'a> = dyn FnMut(Row, Option<&[f32]>, &Progress) -> Result<()> + 'a;
+
 /// Images decoded ahead of the network.
 const PREFETCH: usize = 8;
 
-/// Runs `items` through the model, handing each row to `sink` in order, with the progress after
-/// it. Stops between images when `cancelled` is set (every finished row has been handed on) and
+/// Runs `items` through the model, handing each row (with its map, where it has one) to `sink`
+/// in order, with the progress after it. Stops between images when `cancelled` is set (every finished row has been handed on) and
 /// returns the progress so far; a sink's error (a full disk) stops it too.
 pub fn run(
     sweeper: &Sweeper,
     items: &[Item],
     cancelled: &AtomicBool,
-    sink: &mut dyn FnMut(Row, &Progress) -> Result<()>,
+    sink: &mut RowSink,
 ) -> Result<Progress> {
     let start = Instant::now();
     let mut progress = Progress { total: items.len(), ..Progress::default() };
@@ -300,14 +317,14 @@ pub fn run(
                 break;
             }
             let Ok(input) = rx.recv() else { break };
-            let row = match sweeper.row(item, input, &ctl) {
-                Ok(row) => row,
+            let (row, map) = match sweeper.row_and_map(item, input, &ctl) {
+                Ok(explained) => explained,
                 Err(Error::Cancelled) => break,
                 Err(e) => return Err(e),
             };
             progress.count(&row);
             progress.elapsed_s = start.elapsed().as_secs_f64();
-            sink(row, &progress)?;
+            sink(row, map.as_deref(), &progress)?;
         }
         Ok(progress)
     })

@@ -27,4 +27,27 @@ pub enum Action {
     ToggleAugSmooth,
     ToggleEigenSmooth,
     Save,
+    /// In the image view of a data set: the next / previous image in the table's order.
+    NextImage,
+    PrevImage,
+    // The data set's table.
+    Top,
+    Bottom,
+    PageUp,
+    PageDown,
+    Open,
+    SortBy(super::table::Column),
+    WrongOnly,
+    SameTrue,
+    SamePredicted,
+    Confusions,
+}
+
+/// Where a key binding applies: the same key can mean one thing over an image and another over
+/// the data set's table (`g`: the stage grid / the first row), as in lazygit's panels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Context {
+    Everywhere,
+    Image,
+    Table,
 }

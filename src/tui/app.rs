@@ -21,6 +21,10 @@ use crate::metrics::Scores;
 pub enum Command {
     CancelWork,
     Save,
+    /// Back to the data set's table (Esc with nothing left to close).
+    Back,
+    /// The image `delta` rows away in the table's order.
+    Step(isize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +104,8 @@ pub struct App {
     pub status: Option<(String, bool)>,
     /// (keys, what they do) for the help popup, from the key table in force.
     pub keys_help: Vec<(String, String)>,
+    /// Opened from a data set's table: Esc goes back to it, n / p step through its rows.
+    pub in_data_set: bool,
     pub quit: bool,
 }
 
@@ -139,7 +145,8 @@ impl App {
             partial: None,
             paused: false,
             status: None,
-            keys_help: super::keymap::Keymap::defaults().help(),
+            keys_help: super::keymap::Keymap::defaults().help(super::action::Context::Image, false),
+            in_data_set: false,
             quit: false,
         }
     }
@@ -271,6 +278,8 @@ impl App {
                 }
                 if self.screen != Screen::Main {
                     self.screen = Screen::Main;
+                } else if self.in_data_set {
+                    return Some(Command::Back);
                 }
             }
             Action::Help => self.popup = Some(Popup::Help),
@@ -331,8 +340,42 @@ impl App {
             Action::ToggleAugSmooth => self.smoothing.aug = !self.smoothing.aug,
             Action::ToggleEigenSmooth => self.smoothing.eigen = !self.smoothing.eigen,
             Action::Save => return Some(Command::Save),
+            Action::NextImage | Action::PrevImage if self.in_data_set => {
+                return Some(Command::Step(if action == Action::NextImage { 1 } else { -1 }));
+            }
+            Action::NextImage | Action::PrevImage => {
+                self.status =
+                    Some(("n / p step through a data set: open a folder (camscope DIR)".into(), false));
+            }
+            // The table's own actions: the keymap never sends them over an image.
+            Action::Top
+            | Action::Bottom
+            | Action::PageUp
+            | Action::PageDown
+            | Action::Open
+            | Action::SortBy(_)
+            | Action::WrongOnly
+            | Action::SameTrue
+            | Action::SamePredicted
+            | Action::Confusions => {}
         }
         None
+    }
+
+    /// What the person had chosen in the image before this one: the next image opens in the
+    /// same method, stage, view and screen (its own target class).
+    pub fn carry_over(&mut self, before: &App) {
+        self.method = before.method;
+        if before.stage < self.info.stages.len() {
+            self.stage = before.stage;
+        }
+        self.smoothing = before.smoothing;
+        self.focus = before.focus;
+        self.screen = before.screen;
+        self.view = before.view;
+        self.opacity = before.opacity;
+        self.theme = before.theme;
+        self.colormap = before.colormap;
     }
 
     /// Typing while the search popup is open. Returns false if the popup is not open.

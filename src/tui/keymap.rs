@@ -12,32 +12,59 @@ use toml::Spanned;
 use super::config_file;
 use crate::{Error, Result};
 
-/// (action, config name, default keys, help text) — the help popup is generated from this.
-pub const BINDINGS: &[(Action, &str, &[&str], &str)] = &[
-    (Action::Quit, "quit", &["q", "ctrl-c"], "quit"),
-    (Action::Cancel, "cancel", &["esc"], "cancel computation / close popup or grid"),
-    (Action::Help, "help", &["?"], "this help"),
-    (Action::PrevStage, "prev_stage", &["[", "h", "left"], "previous stage (toward the input)"),
-    (Action::NextStage, "next_stage", &["]", "l", "right"], "next stage"),
-    (Action::Down, "down", &["j", "down"], "move down in the focused list / scroll grid"),
-    (Action::Up, "up", &["k", "up"], "move up in the focused list / scroll grid"),
-    (Action::ToggleFocus, "toggle_focus", &["tab"], "switch focus: predictions / stages"),
-    (Action::Select, "select", &["enter"], "make the highlighted prediction the target"),
-    (Action::Search, "search", &["/"], "search all class names"),
-    (Action::NextMethod, "next_method", &["m"], "next method"),
-    (Action::PrevMethod, "prev_method", &["M"], "previous method"),
-    (Action::StageGrid, "stage_grid", &["g"], "grid: every stage, current class and method"),
-    (Action::MethodGrid, "method_grid", &["c"], "grid: every method at the current stage"),
-    (Action::CycleView, "cycle_view", &["o"], "view: overlay / heat map / input"),
-    (Action::OpacityUp, "opacity_up", &["+", "="], "more heat map opacity"),
-    (Action::OpacityDown, "opacity_down", &["-"], "less heat map opacity"),
-    (Action::NextTheme, "next_theme", &["t"], "next theme"),
-    (Action::ToggleAugSmooth, "aug_smooth", &["a"], "toggle augmentation smoothing (6× the time)"),
-    (Action::ToggleEigenSmooth, "eigen_smooth", &["e"], "toggle eigen-smoothing"),
-    (Action::Save, "save", &["s"], "save the current view as PNG"),
+use super::action::Context::{self, Everywhere, Image, Table};
+use super::table::Column;
+
+/// (where, action, config name, default keys, help text) — the help popup is generated from this.
+pub const BINDINGS: &[(Context, Action, &str, &[&str], &str)] = &[
+    (Everywhere, Action::Quit, "quit", &["q", "ctrl-c"], "quit"),
+    (Everywhere, Action::Cancel, "cancel", &["esc"], "cancel / close popup or grid / back to the table"),
+    (Everywhere, Action::Help, "help", &["?"], "this help"),
+    (Everywhere, Action::Down, "down", &["j", "down"], "move down in the focused list / scroll grid"),
+    (Everywhere, Action::Up, "up", &["k", "up"], "move up in the focused list / scroll grid"),
+    (Image, Action::PrevStage, "prev_stage", &["[", "h", "left"], "previous stage (toward the input)"),
+    (Image, Action::NextStage, "next_stage", &["]", "l", "right"], "next stage"),
+    (Image, Action::ToggleFocus, "toggle_focus", &["tab"], "switch focus: predictions / stages"),
+    (Image, Action::Select, "select", &["enter"], "make the highlighted prediction the target"),
+    (Image, Action::Search, "search", &["/"], "search all class names"),
+    (Image, Action::NextMethod, "next_method", &["m"], "next method"),
+    (Image, Action::PrevMethod, "prev_method", &["M"], "previous method"),
+    (Image, Action::StageGrid, "stage_grid", &["g"], "grid: every stage, current class and method"),
+    (Image, Action::MethodGrid, "method_grid", &["c"], "grid: every method at the current stage"),
+    (Image, Action::CycleView, "cycle_view", &["o"], "view: overlay / heat map / input"),
+    (Image, Action::OpacityUp, "opacity_up", &["+", "="], "more heat map opacity"),
+    (Image, Action::OpacityDown, "opacity_down", &["-"], "less heat map opacity"),
+    (Image, Action::NextTheme, "next_theme", &["t"], "next theme"),
+    (Image, Action::ToggleAugSmooth, "aug_smooth", &["a"], "toggle augmentation smoothing (6× the time)"),
+    (Image, Action::ToggleEigenSmooth, "eigen_smooth", &["e"], "toggle eigen-smoothing"),
+    (Image, Action::Save, "save", &["s"], "save the current view as PNG"),
+    (Image, Action::NextImage, "next_image", &["n"], "next image of the data set (table order)"),
+    (Image, Action::PrevImage, "prev_image", &["p"], "previous image of the data set"),
+    (Table, Action::Open, "open", &["enter"], "open the image: every stage, method and class"),
+    (Table, Action::Top, "top", &["g", "home"], "first row"),
+    (Table, Action::Bottom, "bottom", &["G", "end"], "last row"),
+    (Table, Action::PageUp, "page_up", &["pageup", "ctrl-u"], "a page up"),
+    (Table, Action::PageDown, "page_down", &["pagedown", "ctrl-d"], "a page down"),
+    (Table, Action::Search, "search_names", &["/"], "search the names (fuzzy); Enter keeps, Esc clears"),
+    (Table, Action::SortBy(Column::Name), "sort_name", &["N"], "sort by name (again: reverse)"),
+    (Table, Action::SortBy(Column::True), "sort_true", &["T"], "sort by true class"),
+    (Table, Action::SortBy(Column::Predicted), "sort_predicted", &["P"], "sort by predicted class"),
+    (Table, Action::SortBy(Column::Confidence), "sort_p", &["C"], "sort by p, least sure first"),
+    (Table, Action::SortBy(Column::Loss), "sort_loss", &["L"], "sort by loss, worst first"),
+    (
+        Table,
+        Action::SortBy(Column::Energy),
+        "sort_energy",
+        &["E"],
+        "sort by map energy in the object, least first",
+    ),
+    (Table, Action::WrongOnly, "wrong_only", &["w"], "only the misclassified (again: all)"),
+    (Table, Action::SameTrue, "same_true", &["t"], "only this row's true class (again: all)"),
+    (Table, Action::SamePredicted, "same_predicted", &["p"], "only this row's predicted class (again: all)"),
+    (Table, Action::Confusions, "confusions", &["c"], "the most confused pairs; Enter filters to one"),
 ];
 
-/// Digits 1–9 pick the n-th prediction; they are not rebindable.
+/// Digits 1–9 pick the n-th prediction over an image; they are not rebindable.
 pub const PICK_HELP: (&str, &str) = ("1-9", "target = the n-th prediction");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +89,8 @@ fn parse_key(s: &str) -> Option<Key> {
         "down" => KeyCode::Down,
         "pageup" => KeyCode::PageUp,
         "pagedown" => KeyCode::PageDown,
+        "home" => KeyCode::Home,
+        "end" => KeyCode::End,
         "space" => KeyCode::Char(' '),
         s if s.chars().count() == 1 => KeyCode::Char(s.chars().next()?),
         _ => return None,
@@ -70,9 +99,9 @@ fn parse_key(s: &str) -> Option<Key> {
 }
 
 pub struct Keymap {
-    map: HashMap<Key, Action>,
+    map: HashMap<(Context, Key), Action>,
     /// Action → its keys as written, for the help popup.
-    pub labels: Vec<(Action, String, &'static str)>,
+    pub labels: Vec<(Context, Action, String, &'static str)>,
 }
 
 /// `action = ["key", …]` as read from a file, with positions for error messages.
@@ -98,32 +127,36 @@ impl Keymap {
             message: config_file::at(text, at.span().start, &message),
         };
         for name in overrides.keys() {
-            if !BINDINGS.iter().any(|b| b.1 == name.get_ref()) {
-                let names: Vec<&str> = BINDINGS.iter().map(|b| b.1).collect();
+            if !BINDINGS.iter().any(|b| b.2 == name.get_ref()) {
+                let names: Vec<&str> = BINDINGS.iter().map(|b| b.2).collect();
                 let message = format!("unknown action '{}'; actions: {}", name.get_ref(), names.join(", "));
                 return Err(err(name, message));
             }
         }
+        // Defaults first, then the file's keys over them: a key the file gives one action
+        // leaves whichever action had it by default.
         let mut map = HashMap::new();
+        for &(context, action, name, defaults, _) in BINDINGS {
+            if !overrides.contains_key(name) {
+                for k in defaults {
+                    map.insert((context, parse_key(k).expect("default keys are valid")), action);
+                }
+            }
+        }
         let mut labels = Vec::new();
-        for &(action, name, defaults, help) in BINDINGS {
+        for &(context, action, name, defaults, help) in BINDINGS {
             let keys: Vec<String> = match overrides.get(name) {
                 Some(keys) => {
                     for k in keys {
                         let key = parse_key(k.get_ref())
                             .ok_or_else(|| err(k, format!("cannot read key '{}'", k.get_ref())))?;
-                        map.insert(key, action);
+                        map.insert((context, key), action);
                     }
                     keys.iter().map(|k| k.get_ref().clone()).collect()
                 }
-                None => {
-                    for k in defaults {
-                        map.insert(parse_key(k).expect("default keys are valid"), action);
-                    }
-                    defaults.iter().map(|s| s.to_string()).collect()
-                }
+                None => defaults.iter().map(|s| s.to_string()).collect(),
             };
-            labels.push((action, keys.join(" "), help));
+            labels.push((context, action, keys.join(" "), help));
         }
         Ok(Self { map, labels })
     }
@@ -145,23 +178,35 @@ impl Keymap {
         }
     }
 
-    /// (keys, what they do) for every action, the digits included, in table order.
-    pub fn help(&self) -> Vec<(String, String)> {
-        let mut rows: Vec<(String, String)> =
-            self.labels.iter().map(|(_, k, h)| (k.clone(), h.to_string())).collect();
-        let after_select = BINDINGS.iter().position(|b| b.0 == Action::Select).map_or(rows.len(), |i| i + 1);
-        rows.insert(after_select, (PICK_HELP.0.into(), PICK_HELP.1.into()));
+    /// (keys, what they do) for every action that applies in `context`, the digits included,
+    /// in table order; `data_set`: whether the image came from a data set (else stepping
+    /// through images is left out).
+    pub fn help(&self, context: Context, data_set: bool) -> Vec<(String, String)> {
+        let stepping = [Action::NextImage, Action::PrevImage];
+        let mut rows: Vec<(String, String)> = self
+            .labels
+            .iter()
+            .filter(|(c, a, ..)| (*c == Everywhere || *c == context) && (data_set || !stepping.contains(a)))
+            .map(|(_, _, k, h)| (k.clone(), h.to_string()))
+            .collect();
+        if context == Image {
+            let after = rows
+                .iter()
+                .position(|r| r.1.starts_with("make the highlighted"))
+                .map_or(rows.len(), |i| i + 1);
+            rows.insert(after, (PICK_HELP.0.into(), PICK_HELP.1.into()));
+        }
         rows
     }
 
-    pub fn action(&self, event: &KeyEvent) -> Option<Action> {
+    /// What `event` asks for in `context` (a binding of the context first, then one everywhere).
+    pub fn action(&self, event: &KeyEvent, context: Context) -> Option<Action> {
         let ctrl = event.modifiers.contains(KeyModifiers::CONTROL);
-        if let KeyCode::Char(c @ '1'..='9') = event.code {
-            if !ctrl {
-                return Some(Action::Pick(c as usize - '1' as usize));
-            }
+        if let (KeyCode::Char(c @ '1'..='9'), Image, false) = (event.code, context, ctrl) {
+            return Some(Action::Pick(c as usize - '1' as usize));
         }
-        self.map.get(&Key { code: event.code, ctrl }).copied()
+        let key = Key { code: event.code, ctrl };
+        self.map.get(&(context, key)).or_else(|| self.map.get(&(Everywhere, key))).copied()
     }
 }
 
@@ -176,13 +221,48 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let km = Keymap::defaults();
-        assert_eq!(km.action(&press(KeyCode::Char('['))), Some(Action::PrevStage));
-        assert_eq!(km.action(&press(KeyCode::Left)), Some(Action::PrevStage));
-        assert_eq!(km.action(&KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
-        assert_eq!(km.action(&press(KeyCode::Char('3'))), Some(Action::Pick(2)));
+        let over_image = |km: &Keymap, code| km.action(&press(code), Image);
+        assert_eq!(over_image(&km, KeyCode::Char('[')), Some(Action::PrevStage));
+        assert_eq!(over_image(&km, KeyCode::Left), Some(Action::PrevStage));
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(km.action(&ctrl_c, Image), Some(Action::Quit));
+        assert_eq!(km.action(&ctrl_c, Table), Some(Action::Quit));
+        assert_eq!(over_image(&km, KeyCode::Char('3')), Some(Action::Pick(2)));
         let km = Keymap::parse("next_stage = [\"n\"]", "k.toml").unwrap();
-        assert_eq!(km.action(&press(KeyCode::Char('n'))), Some(Action::NextStage));
-        assert_eq!(km.action(&press(KeyCode::Char(']'))), None);
+        assert_eq!(over_image(&km, KeyCode::Char('n')), Some(Action::NextStage));
+        assert_eq!(over_image(&km, KeyCode::Char(']')), None);
+    }
+
+    #[test]
+    fn the_same_key_means_what_its_context_says() {
+        let km = Keymap::defaults();
+        assert_eq!(km.action(&press(KeyCode::Char('g')), Image), Some(Action::StageGrid));
+        assert_eq!(km.action(&press(KeyCode::Char('g')), Table), Some(Action::Top));
+        assert_eq!(km.action(&press(KeyCode::Char('L')), Table), Some(Action::SortBy(Column::Loss)));
+        assert_eq!(km.action(&press(KeyCode::Char('3')), Table), None);
+        assert_eq!(km.action(&press(KeyCode::Char('j')), Table), Some(Action::Down));
+        let table = km.help(Table, true);
+        assert!(table.iter().any(|(k, _)| k == "L"));
+        assert!(!table.iter().any(|(k, _)| k == "1-9"));
+        assert!(!km.help(Image, false).iter().any(|(k, _)| k == "n"));
+        assert!(km.help(Image, true).iter().any(|(k, _)| k == "n"));
+    }
+
+    #[test]
+    fn every_key_of_a_context_means_one_action() {
+        let mut seen = std::collections::HashMap::new();
+        for &(context, action, _, keys, _) in BINDINGS {
+            for key in keys {
+                let contexts = match context {
+                    Everywhere => vec![Image, Table],
+                    c => vec![c],
+                };
+                for c in contexts {
+                    let other = seen.insert((c, *key), action);
+                    assert!(other.is_none(), "{key} in {c:?}: {other:?} and {action:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,13 +7,19 @@
 
 mod action;
 mod app;
+mod browser;
 mod config_file;
+mod data_set;
+mod feeds;
 mod keymap;
+mod table;
 mod theme;
 mod ui;
 mod worker;
 
-use std::path::PathBuf;
+pub use data_set::{run_data_set, DataSetOptions};
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +31,14 @@ use ratatui_image::picker::{Picker, ProtocolType};
 
 use crate::cam::{Method, Smoothing};
 use crate::contract::Model;
-use crate::contract::{with_stage, EngineKind};
+use crate::contract::{with_stage, EngineKind, ImageClassifier};
 use crate::engine::Engine;
 use crate::explain::StageChoice;
 use crate::preprocess;
 use crate::render::Colormap;
+use crate::trace::Prediction;
 use crate::{Error, Result};
+use action::Context;
 
 use app::{App, Command, ModelInfo, Screen};
 use keymap::Keymap;
@@ -92,6 +100,44 @@ pub fn parse_protocol(s: &str) -> Result<Option<ProtocolType>> {
     })
 }
 
+/// One image made ready for the image view: decoded, its forward pass done.
+struct OpenedImage {
+    info: ModelInfo,
+    predictions: Vec<Prediction>,
+    engine: Engine,
+}
+
+impl OpenedImage {
+    /// `network`: the model's, with the chosen stage among its stages.
+    fn open(
+        model: &Model,
+        network: Arc<dyn ImageClassifier>,
+        image: Option<&Path>,
+        device: &candle_core::Device,
+        kind: EngineKind,
+    ) -> Result<Self> {
+        let input = preprocess::load_input(image, &model.preprocess)?;
+        let engine = Engine::new(network.clone(), input.tensor.to_device(device)?, kind)?;
+        let trace = engine.trace();
+        let info = ModelInfo {
+            model: model.name.clone(),
+            arch: network.name(),
+            source: input.source.clone(),
+            stages: network.stages().iter().map(|s| s.name.clone()).collect(),
+            shapes: trace.shapes(),
+            labels: Arc::new(model.labels.clone()),
+            view: Arc::new(input.view.clone()),
+        };
+        let predictions = trace.top_k(TOP_K, &model.labels);
+        Ok(Self { info, predictions, engine })
+    }
+
+    fn into_app(self, stage: Option<usize>, themes: Vec<theme::Theme>, theme: usize) -> (App, Engine) {
+        let stage = stage.unwrap_or_else(|| self.engine.default_stage());
+        (App::new(self.info, self.predictions, stage, themes, theme), self.engine)
+    }
+}
+
 /// Everything the app needs, loaded and checked; the forward pass done.
 fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(App, Engine, Keymap)> {
     let keymap = Keymap::load(opts.keys.as_deref())?;
@@ -108,20 +154,8 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
         StageChoice::Default | StageChoice::All => (model.network.clone(), None),
     };
     let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
-    let input = preprocess::load_input(opts.image.as_deref(), &model.preprocess)?;
-    let engine = Engine::new(net.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
-    let trace = engine.trace();
-    let info = ModelInfo {
-        model: model.name.clone(),
-        arch: net.name(),
-        source: input.source.clone(),
-        stages: net.stages().iter().map(|s| s.name.clone()).collect(),
-        shapes: trace.shapes(),
-        labels: Arc::new(model.labels.clone()),
-        view: Arc::new(input.view.clone()),
-    };
-    let stage = stage.unwrap_or_else(|| engine.default_stage());
-    let mut app = App::new(info, trace.top_k(TOP_K, &model.labels), stage, themes, theme);
+    let opened = OpenedImage::open(&model, net, opts.image.as_deref(), &opts.device, opts.engine)?;
+    let (mut app, engine) = opened.into_app(stage, themes, theme);
     if let Some(class) = class {
         app.set_class(class);
     }
@@ -131,7 +165,7 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
     if opts.stages == StageChoice::All {
         app.screen = Screen::StageGrid;
     }
-    app.keys_help = keymap.help();
+    app.keys_help = keymap.help(Context::Image, false);
     Ok((app, engine, keymap))
 }
 
@@ -154,9 +188,9 @@ pub fn run(opts: &TuiOptions, load: impl FnOnce() -> Result<Model> + Send) -> Re
         (loading.join(), picker)
     });
     let (app, engine, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let worker = Worker::spawn(engine, opts.batch_size);
+    let session = ImageSession::new(app, engine, opts.batch_size);
     let mut terminal = ratatui::init();
-    let result = event_loop(&mut terminal, app, &worker, &keymap, ImageCache::new(picker), start);
+    let result = event_loop(&mut terminal, session, &keymap, ImageCache::new(picker), start);
     ratatui::restore();
     result
 }
@@ -217,10 +251,65 @@ fn save(app: &mut App) {
     });
 }
 
+/// One image in the debugger: its state and the engine thread computing its maps.
+struct ImageSession {
+    app: App,
+    worker: Worker,
+    /// What the worker was last asked for.
+    last_request: Vec<worker::Job>,
+}
+
+impl ImageSession {
+    fn new(app: App, engine: Engine, batch_size: usize) -> Self {
+        Self { app, worker: Worker::spawn(engine, batch_size), last_request: Vec::new() }
+    }
+
+    /// Asks the worker again only when something new is wanted (or wanted first): maps
+    /// arriving shrink the missing list, and that must not restart a long computation.
+    fn ask(&mut self) {
+        let missing = self.app.missing();
+        let current = worker::Job::Map(self.app.key());
+        let reprioritised = missing.first() == Some(&current) && self.last_request.first() != Some(&current);
+        let asks_more = reprioritised || missing.iter().any(|k| !self.last_request.contains(k));
+        if !missing.is_empty() && asks_more {
+            self.worker.request(missing.clone());
+            self.app.progress.get_or_insert((0, missing.len()));
+            self.last_request = missing;
+        }
+    }
+
+    /// Takes the maps the worker has finished.
+    fn collect(&mut self) {
+        while let Ok(ev) = self.worker.events.try_recv() {
+            self.app.on_event(ev);
+        }
+    }
+
+    /// A key over the image; what is left for the runtime (back to the table, another image)
+    /// is returned.
+    fn on_key(&mut self, key: &crossterm::event::KeyEvent, keymap: &Keymap) -> Option<Command> {
+        self.app.status = None;
+        if self.app.search_key(key) {
+            return None;
+        }
+        match self.app.update(keymap.action(key, Context::Image)?)? {
+            Command::CancelWork => {
+                self.worker.cancel();
+                self.last_request.clear();
+                None
+            }
+            Command::Save => {
+                save(&mut self.app);
+                None
+            }
+            other => Some(other),
+        }
+    }
+}
+
 fn event_loop<B: Backend>(
     terminal: &mut Terminal<B>,
-    mut app: App,
-    worker: &Worker,
+    mut session: ImageSession,
     keymap: &Keymap,
     mut images: ImageCache,
     start: Instant,
@@ -230,23 +319,12 @@ where
 {
     let io = |e: std::io::Error| Error::io("terminal", e);
     let draw_err = |e: B::Error| Error::Terminal(format!("drawing failed: {e}"));
-    let mut last_request = Vec::new();
     let mut first_map_shown = false;
     let mut key_pressed: Option<Instant> = None;
     loop {
-        // Ask again only when something new is wanted (or wanted first): maps arriving shrink
-        // the missing list, and that must not restart a long computation in progress.
-        let missing = app.missing();
-        let current = worker::Job::Map(app.key());
-        let reprioritised = missing.first() == Some(&current) && last_request.first() != Some(&current);
-        let asks_more = reprioritised || missing.iter().any(|k| !last_request.contains(k));
-        if !missing.is_empty() && asks_more {
-            worker.request(missing.clone());
-            app.progress.get_or_insert((0, missing.len()));
-            last_request = missing;
-        }
-
-        terminal.draw(|f| ui::draw(f, &app, &mut images)).map_err(draw_err)?;
+        session.ask();
+        let app = &mut session.app;
+        terminal.draw(|f| ui::draw(f, app, &mut images)).map_err(draw_err)?;
         if let Some(t) = key_pressed.take() {
             app.status.get_or_insert((
                 format!("redrawn {:.1} ms after the key", t.elapsed().as_secs_f64() * 1e3),
@@ -274,28 +352,14 @@ where
             match event::read().map_err(io)? {
                 TermEvent::Key(key) if key.kind == KeyEventKind::Press => {
                     key_pressed = Some(Instant::now());
-                    app.status = None;
-                    if !app.search_key(&key) {
-                        if let Some(action) = keymap.action(&key) {
-                            match app.update(action) {
-                                Some(Command::CancelWork) => {
-                                    worker.cancel();
-                                    last_request.clear();
-                                }
-                                Some(Command::Save) => save(&mut app),
-                                None => {}
-                            }
-                        }
-                    }
+                    session.on_key(&key, keymap);
                 }
                 TermEvent::Resize(..) => terminal.autoresize().map_err(draw_err)?,
                 _ => {}
             }
         }
-        while let Ok(ev) = worker.events.try_recv() {
-            app.on_event(ev);
-        }
-        if app.quit {
+        session.collect();
+        if session.app.quit {
             return Ok(());
         }
     }

@@ -293,3 +293,103 @@ fn terminal_graphics_show_half_blocks_until_encoded() {
     }
     assert!(is_sixel(&draw(&mut images)), "then the terminal's own picture");
 }
+
+mod data_set {
+    use super::*;
+    use crate::tui::browser::Browser;
+    use crate::tui::table::tests::row;
+    use crate::tui::table::Column;
+
+    fn browser() -> Browser {
+        let labels = Arc::new(vec!["tabby".to_string(), "tiger cat".into(), "espresso".into()]);
+        let themes = crate::tui::theme::load_all().unwrap();
+        let mut b = Browser::new(
+            "val · class folders · 6 images".into(),
+            "gradcam at layer4 · test".into(),
+            labels,
+            themes,
+            0,
+        );
+        let named = |mut r: crate::dataset::Row, names: [&str; 2]| {
+            r.true_label = Some(names[0].into());
+            r.top_k[0].label = names[1].into();
+            r
+        };
+        b.table.push(named(row("tabby/1.jpg", 0, 0, 0.91, 0.09, Some(0.82)), ["tabby", "tabby"]), None);
+        b.table.push(named(row("tabby/2.jpg", 0, 1, 0.55, 1.9, Some(0.21)), ["tabby", "tiger cat"]), None);
+        b.table.push(named(row("tabby/3.jpg", 0, 1, 0.48, 1.2, None), ["tabby", "tiger cat"]), None);
+        b.table
+            .push(named(row("espresso/4.jpg", 2, 2, 0.97, 0.03, Some(0.64)), ["espresso", "espresso"]), None);
+        b.table.push(named(row("espresso/5.jpg", 2, 0, 0.40, 3.1, Some(0.05)), ["espresso", "tabby"]), None);
+        b.table.push(
+            crate::dataset::Row {
+                path: "espresso/broken.jpg".into(),
+                true_index: Some(2),
+                true_label: Some("espresso".into()),
+                error: Some("cannot read the header".into()),
+                ..crate::dataset::Row::default()
+            },
+            None,
+        );
+        b.sweep = crate::tui::browser::SweepState::Running(crate::dataset::Progress {
+            done: 6,
+            total: 10,
+            elapsed_s: 2.0,
+            ..Default::default()
+        });
+        b.table.refresh();
+        b
+    }
+
+    fn render(b: &Browser, w: u16, h: u16) -> Buffer {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let mut images = ImageCache::new(Picker::halfblocks());
+        terminal.draw(|f| ui::draw_browser(f, b, &mut images)).unwrap();
+        terminal.backend().buffer().clone()
+    }
+
+    #[test]
+    fn the_table_as_it_fills() {
+        check_snapshot("table", &render(&browser(), 130, 16));
+    }
+
+    #[test]
+    fn sorted_by_loss_worst_first() {
+        let mut b = browser();
+        b.update(Action::SortBy(Column::Loss));
+        b.table.refresh();
+        let buffer = render(&b, 130, 16);
+        check_snapshot("table_by_loss", &buffer);
+        assert!(text(&buffer).lines().nth(2).unwrap().contains("espresso/5.jpg"));
+    }
+
+    #[test]
+    fn misclassified_then_one_confused_pair() {
+        let mut b = browser();
+        b.update(Action::WrongOnly);
+        b.table.refresh();
+        check_snapshot("table_wrong", &render(&b, 90, 16));
+        b.update(Action::Confusions);
+        check_snapshot("table_confusions", &render(&b, 90, 16));
+        b.update(Action::Open);
+        b.table.refresh();
+        let screen = text(&render(&b, 130, 16));
+        assert!(screen.contains("2 of 6 rows (true tabby, predicted tiger cat)"), "{screen}");
+    }
+
+    #[test]
+    fn thousands_of_rows_draw_only_a_page() {
+        let mut b = browser();
+        for i in 0..20_000 {
+            b.table.push(
+                row(&format!("many/{i:05}.jpg"), 0, (i % 3) as usize, 0.5, (i % 97) as f32 / 10.0, None),
+                None,
+            );
+        }
+        b.table.refresh();
+        b.update(Action::Bottom);
+        let screen = text(&render(&b, 100, 16));
+        assert!(screen.contains("many/19999.jpg"), "{screen}");
+        assert_eq!(b.page.get(), 11);
+    }
+}

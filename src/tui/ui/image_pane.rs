@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 use ratatui::layout::{Constraint, Layout, Rect, Size};
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
@@ -17,16 +17,30 @@ use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, Image, Resize};
 
 use super::super::app::{App, ViewMode};
+use super::super::theme::Theme;
 use super::super::worker::MapKey;
 use super::title;
 
+/// Everything that changes a picture on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct PictureKey {
-    map: MapKey,
-    view: ViewMode,
-    opacity: u32,
+    shown: Shown,
     theme: usize,
     size: (u16, u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Shown {
+    Map {
+        map: MapKey,
+        view: ViewMode,
+        opacity: u32,
+    },
+    /// A data set row's preview, by an id of the row and whether its map is in it yet.
+    Preview {
+        row: u64,
+        with_map: bool,
+    },
 }
 
 pub struct ImageCache {
@@ -113,6 +127,43 @@ impl ImageCache {
     /// Draws the picture of `map` into `area`, or says it is being computed. With kitty, sixel or
     /// iTerm2 a half-block picture stands in until the encoder has the terminal's own.
     pub fn draw(&mut self, frame: &mut Frame, app: &App, map: MapKey, area: Rect) {
+        let shown = Shown::Map { map, view: app.view, opacity: (app.opacity * 100.0).round() as u32 };
+        let waiting = if app.is_computing() { "computing…" } else { "waiting…" };
+        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, || app.picture(&map));
+    }
+
+    /// Draws a data set row's preview (`row`: an id of the row), made by `picture` only when it
+    /// is not cached.
+    pub fn draw_preview(
+        &mut self,
+        frame: &mut Frame,
+        (row, with_map): (u64, bool),
+        (theme_index, theme): (usize, &Theme),
+        area: Rect,
+        picture: impl FnOnce() -> Option<RgbImage>,
+    ) {
+        self.draw_keyed(
+            frame,
+            Shown::Preview { row, with_map },
+            theme_index,
+            theme,
+            area,
+            "loading…",
+            picture,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn draw_keyed(
+        &mut self,
+        frame: &mut Frame,
+        shown: Shown,
+        theme_index: usize,
+        theme: &Theme,
+        area: Rect,
+        waiting: &str,
+        picture: impl FnOnce() -> Option<RgbImage>,
+    ) {
         if area.width == 0 || area.height == 0 {
             return;
         }
@@ -121,21 +172,14 @@ impl ImageCache {
         if area.width == 0 || area.height == 0 {
             return;
         }
-        let key = PictureKey {
-            map,
-            view: app.view,
-            opacity: (app.opacity * 100.0).round() as u32,
-            theme: app.theme,
-            size: (area.width, area.height),
-        };
+        let key = PictureKey { shown, theme: theme_index, size: (area.width, area.height) };
         self.collect();
         if let Some(p) = self.encoded.get(&key).or_else(|| self.previews.get(&key)) {
             frame.render_widget(Image::new(p), area);
             return;
         }
-        let Some(picture) = app.picture(&map) else {
-            let msg = if app.is_computing() { "computing…" } else { "waiting…" };
-            let p = Paragraph::new(msg).style(Style::default().fg(app.theme().dim)).centered();
+        let Some(picture) = picture() else {
+            let p = Paragraph::new(waiting).style(Style::default().fg(theme.dim)).centered();
             frame.render_widget(p, center_line(text_area));
             return;
         };
@@ -158,8 +202,7 @@ impl ImageCache {
                 frame.render_widget(Image::new(cache.entry(key).or_insert(Protocol::Halfblocks(p))), area);
             }
             Err(e) => {
-                let p =
-                    Paragraph::new(format!("cannot draw: {e}")).style(Style::default().fg(app.theme().error));
+                let p = Paragraph::new(format!("cannot draw: {e}")).style(Style::default().fg(theme.error));
                 frame.render_widget(p, area);
             }
         }

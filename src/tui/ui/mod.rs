@@ -5,8 +5,10 @@ mod grid;
 mod image_pane;
 mod panels;
 mod popups;
+mod table;
 
 pub use image_pane::ImageCache;
+pub use table::draw_browser;
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Style;
@@ -15,6 +17,7 @@ use ratatui::widgets::{Block, Clear, Paragraph};
 use ratatui::Frame;
 
 use super::app::{App, Popup, Screen};
+use super::theme::Theme;
 
 /// Below this the layout cannot show a map and its lists; a short message is drawn instead.
 pub const MIN_WIDTH: u16 = 60;
@@ -29,15 +32,7 @@ const SIDEBAR_MAX: u16 = 56;
 pub fn draw(frame: &mut Frame, app: &App, images: &mut ImageCache) {
     let area = frame.area();
     clear(frame, app, area);
-    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        let msg = format!(
-            "terminal too small ({}×{}); camscope needs {MIN_WIDTH}×{MIN_HEIGHT}",
-            area.width, area.height
-        );
-        let p = Paragraph::new(msg)
-            .style(Style::default().fg(app.theme().text))
-            .wrap(ratatui::widgets::Wrap { trim: true });
-        frame.render_widget(p, area);
+    if too_small(frame, app.theme(), area) {
         return;
     }
     let [body, status] = Layout::vertical([Constraint::Min(0), Constraint::Length(2)]).areas(area);
@@ -79,10 +74,30 @@ pub fn duration(ms: f64) -> String {
 /// Blanks `area` to the theme's background (the terminal's own where the theme has none), under
 /// popups and before each frame.
 fn clear(frame: &mut Frame, app: &App, area: Rect) {
+    clear_with(frame, app.theme(), area);
+}
+
+fn clear_with(frame: &mut Frame, theme: &Theme, area: Rect) {
     frame.render_widget(Clear, area);
-    if let Some(bg) = app.theme().background {
+    if let Some(bg) = theme.background {
         frame.render_widget(Block::new().style(Style::new().bg(bg)), area);
     }
+}
+
+/// Whether the frame is too small for any layout; then it says so, in words.
+fn too_small(frame: &mut Frame, theme: &Theme, area: Rect) -> bool {
+    if area.width >= MIN_WIDTH && area.height >= MIN_HEIGHT {
+        return false;
+    }
+    let msg = format!(
+        "terminal too small ({}×{}); camscope needs {MIN_WIDTH}×{MIN_HEIGHT}",
+        area.width, area.height
+    );
+    let p = Paragraph::new(msg)
+        .style(Style::default().fg(theme.text))
+        .wrap(ratatui::widgets::Wrap { trim: true });
+    frame.render_widget(p, area);
+    true
 }
 
 /// `text` in at most `width` characters, the last one an ellipsis if it had to be cut.
@@ -99,7 +114,11 @@ fn fit(text: &str, width: usize) -> String {
 }
 
 fn title(app: &App, text: String) -> Line<'static> {
-    Line::styled(text, Style::default().fg(app.theme().title))
+    title_with(app.theme(), text)
+}
+
+fn title_with(theme: &Theme, text: String) -> Line<'static> {
+    Line::styled(text, Style::default().fg(theme.title))
 }
 
 #[cfg(test)]

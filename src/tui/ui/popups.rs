@@ -7,18 +7,22 @@ use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::super::app::{App, Search};
-use super::{clear, title};
+use super::super::theme::Theme;
+use super::{clear, clear_with, title, title_with};
 
-fn centered(area: Rect, width: u16, height: u16) -> Rect {
+pub(super) fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let [v] = Layout::vertical([Constraint::Length(height.min(area.height))]).flex(Flex::Center).areas(area);
     let [h] = Layout::horizontal([Constraint::Length(width.min(area.width))]).flex(Flex::Center).areas(v);
     h
 }
 
 pub fn help(frame: &mut Frame, app: &App, area: Rect) {
-    let t = app.theme();
-    let lines: Vec<Line> = app
-        .keys_help
+    keys(frame, app.theme(), &app.keys_help, area);
+}
+
+/// The keys of the key table in force, with what they do.
+pub fn keys(frame: &mut Frame, t: &Theme, keys_help: &[(String, String)], area: Rect) {
+    let lines: Vec<Line> = keys_help
         .iter()
         .map(|(keys, help)| {
             Line::from(vec![
@@ -31,10 +35,10 @@ pub fn help(frame: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let popup = centered(area, 66, lines.len() as u16 + 2);
-    clear(frame, app, popup);
+    clear_with(frame, t, popup);
     let block = Block::bordered()
         .border_style(Style::default().fg(t.accent))
-        .title(title(app, " Keys (Esc closes) ".into()));
+        .title(title_with(t, " Keys (Esc closes) ".into()));
     frame.render_widget(Paragraph::new(lines).block(block), popup);
 }
 

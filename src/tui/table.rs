@@ -1,0 +1,476 @@
+//! The data set's table as state: every row that has arrived, which of them the filters let
+//! through, in which order, and where the cursor is. No drawing and no computation beyond
+//! sorting; rows can arrive at any time (the sweep fills the table while it is shown), and the
+//! cursor stays on its row whatever moves around it.
+
+use std::cell::Cell;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
+use nucleo_matcher::{Config, Matcher, Utf32Str};
+
+use crate::dataset::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Column {
+    Name,
+    True,
+    Predicted,
+    /// The prediction's probability.
+    Confidence,
+    Loss,
+    /// Share of the map inside the object.
+    Energy,
+}
+
+impl Column {
+    pub const ALL: [Column; 6] =
+        [Column::Name, Column::True, Column::Predicted, Column::Confidence, Column::Loss, Column::Energy];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Column::Name => "name",
+            Column::True => "true",
+            Column::Predicted => "predicted",
+            Column::Confidence => "p",
+            Column::Loss => "loss",
+            Column::Energy => "in object",
+        }
+    }
+
+    /// The first press sorts the suspicious end first: the least sure, the highest loss, the map
+    /// least on the object; names in alphabetical order.
+    fn suspicious_first(self) -> bool {
+        !matches!(self, Column::Loss)
+    }
+}
+
+/// A map small enough to keep for every row (56×56 bytes) and big enough for the preview.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thumb {
+    pub size: usize,
+    pub values: Vec<u8>,
+}
+
+impl Thumb {
+    pub const SIZE: usize = 56;
+
+    /// Box-averages an S×S map in [0, 1] down to [`Thumb::SIZE`] (or S if smaller).
+    pub fn of(map: &[f32]) -> Option<Thumb> {
+        let s = (map.len() as f64).sqrt() as usize;
+        if s == 0 || s * s != map.len() {
+            return None;
+        }
+        let t = Self::SIZE.min(s);
+        let mut values = Vec::with_capacity(t * t);
+        for ty in 0..t {
+            let (y0, y1) = (ty * s / t, ((ty + 1) * s / t).max(ty * s / t + 1));
+            for tx in 0..t {
+                let (x0, x1) = (tx * s / t, ((tx + 1) * s / t).max(tx * s / t + 1));
+                let mut sum = 0.0;
+                for y in y0..y1 {
+                    sum += map[y * s + x0..y * s + x1].iter().sum::<f32>();
+                }
+                let mean = sum / ((y1 - y0) * (x1 - x0)) as f32;
+                values.push((mean.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+        Some(Thumb { size: t, values })
+    }
+
+    /// Back to an S×S map (nearest neighbour: a preview, not a measurement).
+    pub fn upsample(&self, s: usize) -> Vec<f32> {
+        let t = self.size;
+        let mut out = Vec::with_capacity(s * s);
+        for y in 0..s {
+            let row = &self.values[(y * t / s) * t..][..t];
+            out.extend((0..s).map(|x| row[x * t / s] as f32 / 255.0));
+        }
+        out
+    }
+}
+
+pub struct Entry {
+    pub row: Row,
+    pub thumb: Option<Arc<Thumb>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub wrong_only: bool,
+    pub true_class: Option<usize>,
+    pub predicted: Option<usize>,
+    /// Fuzzy, over the names.
+    pub query: String,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        *self == Filter::default()
+    }
+}
+
+/// What the summary line says: over every row, not only the ones shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    pub rows: usize,
+    pub errors: usize,
+    pub labelled: usize,
+    pub correct: usize,
+}
+
+impl Tally {
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
+    }
+}
+
+#[derive(Default)]
+pub struct Table {
+    entries: Vec<Entry>,
+    by_path: HashMap<String, usize>,
+    /// Column and whether it is reversed from its first press.
+    pub sort: Option<(Column, bool)>,
+    pub filter: Filter,
+    /// Entries shown, in order.
+    order: Vec<usize>,
+    dirty: bool,
+    /// Position in `order`.
+    cursor: usize,
+    /// First row drawn: kept by the drawing, so that the cursor moves inside a still page.
+    pub offset: Cell<usize>,
+    tally: Tally,
+}
+
+impl Table {
+    /// Adds a row, or replaces the row of the same path (an error row redone).
+    pub fn push(&mut self, row: Row, thumb: Option<Arc<Thumb>>) {
+        let entry = Entry { row, thumb };
+        match self.by_path.get(&entry.row.path) {
+            Some(&i) => self.entries[i] = entry,
+            None => {
+                self.by_path.insert(entry.row.path.clone(), self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+        self.dirty = true;
+    }
+
+    pub fn set_thumb(&mut self, path: &str, thumb: Arc<Thumb>) {
+        if let Some(&i) = self.by_path.get(path) {
+            self.entries[i].thumb = Some(thumb);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Rows shown (after the filters).
+    pub fn shown(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// The entry under the cursor.
+    pub fn selected(&self) -> Option<&Entry> {
+        self.order.get(self.cursor).map(|&i| &self.entries[i])
+    }
+
+    /// The entry `delta` rows from the cursor in the table's order, made the selected one.
+    pub fn step(&mut self, delta: isize) -> Option<&Entry> {
+        let n = self.order.len() as isize;
+        if n == 0 {
+            return None;
+        }
+        let to = self.cursor as isize + delta;
+        if !(0..n).contains(&to) {
+            return None;
+        }
+        self.cursor = to as usize;
+        self.selected()
+    }
+
+    /// Moves the cursor by `delta`, stopping at the ends.
+    pub fn move_cursor(&mut self, delta: isize) {
+        let last = self.order.len().saturating_sub(1) as isize;
+        self.cursor = (self.cursor as isize + delta).clamp(0, last) as usize;
+    }
+
+    pub fn go_top(&mut self) {
+        self.cursor = 0;
+    }
+
+    pub fn go_bottom(&mut self) {
+        self.cursor = self.order.len().saturating_sub(1);
+    }
+
+    /// The entries from the `start`-th shown, at most `count`: only what is drawn is built.
+    pub fn window(&self, start: usize, count: usize) -> impl Iterator<Item = &Entry> {
+        self.order.iter().skip(start).take(count).map(|&i| &self.entries[i])
+    }
+
+    /// Sorts by `column`; the same column again reverses. The cursor goes to the top, where
+    /// the most suspicious row now is.
+    pub fn sort_by(&mut self, column: Column) {
+        self.sort = match self.sort {
+            Some((c, reversed)) if c == column => Some((c, !reversed)),
+            _ => Some((column, false)),
+        };
+        self.dirty = true;
+        self.refresh();
+        self.cursor = 0;
+    }
+
+    pub fn set_filter(&mut self, filter: Filter) {
+        if filter != self.filter {
+            self.filter = filter;
+            self.dirty = true;
+        }
+    }
+
+    /// The most confused (true, predicted) pairs over every labelled row, with their counts,
+    /// most first.
+    pub fn confusions(&self) -> Vec<((usize, usize), usize)> {
+        let mut counts: HashMap<(usize, usize), usize> = HashMap::new();
+        for e in &self.entries {
+            if let (Some(t), Some(p)) = (e.row.true_index, e.row.predicted()) {
+                if t != p.index {
+                    *counts.entry((t, p.index)).or_default() += 1;
+                }
+            }
+        }
+        let mut pairs: Vec<_> = counts.into_iter().collect();
+        pairs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        pairs
+    }
+
+    /// Applies what changed since the last call (new rows, sort, filters); the cursor stays on
+    /// its row if the row is still shown, else on the same position.
+    pub fn refresh(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let selected = self.order.get(self.cursor).copied();
+        self.tally = tally(&self.entries);
+        let mut scores: HashMap<usize, u32> = HashMap::new();
+        let pattern = (!self.filter.query.is_empty())
+            .then(|| Pattern::parse(&self.filter.query, CaseMatching::Smart, Normalization::Smart));
+        let mut matcher = Matcher::new(Config::DEFAULT.match_paths());
+        let mut buf = Vec::new();
+        let f = &self.filter;
+        self.order = (0..self.entries.len())
+            .filter(|&i| {
+                let row = &self.entries[i].row;
+                if f.wrong_only && row.correct != Some(false) {
+                    return false;
+                }
+                if f.true_class.is_some() && row.true_index != f.true_class {
+                    return false;
+                }
+                if f.predicted.is_some() && row.predicted().map(|p| p.index) != f.predicted {
+                    return false;
+                }
+                match &pattern {
+                    Some(p) => match p.score(Utf32Str::new(&row.path, &mut buf), &mut matcher) {
+                        Some(score) => {
+                            scores.insert(i, score);
+                            true
+                        }
+                        None => false,
+                    },
+                    None => true,
+                }
+            })
+            .collect();
+        let entries = &self.entries;
+        match self.sort {
+            Some((column, reversed)) => self.order.sort_by(|&a, &b| {
+                compare(&entries[a].row, &entries[b].row, column, reversed)
+                    .then_with(|| entries[a].row.path.cmp(&entries[b].row.path))
+            }),
+            // Unsorted with a search: best matches first; else in the order the rows came.
+            None if !scores.is_empty() => self.order.sort_by_key(|i| std::cmp::Reverse(scores[i])),
+            None => {}
+        }
+        self.cursor = selected
+            .and_then(|s| self.order.iter().position(|&i| i == s))
+            .unwrap_or(self.cursor)
+            .min(self.order.len().saturating_sub(1));
+    }
+}
+
+fn tally(entries: &[Entry]) -> Tally {
+    let mut t = Tally { rows: entries.len(), ..Tally::default() };
+    for e in entries {
+        t.errors += e.row.error.is_some() as usize;
+        if let Some(c) = e.row.correct {
+            t.labelled += 1;
+            t.correct += c as usize;
+        }
+    }
+    t
+}
+
+/// Rows without the column's value (an error row, an image without a box) go last both ways.
+fn compare(a: &Row, b: &Row, column: Column, reversed: bool) -> Ordering {
+    fn by<T: PartialOrd>(a: Option<T>, b: Option<T>, descending: bool) -> Ordering {
+        match (a, b) {
+            (Some(a), Some(b)) => {
+                let o = a.partial_cmp(&b).unwrap_or(Ordering::Equal);
+                if descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        }
+    }
+    let descending = column.suspicious_first() == reversed;
+    match column {
+        Column::Name => by(Some(&a.path), Some(&b.path), descending),
+        Column::True => by(a.true_label.as_ref(), b.true_label.as_ref(), descending),
+        Column::Predicted => by(a.predicted().map(|p| &p.label), b.predicted().map(|p| &p.label), descending),
+        Column::Confidence => by(a.predicted().map(|p| p.prob), b.predicted().map(|p| p.prob), descending),
+        Column::Loss => by(a.loss, b.loss, descending),
+        Column::Energy => by(a.energy_in_object, b.energy_in_object, descending),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dataset::row::Ranked;
+
+    pub fn row(path: &str, truth: usize, predicted: usize, p: f32, loss: f32, energy: Option<f32>) -> Row {
+        Row {
+            path: path.into(),
+            true_index: Some(truth),
+            true_label: Some(format!("class {truth}")),
+            top_k: vec![Ranked { index: predicted, label: format!("class {predicted}"), prob: p }],
+            p_true: Some((-loss).exp()),
+            loss: Some(loss),
+            correct: Some(truth == predicted),
+            energy_in_object: energy,
+            ..Row::default()
+        }
+    }
+
+    fn table() -> Table {
+        let mut t = Table::default();
+        t.push(row("a/1.jpg", 0, 0, 0.9, 0.1, Some(0.8)), None);
+        t.push(row("a/2.jpg", 0, 1, 0.6, 2.0, Some(0.2)), None);
+        t.push(row("b/3.jpg", 1, 1, 0.5, 0.7, None), None);
+        t.push(row("b/4.jpg", 1, 0, 0.7, 1.5, Some(0.5)), None);
+        t.push(Row { path: "b/bad.jpg".into(), error: Some("corrupt".into()), ..Row::default() }, None);
+        t.refresh();
+        t
+    }
+
+    fn names(t: &Table) -> Vec<&str> {
+        t.window(0, usize::MAX).map(|e| e.row.path.as_str()).collect()
+    }
+
+    #[test]
+    fn sorting_puts_the_suspicious_first_and_the_same_key_reverses() {
+        let mut t = table();
+        t.sort_by(Column::Loss);
+        t.refresh();
+        assert_eq!(names(&t), ["a/2.jpg", "b/4.jpg", "b/3.jpg", "a/1.jpg", "b/bad.jpg"]);
+        t.sort_by(Column::Loss);
+        t.refresh();
+        assert_eq!(names(&t), ["a/1.jpg", "b/3.jpg", "b/4.jpg", "a/2.jpg", "b/bad.jpg"]);
+        t.sort_by(Column::Energy);
+        t.refresh();
+        assert_eq!(names(&t), ["a/2.jpg", "b/4.jpg", "a/1.jpg", "b/3.jpg", "b/bad.jpg"]);
+        t.sort_by(Column::Confidence);
+        t.refresh();
+        assert_eq!(names(&t)[0], "b/3.jpg");
+    }
+
+    #[test]
+    fn filters_and_the_cursor_stays_on_its_row() {
+        let mut t = table();
+        t.move_cursor(3);
+        assert_eq!(t.selected().unwrap().row.path, "b/4.jpg");
+        t.set_filter(Filter { wrong_only: true, ..Filter::default() });
+        t.refresh();
+        assert_eq!(names(&t), ["a/2.jpg", "b/4.jpg"]);
+        assert_eq!(t.selected().unwrap().row.path, "b/4.jpg");
+        t.set_filter(Filter { true_class: Some(1), predicted: Some(0), ..Filter::default() });
+        t.refresh();
+        assert_eq!(names(&t), ["b/4.jpg"]);
+        t.set_filter(Filter { query: "b3".into(), ..Filter::default() });
+        t.refresh();
+        assert_eq!(names(&t), ["b/3.jpg"]);
+        t.set_filter(Filter::default());
+        t.refresh();
+        assert_eq!(t.shown(), 5);
+        assert_eq!(t.selected().unwrap().row.path, "b/3.jpg");
+    }
+
+    #[test]
+    fn rows_arriving_keep_the_cursor_and_replace_by_path() {
+        let mut t = table();
+        t.sort_by(Column::Loss);
+        assert_eq!(t.selected().unwrap().row.path, "a/2.jpg");
+        t.move_cursor(1);
+        assert_eq!(t.selected().unwrap().row.path, "b/4.jpg");
+        t.push(row("c/5.jpg", 2, 0, 0.99, 9.0, None), None);
+        t.push(row("b/bad.jpg", 1, 1, 0.9, 0.1, None), None);
+        t.refresh();
+        assert_eq!(t.len(), 6);
+        assert_eq!(t.selected().unwrap().row.path, "b/4.jpg");
+        assert_eq!(names(&t)[0], "c/5.jpg");
+        let tally = t.tally();
+        assert_eq!((tally.rows, tally.errors, tally.labelled, tally.correct), (6, 0, 6, 3));
+    }
+
+    #[test]
+    fn confusions_count_pairs_most_first() {
+        let mut t = table();
+        t.push(row("c/6.jpg", 1, 0, 0.6, 1.0, None), None);
+        t.refresh();
+        assert_eq!(t.confusions(), vec![((1, 0), 2), ((0, 1), 1)]);
+    }
+
+    #[test]
+    fn stepping_stops_at_the_ends() {
+        let mut t = table();
+        assert!(t.step(-1).is_none());
+        assert_eq!(t.step(1).unwrap().row.path, "a/2.jpg");
+        t.go_bottom();
+        assert!(t.step(1).is_none());
+        assert_eq!(t.cursor(), 4);
+    }
+
+    #[test]
+    fn thumbs_average_down_and_come_back() {
+        let s = 112;
+        let map: Vec<f32> = (0..s * s).map(|i| if (i % s) < s / 2 { 1.0 } else { 0.0 }).collect();
+        let thumb = Thumb::of(&map).unwrap();
+        assert_eq!(thumb.size, Thumb::SIZE);
+        assert_eq!(thumb.values[0], 255);
+        assert_eq!(thumb.values[Thumb::SIZE - 1], 0);
+        let back = thumb.upsample(s);
+        assert_eq!(back, map);
+        assert!(Thumb::of(&[0.0; 3]).is_none());
+    }
+}
