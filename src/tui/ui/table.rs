@@ -46,11 +46,13 @@ pub fn draw_browser(frame: &mut Frame, b: &Browser, images: &mut ImageCache) {
     }
 }
 
+/// The name column as wide as the longest name on screen (up to half the table); the class
+/// columns share the rest.
 fn widths(name: u16) -> [Constraint; 6] {
     [
-        Constraint::Min(name),
-        Constraint::Length(16),
-        Constraint::Length(16),
+        Constraint::Length(name),
+        Constraint::Fill(1),
+        Constraint::Fill(1),
         Constraint::Length(5),
         Constraint::Length(6),
         Constraint::Length(9),
@@ -104,7 +106,9 @@ fn table(frame: &mut Frame, b: &Browser, area: Rect) {
         })
         .collect();
     let empty = tb.shown() == 0;
-    frame.render_widget(Table::new(rows, widths(12)).header(header).column_spacing(1), inner);
+    let longest = tb.window(offset, page).map(|e| e.row.path.chars().count()).max().unwrap_or(4);
+    let name_width = (longest.max(4) as u16).min(inner.width / 2);
+    frame.render_widget(Table::new(rows, widths(name_width)).header(header).column_spacing(1), inner);
     if empty {
         let msg = if tb.is_empty() {
             "waiting for the first image…"
