@@ -206,14 +206,13 @@ impl ProgressDisplay {
                 }
                 if last.elapsed() >= LOG_EVERY || p.done == *total {
                     *last = Instant::now();
-                    let left = (*total - p.done) as f64 / p.rate().max(1e-9);
                     eprintln!(
                         "camscope: {}/{} images ({:.1}%), {:.1} images/s, ETA {}{}",
                         p.done,
                         total,
                         100.0 * p.done as f64 / (*total).max(1) as f64,
                         p.rate(),
-                        human_duration(left),
+                        p.remaining_s().map_or("?".into(), sweep::clock),
                         p.accuracy().map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a))
                     );
                 }
@@ -225,15 +224,6 @@ impl ProgressDisplay {
         if let Self::Bar(bar) = self {
             bar.finish_and_clear();
         }
-    }
-}
-
-fn human_duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 

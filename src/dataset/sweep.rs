@@ -96,6 +96,12 @@ impl<'m> Sweeper<'m> {
         &self.network.stages()[self.stage].name
     }
 
+    /// The model's network with the swept stage among its stages, and that stage's index: what
+    /// the debugger opens an image of the data set with.
+    pub fn network_and_stage(&self) -> (Arc<dyn ImageClassifier>, usize) {
+        (self.network.clone(), self.stage)
+    }
+
     pub fn model(&self) -> &Model {
         self.model
     }
@@ -271,6 +277,12 @@ impl Progress {
         (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
     }
 
+    /// Seconds left at the rate so far; `None` before there is a rate.
+    pub fn remaining_s(&self) -> Option<f64> {
+        let rate = self.rate();
+        (rate > 0.0).then(|| self.total.saturating_sub(self.done) as f64 / rate)
+    }
+
     pub fn count(&mut self, row: &Row) {
         self.done += 1;
         self.errors += row.error.is_some() as usize;
@@ -283,6 +295,16 @@ impl Progress {
 
 /// Takes each finished row, its map (where it has one) and the progress after it.
 pub type RowSink<'a> = dyn FnMut(Row, Option<&[f32]>, &Progress) -> Result<()> + 'a;
+
+/// "42 s", "3 m 05 s", "1 h 02 m": the ETA and elapsed time of progress lines.
+pub fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} m {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} m", s / 3600, s % 3600 / 60),
+    }
+}
 
 /// Images decoded ahead of the network.
 const PREFETCH: usize = 8;

@@ -9,8 +9,9 @@ use crossterm::event::{KeyCode, KeyEvent};
 use image::RgbImage;
 
 use super::action::Action;
-use super::table::{Filter, Table, Tally};
+use super::table::{Filter, Table};
 use super::theme::Theme;
+use crate::dataset::sweep::clock;
 use crate::dataset::Progress;
 
 /// What the runtime must do after an action.
@@ -98,7 +99,8 @@ impl Browser {
         &self.themes[self.theme]
     }
 
-    pub fn tally(&self) -> Tally {
+    /// Rows, errors and accuracy over every row, not only those shown.
+    pub fn tally(&self) -> Progress {
         self.table.tally()
     }
 
@@ -213,13 +215,8 @@ impl Browser {
         match &self.sweep {
             SweepState::FromFile => "from a results file".into(),
             SweepState::Running(p) => {
-                let rate = p.rate();
-                let eta = if rate > 0.0 {
-                    format!(" · ETA {}", clock((p.total - p.done) as f64 / rate))
-                } else {
-                    String::new()
-                };
-                format!("sweeping {}/{} · {rate:.1} images/s{eta}", p.done, p.total)
+                let eta = p.remaining_s().map_or(String::new(), |s| format!(" · ETA {}", clock(s)));
+                format!("sweeping {}/{} · {:.1} images/s{eta}", p.done, p.total, p.rate())
             }
             SweepState::Finished(p) if p.total == 0 => "every image was already in the results file".into(),
             SweepState::Finished(p) => {
@@ -227,16 +224,6 @@ impl Browser {
             }
             SweepState::Failed(e) => format!("sweep stopped: {e}"),
         }
-    }
-}
-
-/// "42 s", "3 m 05 s", "1 h 02 m".
-pub fn clock(seconds: f64) -> String {
-    let s = seconds.max(0.0).round() as u64;
-    match s {
-        0..60 => format!("{s} s"),
-        60..3600 => format!("{} m {:02} s", s / 60, s % 60),
-        _ => format!("{} h {:02} m", s / 3600, s % 3600 / 60),
     }
 }
 

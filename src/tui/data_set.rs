@@ -21,7 +21,7 @@ use super::feeds::{FeedEvent, PreviewLoader, PreviewRequest, SweepFeed};
 use super::keymap::Keymap;
 use super::ui::{self, ImageCache};
 use super::{graphics, theme, ImageSession, OpenedImage, TuiOptions};
-use crate::contract::{with_stage, ImageClassifier, Model};
+use crate::contract::{ImageClassifier, Model};
 use crate::dataset::results::{self, Writer};
 use crate::dataset::{Annotations, DataSet, Item, Row, SweepOptions, Sweeper};
 use crate::explain::StageChoice;
@@ -98,18 +98,14 @@ fn prepare(
         smoothing: opts.smoothing,
         ..SweepOptions::default()
     };
-    let (stage_name, method_name) = {
-        let sweeper = Sweeper::new(&model, sweep.clone())?;
-        (sweeper.stage_name().to_string(), sweeper.method_name())
-    };
-    sweep.stage = Some(stage_name.clone());
-    let (network, stage) = with_stage(&model.network, &stage_name)?;
-    let run = format!("{method_name} at {stage_name} · {}", model.name);
+    // Resolved once: the feed and preview threads get the stage by name, the image view the
+    // network that has it.
+    let sweeper = Sweeper::new(&model, sweep.clone())?;
+    sweep.stage = Some(sweeper.stage_name().to_string());
+    let (network, stage) = sweeper.network_and_stage();
+    let run = format!("{} at {} · {}", sweeper.method_name(), sweeper.stage_name(), model.name);
     let labels = Arc::new(model.labels.clone());
-    let check_rows = |path: &Path, rows: &[Row]| {
-        let sweeper = Sweeper::new(&model, sweep.clone())?;
-        results::check_same_run(path, rows, &sweeper)
-    };
+    let check_rows = |path: &Path, rows: &[Row]| results::check_same_run(path, rows, &sweeper);
 
     if is_results_file(&set.input) {
         let rows = results::read(&set.input)?;
@@ -275,7 +271,7 @@ impl Runtime<'_> {
         self.p.browser.preview =
             Some(Preview { path: name.clone(), view: cached.clone(), error: keep_error });
         if cached.is_none() || wants_map {
-            let item = self.item(&entry.row.clone());
+            let item = self.item(&entry.row);
             self.previews.request(PreviewRequest { name: name.clone(), item, with_map: wants_map });
         }
         self.requested_preview = Some(name);
@@ -362,9 +358,6 @@ impl Runtime<'_> {
                     }
                 }
                 _ => {}
-            }
-            if session_quit(&self.image) {
-                self.p.browser.quit = true;
             }
             return;
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 
-use crate::dataset::Row;
+use crate::dataset::{Progress, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Column {
@@ -112,21 +112,6 @@ impl Filter {
     }
 }
 
-/// What the summary line says: over every row, not only the ones shown.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Tally {
-    pub rows: usize,
-    pub errors: usize,
-    pub labelled: usize,
-    pub correct: usize,
-}
-
-impl Tally {
-    pub fn accuracy(&self) -> Option<f64> {
-        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
-    }
-}
-
 #[derive(Default)]
 pub struct Table {
     entries: Vec<Entry>,
@@ -141,7 +126,8 @@ pub struct Table {
     cursor: usize,
     /// First row drawn: kept by the drawing, so that the cursor moves inside a still page.
     pub offset: Cell<usize>,
-    tally: Tally,
+    /// Errors and accuracy over every row (`done`: the number of rows).
+    tally: Progress,
 }
 
 impl Table {
@@ -177,7 +163,7 @@ impl Table {
         self.order.len()
     }
 
-    pub fn tally(&self) -> Tally {
+    pub fn tally(&self) -> Progress {
         self.tally
     }
 
@@ -266,7 +252,10 @@ impl Table {
         }
         self.dirty = false;
         let selected = self.order.get(self.cursor).copied();
-        self.tally = tally(&self.entries);
+        self.tally = Progress::default();
+        for e in &self.entries {
+            self.tally.count(&e.row);
+        }
         let mut scores: HashMap<usize, u32> = HashMap::new();
         let pattern = (!self.filter.query.is_empty())
             .then(|| Pattern::parse(&self.filter.query, CaseMatching::Smart, Normalization::Smart));
@@ -312,18 +301,6 @@ impl Table {
             .unwrap_or(self.cursor)
             .min(self.order.len().saturating_sub(1));
     }
-}
-
-fn tally(entries: &[Entry]) -> Tally {
-    let mut t = Tally { rows: entries.len(), ..Tally::default() };
-    for e in entries {
-        t.errors += e.row.error.is_some() as usize;
-        if let Some(c) = e.row.correct {
-            t.labelled += 1;
-            t.correct += c as usize;
-        }
-    }
-    t
 }
 
 /// Rows without the column's value (an error row, an image without a box) go last both ways.
@@ -440,7 +417,7 @@ pub(crate) mod tests {
         assert_eq!(t.selected().unwrap().row.path, "b/4.jpg");
         assert_eq!(names(&t)[0], "c/5.jpg");
         let tally = t.tally();
-        assert_eq!((tally.rows, tally.errors, tally.labelled, tally.correct), (6, 0, 6, 3));
+        assert_eq!((tally.done, tally.errors, tally.labelled, tally.correct), (6, 0, 6, 3));
     }
 
     #[test]

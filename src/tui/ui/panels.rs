@@ -7,6 +7,7 @@ use ratatui::widgets::{Block, LineGauge, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 
 use super::super::app::{App, Focus};
+use super::super::theme::Theme;
 use super::{clear, duration, fit, title};
 
 fn block(app: &App, name: &str, focused: bool) -> Block<'static> {
@@ -74,6 +75,16 @@ pub fn stages(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_stateful_widget(list, area, &mut state);
 }
 
+/// The status line's second row: the last message (red if it is an error), else the key hints.
+pub fn message_or_hint(t: &Theme, status: &Option<(String, bool)>, hint: &str) -> Line<'static> {
+    match status {
+        Some((msg, error)) => {
+            Line::styled(format!(" {msg}"), Style::default().fg(if *error { t.error } else { t.accent }))
+        }
+        None => Line::styled(hint.to_string(), Style::default().fg(t.dim)),
+    }
+}
+
 pub fn status(frame: &mut Frame, app: &App, area: Rect) {
     let t = app.theme();
     let key = app.key();
@@ -105,15 +116,11 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
         Span::styled(format!("class {} {} ", app.class, app.label(app.class)), Style::default().fg(t.text)),
         Span::styled(format!(" {timing}"), Style::default().fg(t.dim)),
     ]);
-    let second = match &app.status {
-        Some((msg, error)) => {
-            Line::styled(format!(" {msg}"), Style::default().fg(if *error { t.error } else { t.accent }))
-        }
-        None => Line::styled(
-            " q quit  ? help  [ ] stage  m method  1-9 class  / search  g stages  c methods  o view  s save",
-            Style::default().fg(t.dim),
-        ),
-    };
+    let second = message_or_hint(
+        t,
+        &app.status,
+        " q quit  ? help  [ ] stage  m method  1-9 class  / search  g stages  c methods  o view  s save",
+    );
     frame.render_widget(Paragraph::new(vec![first, second]), area);
     // A long map (Score-CAM, Ablation-CAM, metrics) shows a gauge of its forward passes instead of
     // the hints.

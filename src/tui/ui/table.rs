@@ -12,6 +12,7 @@ use ratatui::Frame;
 
 use super::super::browser::{Browser, BrowserPopup};
 use super::super::table::{Column, Entry};
+use super::panels::message_or_hint;
 use super::popups::{centered, keys};
 use super::{clear_with, fit, title_with, too_small, ImageCache};
 use crate::render;
@@ -241,15 +242,11 @@ fn status_lines(frame: &mut Frame, b: &Browser, area: Rect) {
     let second = if b.searching {
         Line::styled(format!(" /{}▏ (Enter keeps, Esc clears)", f.query), Style::default().fg(t.accent))
     } else {
-        match &b.status {
-            Some((msg, error)) => {
-                Line::styled(format!(" {msg}"), Style::default().fg(if *error { t.error } else { t.accent }))
-            }
-            None => Line::styled(
-                " q quit  ? help  Enter open  N T P C L E sort  w wrong  t/p same class  c confusions  / search",
-                Style::default().fg(t.dim),
-            ),
-        }
+        message_or_hint(
+            t,
+            &b.status,
+            " q quit  ? help  Enter open  N T P C L E sort  w wrong  t/p same class  c confusions  / search",
+        )
     };
     frame.render_widget(Paragraph::new(vec![first, second]), area);
 }
