@@ -102,6 +102,8 @@ pub struct Explanation {
     pub input_shape: Vec<usize>,
     pub source: String,
     pub top_k: Vec<Prediction>,
+    /// Softmax of the logits, every class: what a comparison reads the other model's top-k in.
+    pub probabilities: Vec<f32>,
     pub class: usize,
     pub class_label: String,
     pub method: Method,
@@ -115,7 +117,7 @@ pub struct Explanation {
 }
 
 #[derive(Serialize)]
-struct Report<'a> {
+pub(crate) struct Report<'a> {
     model: &'a str,
     arch: String,
     image: &'a str,
@@ -159,7 +161,7 @@ pub fn explain_input(
     model: &Model,
     input: &ModelInput,
     opts: &ExplainOptions,
-    mut timings: Timings,
+    timings: Timings,
 ) -> Result<Explanation> {
     let (network, stages): (Arc<dyn ImageClassifier>, Vec<usize>) = match &opts.stages {
         StageChoice::Named(name) => {
@@ -169,6 +171,19 @@ pub fn explain_input(
         StageChoice::All => (model.network.clone(), (0..model.network.stages().len()).collect()),
         StageChoice::Default => (model.network.clone(), vec![]),
     };
+    explain_at(model, input, opts, network, stages, timings)
+}
+
+/// `network` (the model's, maybe retapped) at the stages of these indices, its default stage if
+/// none.
+pub(crate) fn explain_at(
+    model: &Model,
+    input: &ModelInput,
+    opts: &ExplainOptions,
+    network: Arc<dyn ImageClassifier>,
+    stages: Vec<usize>,
+    mut timings: Timings,
+) -> Result<Explanation> {
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
@@ -209,6 +224,7 @@ pub fn explain_input(
         input_shape: input.tensor.dims().to_vec(),
         source: input.source.clone(),
         top_k: trace.top_k(opts.top_k, &model.labels),
+        probabilities: trace.probabilities(),
         class,
         class_label: model.label(class).to_string(),
         method: opts.method,
@@ -223,7 +239,12 @@ pub fn explain_input(
 
 impl Explanation {
     pub fn json(&self) -> String {
-        let report = Report {
+        serde_json::to_string(&self.report()).expect("report serialises")
+    }
+
+    /// What the JSON report holds; a comparison nests two of them.
+    pub(crate) fn report(&self) -> Report<'_> {
+        Report {
             model: &self.model,
             arch: self.arch.clone(),
             image: &self.source,
@@ -235,8 +256,7 @@ impl Explanation {
             layers: &self.stages,
             timings_ms: &self.timings_ms,
             metrics: self.metrics.as_ref(),
-        };
-        serde_json::to_string(&report).expect("report serialises")
+        }
     }
 
     /// The overlay of one stage, or for several stages a contact sheet of all of them.

@@ -13,6 +13,7 @@
 //! | [`render`] | colormaps and overlays |
 //! | [`dataset`] | a whole data set: folders, ImageFolder trees, CSVs, boxes and masks; the sweep, its rows and results files |
 //! | [`explain`] | the headless pipeline of one image |
+//! | [`compare`] | two models on the same image (`--vs`): stage pairs, both maps, their difference and correlation |
 //! | [`cli`], [`tui`] | the front ends: the command line and the debugger |
 //!
 //! [`preprocess`], [`device`] and [`error`] sit at the bottom beside the kernels. Every front end
@@ -20,6 +21,7 @@
 
 pub mod cam;
 pub mod cli;
+pub mod compare;
 pub mod contract;
 pub mod dataset;
 pub mod device;

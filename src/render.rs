@@ -116,9 +116,39 @@ pub fn overlay(view: &RgbImage, map: &[f32], colormap: Colormap, alpha: f32) -> 
     })
 }
 
+/// A signed map (a difference of two maps) on a diverging scale over the image in grey: blue
+/// where it is negative, red where positive, white-washed towards 0, full colour at ±`scale`.
+/// The image shows through faintly so that the difference keeps its place in the picture.
+pub fn diverging_overlay(view: &RgbImage, d: &[f32], scale: f32) -> RgbImage {
+    let (w, h) = view.dimensions();
+    assert_eq!(d.len(), (w * h) as usize, "difference and image sizes differ");
+    let scale = scale.max(f32::MIN_POSITIVE);
+    RgbImage::from_fn(w, h, |x, y| {
+        let i = (y * w + x) as usize;
+        let t = (d[i] / scale).clamp(-1.0, 1.0);
+        let hue = if t >= 0.0 { [0.84, 0.15, 0.16] } else { [0.13, 0.4, 0.67] };
+        let p = view.get_pixel(x, y).0;
+        let grey = (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) / 255.0;
+        let base = 0.75 + 0.25 * grey;
+        Rgb(std::array::from_fn(|c| (255.0 * (t.abs() * hue[c] + (1.0 - t.abs()) * base)) as u8))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diverging_is_red_above_blue_below_and_pale_at_zero() {
+        let view = RgbImage::from_pixel(3, 1, Rgb([0, 0, 0]));
+        let out = diverging_overlay(&view, &[0.5, 0.0, -0.5], 0.5);
+        let [r, g, b] = out.get_pixel(0, 0).0;
+        assert!(r > 200 && g < 50 && b < 50, "{r} {g} {b}");
+        let [r, g, b] = out.get_pixel(2, 0).0;
+        assert!(b > 150 && r < 50, "{r} {g} {b}");
+        let [r, g, b] = out.get_pixel(1, 0).0;
+        assert!(r == g && g == b && r > 180, "{r} {g} {b}");
+    }
 
     #[test]
     fn jet_runs_blue_to_red() {

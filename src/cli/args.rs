@@ -211,7 +211,11 @@ pub struct ExplainArgs {
     /// How many predictions to report
     #[arg(short = 'k', long, default_value_t = 5)]
     pub top_k: usize,
-    /// Write the map(s) as f32 .npy (S×S, or L×S×S with --layer all)
+    /// Compare with a second model of the same classes (a card, weights file or .onnx): both
+    /// maps and their difference at the stages they share, else at each one's own stage
+    #[arg(long, value_name = "MODEL")]
+    pub vs: Option<String>,
+    /// Write the map(s) as f32 .npy (S×S, or L×S×S with --layer all; with --vs 2×S×S or 2×L×S×S)
     #[arg(long)]
     pub npy: Option<PathBuf>,
     /// Write the overlay as an image; the extension names the format (png, jpg, webp, bmp, …)

@@ -175,6 +175,9 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
     let t = Instant::now();
     let model = source.load(&args.model)?;
     let load = t.elapsed().as_secs_f64() * 1e3;
+    if let Some(vs) = &args.vs {
+        return explain_vs(&args, &model, &load::load(vs, None)?, &opts);
+    }
     let mut result = explain::explain_model(&model, &opts)?;
     result.timings_ms.load = load;
 
@@ -219,6 +222,50 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
         eprintln!("camscope: stdout is not a terminal; use --out, --npy or --json to keep the map");
     }
     Ok(())
+}
+
+/// `explain --vs`: the same outputs for two models, and on the terminal both top-k and how alike
+/// their maps are.
+fn explain_vs(args: &ExplainArgs, a: &Model, b: &Model, opts: &ExplainOptions) -> Result<()> {
+    let cmp = crate::compare::explain_pair(a, b, opts)?;
+    let what = format!("{} of class {} ({})", cmp.a.method, cmp.a.class, cmp.a.class_label);
+    if let Some(path) = &args.npy {
+        cmp.write_npy(path)?;
+        eprintln!("camscope: wrote {} (A then B, {what})", path.display());
+    }
+    if let Some(path) = &args.out {
+        cmp.write_image(path, opts.colormap)?;
+        eprintln!("camscope: wrote {} (A | B | B − A per stage, {what})", path.display());
+    }
+    if args.json {
+        println!("{}", cmp.json());
+        return Ok(());
+    }
+    println!("       A {:<24}  B {:<24}", truncate(&cmp.a.model, 24), truncate(&cmp.b.model, 24));
+    for (index, label, p_a, p_b) in cmp.changes() {
+        let mark = if index == cmp.a.class { '>' } else { ' ' };
+        let delta = 100.0 * (p_b - p_a);
+        println!("{mark} {:>5.1}%  {:>5.1}%  {delta:>+6.1}  {index:<4} {label}", 100.0 * p_a, 100.0 * p_b);
+    }
+    println!("{what}; top-1 {}", if cmp.top1_agrees() { "agrees" } else { "differs" });
+    for s in &cmp.stages {
+        let r = s.pearson.map_or("—".to_string(), |r| format!("{r:.4}"));
+        println!(
+            "  {:<28} r {r:>7}  mean |B − A| {:.4}  max {:.3}",
+            s.pair.label(),
+            s.mean_abs_difference,
+            s.scale
+        );
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
 }
 
 fn run_evaluate(args: &args::EvaluateArgs, source: Source) -> Result<()> {
