@@ -149,3 +149,59 @@ fn two_exports_of_one_network_agree() {
         assert!((a - b).abs() < 1e-4, "{label}: {a} vs {b}");
     }
 }
+
+/// `sweep --vs` is two single sweeps side by side: A's columns are A's sweep, B's are B's (for
+/// the same target), and the map correlation is that of the two sweeps' saved maps.
+#[test]
+fn sweep_vs_rows_equal_two_single_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let b_model = dir.path().join("r18.safetensors");
+    common::write_random_resnet18(&b_model, 5);
+    let folder = "tests/fixtures/dataset/folder";
+    let run = |args: &[&str]| {
+        let o = common::camscope(args);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::stderr(&o)
+    };
+    run(&["sweep", folder, "-o", &p("a.csv"), "--save-maps", &p("maps_a")]);
+    run(&["sweep", folder, "-m", &p("r18.safetensors"), "-o", &p("b.csv"), "--save-maps", &p("maps_b")]);
+    let log = run(&["sweep", folder, "--vs", &p("r18.safetensors"), "-o", &p("vs.csv")]);
+    assert!(log.contains("against the second model:"), "{log}");
+    let read = |n: &str| camscope::dataset::results::read(Path::new(&p(n))).unwrap();
+    let (a, b, vs) = (read("a.csv"), read("b.csv"), read("vs.csv"));
+    assert_eq!(vs.len(), a.len());
+    let (mut compared, mut correlated) = (0, 0);
+    for ((va, a), b) in vs.iter().zip(&a).zip(&b) {
+        assert_eq!(camscope::dataset::Row { vs: None, ..va.clone() }, *a);
+        if a.error.is_some() || a.true_index.is_none() {
+            continue;
+        }
+        let v = va.vs.as_ref().expect("B's side");
+        assert_eq!(v.predicted.as_ref(), b.top_k.first());
+        assert_eq!((v.p_true, v.loss, v.correct), (b.p_true, b.loss, b.correct));
+        let want = match (a.correct.unwrap(), b.correct.unwrap()) {
+            (false, true) => "fixed",
+            (true, false) => "broken",
+            (true, true) => "both_right",
+            (false, false) => "both_wrong",
+        };
+        assert_eq!(v.change.unwrap().name(), want);
+        let map = |d: &str| common::npy_vec(&dir.path().join(d).join(&a.path).with_extension("npy"));
+        let (ma, mb) = (map("maps_a"), map("maps_b"));
+        match v.map_r {
+            Some(r) => assert!((r as f64 - common::pearson(&ma, &mb)).abs() < 1e-4, "{}: {r}", a.path),
+            None => {
+                let constant = |m: &[f32]| m.iter().all(|&x| x == m[0]);
+                assert!(constant(&ma) || constant(&mb), "{}: no r for two varying maps", a.path);
+            }
+        }
+        correlated += v.map_r.is_some() as usize;
+        if let (Some(ea), Some(eb)) = (a.energy_in_object, b.energy_in_object) {
+            assert!((v.energy_change.unwrap() - (eb - ea)).abs() < 1e-5);
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 4);
+    assert!(correlated > 0, "no row had two varying maps to correlate");
+}

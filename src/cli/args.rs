@@ -169,6 +169,10 @@ pub struct SweepArgs {
     /// Add the faithfulness scores of `evaluate` to every row (many forward passes per image)
     #[arg(long)]
     pub metrics: bool,
+    /// Also run a second model of the same classes on every image: its prediction, whether it
+    /// fixed or broke the first's, and how its map correlates
+    #[arg(long, value_name = "MODEL")]
+    pub vs: Option<String>,
     /// Deletion/insertion steps of --metrics
     #[arg(long, default_value_t = 56)]
     pub metric_steps: usize,

@@ -11,7 +11,9 @@ use super::args::{MergeArgs, SweepArgs};
 use super::{smoothing, Source};
 use crate::cam::Method;
 use crate::contract::EngineKind;
-use crate::dataset::{results, sweep, Annotations, DataSet, Progress, Row, Shard, SweepOptions, Sweeper};
+use crate::dataset::{
+    results, sweep, Annotations, Change, Columns, DataSet, Progress, Row, Shard, SweepOptions, Sweeper,
+};
 use crate::render::Colormap;
 use crate::{Error, Result};
 
@@ -60,7 +62,12 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
     let annotations =
         Annotations { boxes: args.boxes.clone(), masks: args.masks.clone(), unlabelled: args.unlabelled };
     let set = DataSet::open(&args.input, &model.labels, &annotations)?;
+    let second = args.vs.as_deref().map(|vs| crate::load::load(vs, None)).transpose()?;
     let sweeper = Sweeper::new(&model, opts)?;
+    let sweeper = match &second {
+        Some(b) => sweeper.versus(b)?,
+        None => sweeper,
+    };
 
     let done: HashSet<String> = if args.resume && args.out.exists() {
         let rows = results::read(&args.out)?;
@@ -94,8 +101,12 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
             "the true class where known, else the top prediction"
         }
     );
+    if let Some((b, stage)) = sweeper.vs_model_and_stage() {
+        eprintln!("camscope: against {b} at {stage}, for the same target");
+    }
 
-    let mut writer = results::Writer::open(&args.out, args.top_k.max(1), args.metrics, args.resume)?;
+    let columns = Columns { k: args.top_k.max(1), metrics: args.metrics, vs: args.vs.is_some() };
+    let mut writer = results::Writer::open(&args.out, columns, args.resume)?;
     on_ctrl_c();
     let mut display = ProgressDisplay::new(mine.len());
     let mut summary = Summary::default();
@@ -129,10 +140,15 @@ struct Summary {
     localised: usize,
     hits: usize,
     energy: f64,
+    /// `--vs`: how many rows of each change, in `Change::ALL` order.
+    changes: [usize; 6],
 }
 
 impl Summary {
     fn add(&mut self, row: &Row) {
+        if let Some(change) = row.vs.as_ref().and_then(|v| v.change) {
+            self.changes[Change::ALL.iter().position(|&c| c == change).expect("a known change")] += 1;
+        }
         if let (Some(e), Some(h)) = (row.energy_in_object, row.pointing_hit) {
             self.localised += 1;
             self.hits += h as usize;
@@ -153,6 +169,15 @@ impl Summary {
                 self.energy / self.localised as f64,
                 self.localised
             ));
+        }
+        if self.changes.iter().any(|&n| n > 0) {
+            let counts: Vec<String> = Change::ALL
+                .iter()
+                .zip(self.changes)
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| format!("{n} {}", c.name().replace('_', " ")))
+                .collect();
+            parts.push(format!("against the second model: {}", counts.join(", ")));
         }
         parts.push(match p.errors {
             0 => "no errors".into(),
@@ -239,8 +264,12 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
     let read: usize = parts.iter().map(|(_, r)| r.len()).sum();
     let rows = results::merge(parts)?;
     let k = rows.iter().map(|r| r.top_k.len()).max().unwrap_or(1).max(1);
-    let metrics = rows.iter().any(|r| r.metrics.is_some());
-    let mut writer = results::Writer::open(&args.out, k, metrics, false)?;
+    let columns = Columns {
+        k,
+        metrics: rows.iter().any(|r| r.metrics.is_some()),
+        vs: rows.iter().any(|r| r.vs.is_some()),
+    };
+    let mut writer = results::Writer::open(&args.out, columns, false)?;
     for row in &rows {
         writer.write(row)?;
     }

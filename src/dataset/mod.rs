@@ -3,7 +3,7 @@
 //! map is on it ([`localisation`]), the sweep itself ([`sweep`]), its rows ([`row`]) and the
 //! files they live in ([`results`]), and splitting one sweep over many processes ([`shard`]).
 //!
-//! May use: `engine`, `cam`, `metrics`, `contract`, `preprocess`, `render`. The front ends
+//! May use: `engine`, `cam`, `metrics`, `contract`, `preprocess`, `render`, `compare` (`--vs`). The front ends
 //! (`camscope sweep`, `merge`, the debugger's table) drive it; it never prints.
 
 pub mod localisation;
@@ -15,7 +15,7 @@ pub mod source;
 pub mod sweep;
 
 pub use region::{PixelBox, Region};
-pub use row::{Ranked, Row};
+pub use row::{Change, Columns, Ranked, Row, Versus};
 pub use shard::Shard;
 pub use source::{Annotations, DataSet, Item, Layout, Skipped};
 pub use sweep::{Progress, SweepOptions, Sweeper};

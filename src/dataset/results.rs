@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use super::row::Row;
+use super::row::{Columns, Row};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +92,14 @@ pub struct Writer {
 }
 
 enum Inner {
-    Csv { writer: Box<csv::Writer<File>>, k: usize, metrics: bool },
+    Csv { writer: Box<csv::Writer<File>>, columns: Columns },
     JsonLines(BufWriter<File>),
 }
 
 impl Writer {
     /// A new file (truncating), or, with `append`, the end of an existing one. A CSV that is
     /// appended to must have the columns these rows will have.
-    pub fn open(path: &Path, k: usize, metrics: bool, append: bool) -> Result<Writer> {
+    pub fn open(path: &Path, columns: Columns, append: bool) -> Result<Writer> {
         let format = Format::of(path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
@@ -107,14 +107,14 @@ impl Writer {
             }
         }
         let exists = append && path.metadata().is_ok_and(|m| m.len() > 0);
-        let header = Row::csv_header(k, metrics);
+        let header = Row::csv_header(columns);
         if exists && format == Format::Csv {
             let mut reader = csv::Reader::from_path(path).map_err(|e| results_err(path, e.to_string()))?;
             let have = reader.headers().map_err(|e| results_err(path, e.to_string()))?;
             if have.iter().ne(header.iter().map(String::as_str)) {
                 return Err(results_err(
                     path,
-                    "its columns differ from this run's (another --top-k or --metrics?): resume with the same options, or write a new file",
+                    "its columns differ from this run's (another --top-k, --metrics or --vs?): resume with the same options, or write a new file",
                 ));
             }
         }
@@ -132,7 +132,7 @@ impl Writer {
                     writer.write_record(&header).map_err(|e| results_err(path, e.to_string()))?;
                     writer.flush().map_err(|e| Error::io(path, e))?;
                 }
-                Inner::Csv { writer: Box::new(writer), k, metrics }
+                Inner::Csv { writer: Box::new(writer), columns }
             }
             Format::JsonLines => Inner::JsonLines(BufWriter::new(file)),
         };
@@ -142,9 +142,9 @@ impl Writer {
     pub fn write(&mut self, row: &Row) -> Result<()> {
         let path = &self.path;
         match &mut self.inner {
-            Inner::Csv { writer, k, metrics } => {
+            Inner::Csv { writer, columns } => {
                 writer
-                    .write_record(row.csv_record(*k, *metrics))
+                    .write_record(row.csv_record(*columns))
                     .map_err(|e| results_err(path, e.to_string()))?;
                 writer.flush().map_err(|e| Error::io(path, e))
             }
@@ -202,6 +202,21 @@ pub fn merge(parts: Vec<(PathBuf, Vec<Row>)>) -> Result<Vec<Row>> {
 
 /// Rows of a results file that this run would not have written are refused, not mixed in.
 pub fn check_same_run(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Result<()> {
+    let vs = sweeper.vs_model_and_stage();
+    let other_vs =
+        |r: &Row| r.error.is_none() && r.vs.as_ref().map(|v| (v.model.as_str(), v.stage.as_str())) != vs;
+    if let Some(r) = rows.iter().find(|r| other_vs(r)) {
+        let spell =
+            |v: Option<(&str, &str)>| v.map_or("no --vs".to_string(), |(m, s)| format!("--vs {m} at {s}"));
+        return Err(results_err(
+            path,
+            format!(
+                "holds rows with {}; this run has {}: use the same --vs, or write another file",
+                spell(r.vs.as_ref().map(|v| (v.model.as_str(), v.stage.as_str()))),
+                spell(vs)
+            ),
+        ));
+    }
     let (model, method, stage) = (&sweeper.model().name, sweeper.method_name(), sweeper.stage_name());
     match rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
         Some(r) => Err(results_err(
@@ -242,14 +257,14 @@ mod tests {
         for name in ["r.csv", "r.jsonl"] {
             let path = dir.path().join(name);
             let rows = [row("a.jpg", None), row("b,\"odd\".jpg", Some("cannot decode: bad\nheader"))];
-            let mut w = Writer::open(&path, 1, false, false).unwrap();
+            let mut w = Writer::open(&path, Columns { k: 1, metrics: false, vs: false }, false).unwrap();
             for r in &rows {
                 w.write(r).unwrap();
             }
             drop(w);
             assert_eq!(read(&path).unwrap(), rows, "{name}");
             // Appending keeps what is there.
-            let mut w = Writer::open(&path, 1, false, true).unwrap();
+            let mut w = Writer::open(&path, Columns { k: 1, metrics: false, vs: false }, true).unwrap();
             w.write(&row("c.jpg", None)).unwrap();
             drop(w);
             assert_eq!(read(&path).unwrap().len(), 3, "{name}");
@@ -262,14 +277,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for name in ["r.csv", "r.jsonl"] {
             let path = dir.path().join(name);
-            let mut w = Writer::open(&path, 1, false, false).unwrap();
+            let mut w = Writer::open(&path, Columns { k: 1, metrics: false, vs: false }, false).unwrap();
             w.write(&row("a.jpg", None)).unwrap();
             drop(w);
             let mut f = OpenOptions::new().append(true).open(&path).unwrap();
             f.write_all(if name.ends_with("csv") { b"b.jpg,,,1" } else { b"{\"path\":\"b.j" }).unwrap();
             drop(f);
             assert_eq!(read(&path).unwrap(), [row("a.jpg", None)], "{name}");
-            let mut w = Writer::open(&path, 1, false, true).unwrap();
+            let mut w = Writer::open(&path, Columns { k: 1, metrics: false, vs: false }, true).unwrap();
             w.write(&row("b.jpg", None)).unwrap();
             drop(w);
             assert_eq!(read(&path).unwrap(), [row("a.jpg", None), row("b.jpg", None)], "{name}");
@@ -280,8 +295,12 @@ mod tests {
     fn a_csv_with_other_columns_is_not_appended_to() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.csv");
-        Writer::open(&path, 5, false, false).unwrap().write(&row("a.jpg", None)).unwrap();
-        let e = Writer::open(&path, 3, false, true).err().unwrap().to_string();
+        Writer::open(&path, Columns { k: 5, metrics: false, vs: false }, false)
+            .unwrap()
+            .write(&row("a.jpg", None))
+            .unwrap();
+        let e =
+            Writer::open(&path, Columns { k: 3, metrics: false, vs: false }, true).err().unwrap().to_string();
         assert!(e.contains("columns differ"), "{e}");
     }
 

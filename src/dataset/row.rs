@@ -36,6 +36,9 @@ pub struct Row {
     pub pointing_hit: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Scores>,
+    /// What the second model of `--vs` made of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vs: Option<Versus>,
     /// Which model, method and stage made the row: rows of another run are refused on resume.
     pub model: String,
     pub method: String,
@@ -46,13 +49,102 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+/// How a prediction moved from model A to model B (`--vs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A was wrong, B is right.
+    Fixed,
+    /// A was right, B is wrong.
+    Broken,
+    BothRight,
+    BothWrong,
+    /// No true class: the same top prediction.
+    Same,
+    /// No true class: another top prediction.
+    Flipped,
+}
+
+impl Change {
+    pub const ALL: [Change; 6] =
+        [Change::Fixed, Change::Broken, Change::BothRight, Change::BothWrong, Change::Same, Change::Flipped];
+
+    pub fn of(a_correct: Option<bool>, b_correct: Option<bool>, same_top: bool) -> Change {
+        match (a_correct, b_correct) {
+            (Some(false), Some(true)) => Change::Fixed,
+            (Some(true), Some(false)) => Change::Broken,
+            (Some(true), Some(true)) => Change::BothRight,
+            (Some(false), Some(false)) => Change::BothWrong,
+            _ if same_top => Change::Same,
+            _ => Change::Flipped,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Fixed => "fixed",
+            Change::Broken => "broken",
+            Change::BothRight => "both_right",
+            Change::BothWrong => "both_wrong",
+            Change::Same => "same",
+            Change::Flipped => "flipped",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Change> {
+        Change::ALL.into_iter().find(|c| c.name() == s)
+    }
+}
+
+/// Model B's side of a `--vs` row: its prediction, and how its map at the compared stage relates
+/// to A's (on A's frame).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Versus {
+    pub model: String,
+    pub stage: String,
+    pub predicted: Option<Ranked>,
+    pub p_true: Option<f32>,
+    pub loss: Option<f32>,
+    pub correct: Option<bool>,
+    pub change: Option<Change>,
+    /// Pearson's r of the two maps; none where one is constant.
+    pub map_r: Option<f32>,
+    /// B's energy inside the object minus A's.
+    pub energy_change: Option<f32>,
+}
+
+/// Which columns a CSV spelling has: `k` predictions, the faithfulness scores or not, model B's
+/// columns or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    pub k: usize,
+    pub metrics: bool,
+    pub vs: bool,
+}
+
+/// Model B's columns, after A's and before the run's identity.
+pub const VS_COLUMNS: [&str; 11] = [
+    "vs_model",
+    "vs_stage",
+    "vs_top1_index",
+    "vs_top1_label",
+    "vs_top1_p",
+    "vs_p_true",
+    "vs_loss",
+    "vs_correct",
+    "change",
+    "map_r",
+    "energy_change",
+];
+
 impl Row {
     pub fn predicted(&self) -> Option<&Ranked> {
         self.top_k.first()
     }
 
-    /// The columns of the CSV spelling, with `k` predictions, and `metrics` columns or not.
-    pub fn csv_header(k: usize, metrics: bool) -> Vec<String> {
+    /// The columns of the CSV spelling.
+    pub fn csv_header(columns: Columns) -> Vec<String> {
+        let Columns { k, metrics, vs } = columns;
         let mut h: Vec<String> = ["path", "true_index", "true_label"].map(String::from).to_vec();
         for i in 1..=k {
             h.extend([format!("top{i}_index"), format!("top{i}_label"), format!("top{i}_p")]);
@@ -64,11 +156,15 @@ impl Row {
         if metrics {
             h.extend(METRIC_COLUMNS.map(String::from));
         }
+        if vs {
+            h.extend(VS_COLUMNS.map(String::from));
+        }
         h.extend(["model", "method", "stage", "note", "error"].map(String::from));
         h
     }
 
-    pub fn csv_record(&self, k: usize, metrics: bool) -> Vec<String> {
+    pub fn csv_record(&self, columns: Columns) -> Vec<String> {
+        let Columns { k, metrics, vs } = columns;
         fn opt<T: ToString>(v: &Option<T>) -> String {
             v.as_ref().map_or(String::new(), T::to_string)
         }
@@ -96,6 +192,24 @@ impl Row {
                 f(m.map(|m| m.road_combined)),
                 f(m.map(|m| m.deletion_auc)),
                 f(m.map(|m| m.insertion_auc)),
+            ]);
+        }
+        if vs {
+            let v = self.vs.as_ref();
+            let p = v.and_then(|v| v.predicted.as_ref());
+            let f = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+            r.extend([
+                v.map_or(String::new(), |v| v.model.clone()),
+                v.map_or(String::new(), |v| v.stage.clone()),
+                p.map_or(String::new(), |p| p.index.to_string()),
+                p.map_or(String::new(), |p| p.label.clone()),
+                f(p.map(|p| p.prob)),
+                f(v.and_then(|v| v.p_true)),
+                f(v.and_then(|v| v.loss)),
+                v.and_then(|v| v.correct).map_or(String::new(), |c| c.to_string()),
+                v.and_then(|v| v.change).map_or(String::new(), |c| c.name().to_string()),
+                f(v.and_then(|v| v.map_r)),
+                f(v.and_then(|v| v.energy_change)),
             ]);
         }
         r.extend([
@@ -140,6 +254,35 @@ impl Row {
         } else {
             None
         };
+        let vs = if header.iter().any(|h| h == "vs_model") && !get("vs_model").is_empty() {
+            let predicted = match parse::<usize>("vs_top1_index", get("vs_top1_index"))? {
+                Some(index) => Some(Ranked {
+                    index,
+                    label: get("vs_top1_label").to_string(),
+                    prob: parse::<f32>("vs_top1_p", get("vs_top1_p"))?.unwrap_or(f32::NAN),
+                }),
+                None => None,
+            };
+            let change = match get("change") {
+                "" => None,
+                c => Some(
+                    Change::parse(c).ok_or_else(|| format!("column change: '{c}' is not a valid value"))?,
+                ),
+            };
+            Some(Versus {
+                model: get("vs_model").to_string(),
+                stage: get("vs_stage").to_string(),
+                predicted,
+                p_true: parse("vs_p_true", get("vs_p_true"))?,
+                loss: parse("vs_loss", get("vs_loss"))?,
+                correct: parse("vs_correct", get("vs_correct"))?,
+                change,
+                map_r: parse("map_r", get("map_r"))?,
+                energy_change: parse("energy_change", get("energy_change"))?,
+            })
+        } else {
+            None
+        };
         let path = get("path").to_string();
         if path.is_empty() {
             return Err("a row without a path".into());
@@ -157,6 +300,7 @@ impl Row {
             energy_in_object: parse("energy_in_object", get("energy_in_object"))?,
             pointing_hit: parse("pointing_hit", get("pointing_hit"))?,
             metrics,
+            vs,
             model: get("model").to_string(),
             method: get("method").to_string(),
             stage: get("stage").to_string(),
@@ -172,6 +316,42 @@ pub const METRIC_COLUMNS: [&str; 4] = ["confidence_change", "road_combined", "de
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cols(k: usize, metrics: bool, vs: bool) -> Columns {
+        Columns { k, metrics, vs }
+    }
+
+    #[test]
+    fn a_vs_row_survives_csv_and_json() {
+        let mut row = sample();
+        row.vs = Some(Versus {
+            model: "finetuned".into(),
+            stage: "_blocks.15".into(),
+            predicted: Some(Ranked { index: 281, label: "tabby".into(), prob: 0.7 }),
+            p_true: Some(0.7),
+            loss: Some(0.356_675),
+            correct: Some(true),
+            change: Some(Change::Fixed),
+            map_r: Some(0.25),
+            energy_change: Some(-0.5),
+        });
+        let header = csv::StringRecord::from(Row::csv_header(cols(2, false, true)));
+        let record = csv::StringRecord::from(row.csv_record(cols(2, false, true)));
+        assert_eq!(Row::from_csv(&header, &record).unwrap(), row);
+        let json = serde_json::to_string(&row).unwrap();
+        assert!(json.contains(r#""change":"fixed""#), "{json}");
+        assert_eq!(serde_json::from_str::<Row>(&json).unwrap(), row);
+    }
+
+    #[test]
+    fn changes_follow_both_verdicts() {
+        assert_eq!(Change::of(Some(false), Some(true), false), Change::Fixed);
+        assert_eq!(Change::of(Some(true), Some(false), false), Change::Broken);
+        assert_eq!(Change::of(Some(true), Some(true), true), Change::BothRight);
+        assert_eq!(Change::of(Some(false), Some(false), false), Change::BothWrong);
+        assert_eq!(Change::of(None, None, true), Change::Same);
+        assert_eq!(Change::of(None, None, false), Change::Flipped);
+    }
 
     pub(crate) fn sample() -> Row {
         Row {
@@ -190,6 +370,7 @@ mod tests {
             energy_in_object: Some(0.75),
             pointing_hit: Some(true),
             metrics: None,
+            vs: None,
             model: "efficientnet-lite0".into(),
             method: "gradcam".into(),
             stage: "_blocks.15".into(),
@@ -201,8 +382,8 @@ mod tests {
     #[test]
     fn a_row_survives_csv_and_json() {
         let row = sample();
-        let header = csv::StringRecord::from(Row::csv_header(2, false));
-        let record = csv::StringRecord::from(row.csv_record(2, false));
+        let header = csv::StringRecord::from(Row::csv_header(cols(2, false, false)));
+        let record = csv::StringRecord::from(row.csv_record(cols(2, false, false)));
         assert_eq!(Row::from_csv(&header, &record).unwrap(), row);
         let json = serde_json::to_string(&row).unwrap();
         assert_eq!(serde_json::from_str::<Row>(&json).unwrap(), row);
@@ -214,16 +395,16 @@ mod tests {
             deletion_auc: 0.2,
             insertion_auc: 0.3,
         });
-        let header = csv::StringRecord::from(Row::csv_header(2, true));
-        let record = csv::StringRecord::from(with_metrics.csv_record(2, true));
+        let header = csv::StringRecord::from(Row::csv_header(cols(2, true, false)));
+        let record = csv::StringRecord::from(with_metrics.csv_record(cols(2, true, false)));
         assert_eq!(Row::from_csv(&header, &record).unwrap(), with_metrics);
     }
 
     #[test]
     fn an_error_row_has_no_predictions() {
         let row = Row { path: "bad.jpg".into(), error: Some("cannot decode".into()), ..Row::default() };
-        let header = csv::StringRecord::from(Row::csv_header(3, false));
-        let record = csv::StringRecord::from(row.csv_record(3, false));
+        let header = csv::StringRecord::from(Row::csv_header(cols(3, false, false)));
+        let record = csv::StringRecord::from(row.csv_record(cols(3, false, false)));
         let back = Row::from_csv(&header, &record).unwrap();
         assert_eq!(back, row);
         assert!(back.predicted().is_none());

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use super::localisation::{energy_inside, pointing_hit};
 use super::region::Region;
-use super::row::{Ranked, Row};
+use super::row::{Change, Ranked, Row, Versus};
 use super::source::Item;
 use crate::cam::{Control, Method, Smoothing};
+use crate::compare;
 use crate::contract::{default_stage, stage_shapes, with_stage, EngineKind, ImageClassifier, Model};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -69,6 +70,14 @@ pub struct Sweeper<'m> {
     stage: usize,
     class: Option<usize>,
     opts: SweepOptions,
+    vs: Option<Second<'m>>,
+}
+
+/// Model B of `--vs`, tapped at the stage compared with A's.
+struct Second<'m> {
+    model: &'m Model,
+    network: Arc<dyn ImageClassifier>,
+    stage: usize,
 }
 
 impl<'m> Sweeper<'m> {
@@ -88,7 +97,34 @@ impl<'m> Sweeper<'m> {
         if let Some(dir) = &opts.save_maps {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        Ok(Sweeper { model, network, stage, class, opts })
+        Ok(Sweeper { model, network, stage, class, opts, vs: None })
+    }
+
+    /// Also runs `b` on every image (`--vs`), for the same target as A, at A's stage where B has
+    /// a stage of that name, else at B's own default stage. Their classes must agree.
+    pub fn versus(mut self, b: &'m Model) -> Result<Self> {
+        compare::check_labels(self.model, b)?;
+        let names = |n: &dyn ImageClassifier| n.stages().iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let s = b.preprocess.input_size;
+        let shapes = stage_shapes(b.network.as_ref(), s, s, self.opts.engine)?;
+        let b_default = default_stage(&shapes.iter().map(|g| g.grid).collect::<Vec<_>>());
+        let pair = compare::pair_stages(
+            &names(self.network.as_ref()),
+            &names(b.network.as_ref()),
+            self.stage,
+            b_default,
+            &crate::explain::StageChoice::Default,
+        )?
+        .remove(0);
+        let (network, stage) = with_stage(&b.network, &pair.b)?;
+        crate::engine::check_supported(network.as_ref(), self.opts.method)?;
+        self.vs = Some(Second { model: b, network, stage });
+        Ok(self)
+    }
+
+    /// Model B's name and stage, with `--vs`.
+    pub fn vs_model_and_stage(&self) -> Option<(&str, &str)> {
+        self.vs.as_ref().map(|b| (b.model.name.as_str(), b.network.stages()[b.stage].name.as_str()))
     }
 
     /// The stage every map is taken at.
@@ -188,6 +224,13 @@ impl<'m> Sweeper<'m> {
             save_maps(dir, &item.name, &map, input, self.opts.colormap)?;
         }
         let truth = item.label;
+        let vs = match &self.vs {
+            Some(b) => {
+                let a = Side { map: &map, correct: truth.map(|t| t == top), top, energy };
+                Some(self.versus_row(b, item, input, target, region.as_ref(), a, ctl)?)
+            }
+            None => None,
+        };
         let row = Row {
             top_k,
             p_true: truth.map(|t| probs[t]),
@@ -198,10 +241,53 @@ impl<'m> Sweeper<'m> {
             energy_in_object: energy,
             pointing_hit: hit,
             metrics,
+            vs,
             note,
             ..self.row_frame(item)
         };
         Ok((row, map))
+    }
+
+    /// Model B on the image, through its own preprocessing, for A's target; its map on A's frame.
+    #[allow(clippy::too_many_arguments)]
+    fn versus_row(
+        &self,
+        b: &Second,
+        item: &Item,
+        input: &ModelInput,
+        target: usize,
+        region: Option<&Region>,
+        a: Side,
+        ctl: &Control,
+    ) -> Result<Versus> {
+        let own;
+        let input_b = if b.model.preprocess == self.model.preprocess {
+            input
+        } else {
+            own = preprocess::load_input(Some(&item.path), &b.model.preprocess)?;
+            &own
+        };
+        let engine =
+            Engine::new(b.network.clone(), input_b.tensor.to_device(&self.opts.device)?, self.opts.engine)?;
+        let trace = engine.trace();
+        let probs = trace.probabilities();
+        let top = trace.top_class();
+        let map = engine.cams(self.opts.method, &[b.stage], target, self.opts.smoothing, ctl)?.remove(0);
+        let map = compare::stats::on_frame(&map, input_b.view.width() as usize, input.view.width() as usize);
+        let truth = item.label;
+        let correct = truth.map(|t| t == top);
+        let energy = region.map(|r| energy_inside(&map, r));
+        Ok(Versus {
+            model: b.model.name.clone(),
+            stage: b.network.stages()[b.stage].name.clone(),
+            predicted: Some(Ranked { index: top, label: b.model.label(top).to_string(), prob: probs[top] }),
+            p_true: truth.map(|t| probs[t]),
+            loss: truth.map(|t| cross_entropy(trace.logits(), t)),
+            correct,
+            change: Some(Change::of(a.correct, correct, a.top == top)),
+            map_r: compare::stats::pearson(a.map, &map),
+            energy_change: energy.zip(a.energy).map(|(b, a)| b - a),
+        })
     }
 
     /// The object on the S×S frame: the union of the boxes and the mask, if there are any.
@@ -226,6 +312,14 @@ impl<'m> Sweeper<'m> {
         }
         Ok(region)
     }
+}
+
+/// What model A made of an image, for B's side of the row.
+struct Side<'a> {
+    map: &'a [f32],
+    correct: Option<bool>,
+    top: usize,
+    energy: Option<f32>,
 }
 
 /// `−ln softmax(logits)_t`, in f64 so that a confident right answer's tiny loss is not rounded

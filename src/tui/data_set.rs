@@ -23,7 +23,7 @@ use super::ui::{self, ImageCache};
 use super::{graphics, theme, ImageSession, OpenedImage, TuiOptions};
 use crate::contract::{ImageClassifier, Model};
 use crate::dataset::results::{self, Writer};
-use crate::dataset::{Annotations, DataSet, Item, Row, SweepOptions, Sweeper};
+use crate::dataset::{Annotations, Columns, DataSet, Item, Row, SweepOptions, Sweeper};
 use crate::explain::StageChoice;
 use crate::{Error, Result};
 
@@ -145,8 +145,11 @@ fn prepare(
         }
         _ => vec![],
     };
-    let writer =
-        set.out.as_deref().map(|out| Writer::open(out, set.top_k.max(1), false, true)).transpose()?;
+    let writer = set
+        .out
+        .as_deref()
+        .map(|out| Writer::open(out, Columns { k: set.top_k.max(1), metrics: false, vs: false }, true))
+        .transpose()?;
     let done: std::collections::HashSet<&str> = earlier.iter().map(|r| r.path.as_str()).collect();
     let items: Vec<Item> = data.items.iter().filter(|it| !done.contains(it.name.as_str())).cloned().collect();
     let skipped = data.skipped_summary().map_or(String::new(), |s| format!(" · {s}"));
