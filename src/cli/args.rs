@@ -42,6 +42,10 @@ pub struct TuiArgs {
     /// A data set: read a folder of folders as plain images, not as classes
     #[arg(long)]
     pub unlabelled: bool,
+    /// Compare with a second model of the same classes (a card, weights file or .onnx): `v`
+    /// shows A only / A | B | B − A / B − A
+    #[arg(long, value_name = "MODEL")]
+    pub vs: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]

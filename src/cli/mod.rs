@@ -100,8 +100,15 @@ fn run_tui(args: args::TuiArgs, source: Source) -> Result<()> {
         protocol: tui::parse_protocol(&args.protocol)?,
         theme: args.theme.clone(),
         keys: args.keys.clone(),
+        vs: args.vs.clone(),
     };
     if let Some(input) = args.image.as_ref().filter(|p| is_data_set(p)) {
+        if args.vs.is_some() {
+            return Err(Error::Usage(format!(
+                "--vs in the debugger compares one image for now; over a data set run `camscope sweep {} --vs MODEL -o changes.csv` (the change, p(true) and map correlation of each image)",
+                input.display()
+            )));
+        }
         let set = tui::DataSetOptions {
             input: input.clone(),
             annotations: crate::dataset::Annotations {

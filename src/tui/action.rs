@@ -21,6 +21,8 @@ pub enum Action {
     StageGrid,
     MethodGrid,
     CycleView,
+    /// With `--vs`: A only / A, B and B − A / B − A alone.
+    CycleCompare,
     OpacityUp,
     OpacityDown,
     NextTheme,

@@ -13,7 +13,7 @@ use crate::trace::Prediction;
 
 pub use super::action::Action;
 use super::theme::Theme;
-use super::worker::{Event, Job, MapKey};
+use super::worker::{Event, Job, MapKey, Side};
 use crate::metrics::Scores;
 
 /// What the runtime must do after an action.
@@ -72,8 +72,45 @@ pub struct ModelInfo {
     pub view: Arc<RgbImage>,
 }
 
+/// The second model of `--vs`, as the image view needs it.
+pub struct VsInfo {
+    pub model: String,
+    pub stages: Vec<String>,
+    /// B's stage shown beside each of A's: the same name, else B's own default stage.
+    pub stage_of: Vec<usize>,
+    /// B's softmax over every class, to show beside A's predictions.
+    pub probabilities: Vec<f32>,
+    /// B's input crop on A's frame, under B's overlay.
+    pub view: Arc<RgbImage>,
+    /// Side of B's maps (its input size).
+    pub size: usize,
+}
+
+/// The current map of both models on A's frame.
+pub struct PairMaps {
+    pub a: Arc<Vec<f32>>,
+    pub b: Vec<f32>,
+    /// B − A.
+    pub difference: Vec<f32>,
+}
+
+/// How the image view shows two models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compare {
+    /// A's map only.
+    #[default]
+    Single,
+    /// A | B | B − A.
+    SideBySide,
+    /// B − A alone, large.
+    Difference,
+}
+
 pub struct App {
     pub info: ModelInfo,
+    /// `--vs`: the second model, and how the two are shown.
+    pub vs: Option<VsInfo>,
+    pub compare: Compare,
     pub predictions: Vec<Prediction>,
     pub class: usize,
     pub method: Method,
@@ -123,6 +160,8 @@ impl App {
         let class = predictions.first().map_or(0, |p| p.index);
         Self {
             info,
+            vs: None,
+            compare: Compare::Single,
             predictions,
             class,
             method: Method::GradCam,
@@ -161,7 +200,24 @@ impl App {
     }
 
     pub fn key(&self) -> MapKey {
-        MapKey { class: self.class, method: self.method, stage: self.stage, smoothing: self.smoothing }
+        MapKey {
+            class: self.class,
+            method: self.method,
+            stage: self.stage,
+            smoothing: self.smoothing,
+            side: Side::A,
+        }
+    }
+
+    /// The second model's map beside the current one (its stage moves with A's), with `--vs`.
+    pub fn b_key(&self) -> Option<MapKey> {
+        let vs = self.vs.as_ref()?;
+        Some(MapKey { stage: vs.stage_of[self.stage], side: Side::B, ..self.key() })
+    }
+
+    /// Whether the main view shows both models now.
+    pub fn comparing(&self) -> bool {
+        self.vs.is_some() && self.compare != Compare::Single
     }
 
     /// The maps the current screen shows.
@@ -169,6 +225,7 @@ impl App {
         let current = self.key();
         match self.screen {
             Screen::Main if self.view == ViewMode::Input => vec![],
+            Screen::Main if self.comparing() => [Some(current), self.b_key()].into_iter().flatten().collect(),
             Screen::Main => vec![current],
             Screen::StageGrid => {
                 (0..self.info.stages.len()).map(|stage| MapKey { stage, ..current }).collect()
@@ -328,6 +385,19 @@ impl App {
                     ViewMode::Input => ViewMode::Overlay,
                 }
             }
+            Action::CycleCompare => match self.vs {
+                Some(_) => {
+                    self.compare = match self.compare {
+                        Compare::Single => Compare::SideBySide,
+                        Compare::SideBySide => Compare::Difference,
+                        Compare::Difference => Compare::Single,
+                    }
+                }
+                None => {
+                    self.status =
+                        Some(("v compares two models: open a second one with --vs MODEL".into(), false));
+                }
+            },
             Action::OpacityUp => self.opacity = (self.opacity + OPACITY_STEP).min(1.0),
             Action::OpacityDown => self.opacity = (self.opacity - OPACITY_STEP).max(0.0),
             Action::NextTheme => {
@@ -373,6 +443,7 @@ impl App {
         self.focus = before.focus;
         self.screen = before.screen;
         self.view = before.view;
+        self.compare = before.compare;
         self.opacity = before.opacity;
         self.theme = before.theme;
         self.colormap = before.colormap;
@@ -423,8 +494,11 @@ impl App {
                 self.partial = (done < total && !self.paused).then_some((done, total));
             }
             Event::Failed { key, message } => {
-                self.status =
-                    Some((format!("{} at {}: {message}", key.method, self.info.stages[key.stage]), true));
+                let stage = match (key.side, &self.vs) {
+                    (Side::B, Some(vs)) => format!("{} of {}", vs.stages[key.stage], vs.model),
+                    _ => self.info.stages[key.stage].clone(),
+                };
+                self.status = Some((format!("{} at {stage}: {message}", key.method), true));
                 self.progress = None;
                 self.paused = true;
             }
@@ -446,6 +520,43 @@ impl App {
     }
 
     /// A file name for `s` that says what the picture is.
+    /// Both models' maps of the current key on A's frame, and B − A, once both are computed.
+    pub fn pair_maps(&self) -> Option<PairMaps> {
+        let vs = self.vs.as_ref()?;
+        let a = self.maps.get(&self.key())?.clone();
+        let b = self.maps.get(&self.b_key()?)?;
+        let b = crate::compare::stats::on_frame(b, vs.size, self.info.view.width() as usize);
+        let difference = crate::compare::stats::difference(&a, &b);
+        Some(PairMaps { a, b, difference })
+    }
+
+    /// The picture of the comparison view: A | B | B − A side by side, or B − A alone.
+    pub fn comparison_picture(&self) -> Option<RgbImage> {
+        let vs = self.vs.as_ref()?;
+        let PairMaps { a, b, difference } = self.pair_maps()?;
+        let scale = crate::compare::stats::max_abs(&difference);
+        let diff = render::diverging_overlay(&self.info.view, &difference, scale);
+        if self.compare == Compare::Difference {
+            return Some(diff);
+        }
+        let paint = |view: &RgbImage, map: &[f32]| match self.view {
+            ViewMode::Overlay => render::overlay(view, map, self.colormap(), self.opacity),
+            _ => render::heatmap(map, view.width(), view.height(), self.colormap()),
+        };
+        let tiles = [paint(&self.info.view, &a), paint(&vs.view, &b), diff];
+        let (w, h) = self.info.view.dimensions();
+        let gap = (w / 32).max(1);
+        let bg = match self.theme().background {
+            Some(ratatui::style::Color::Rgb(r, g, b)) => [r, g, b],
+            _ => [0, 0, 0],
+        };
+        let mut sheet = RgbImage::from_pixel(3 * w + 2 * gap, h, image::Rgb(bg));
+        for (i, tile) in tiles.iter().enumerate() {
+            image::imageops::replace(&mut sheet, tile, (i as u32 * (w + gap)) as i64, 0);
+        }
+        Some(sheet)
+    }
+
     pub fn save_name(&self) -> String {
         let stem = std::path::Path::new(&self.info.source)
             .file_stem()

@@ -331,7 +331,7 @@ impl Runtime<'_> {
                     self.p.browser.table.shown()
                 );
                 app.status = Some((position, false));
-                self.image = Some((name, ImageSession::new(app, engine, self.opts.batch_size)));
+                self.image = Some((name, ImageSession::new(app, engine, None, self.opts.batch_size)));
             }
             Err(e) => {
                 let message = format!("cannot open {name}: {e}");

@@ -32,6 +32,7 @@ pub const BINDINGS: &[(Context, Action, &str, &[&str], &str)] = &[
     (Image, Action::StageGrid, "stage_grid", &["g"], "grid: every stage, current class and method"),
     (Image, Action::MethodGrid, "method_grid", &["c"], "grid: every method at the current stage"),
     (Image, Action::CycleView, "cycle_view", &["o"], "view: overlay / heat map / input"),
+    (Image, Action::CycleCompare, "cycle_compare", &["v"], "with --vs: A only / A | B | B − A / B − A"),
     (Image, Action::OpacityUp, "opacity_up", &["+", "="], "more heat map opacity"),
     (Image, Action::OpacityDown, "opacity_down", &["-"], "less heat map opacity"),
     (Image, Action::NextTheme, "next_theme", &["t"], "next theme"),

@@ -68,6 +68,8 @@ pub struct TuiOptions {
     pub protocol: Option<ProtocolType>,
     pub theme: Option<String>,
     pub keys: Option<PathBuf>,
+    /// A second model (`--vs`): its maps beside the first's and their difference.
+    pub vs: Option<String>,
 }
 
 impl Default for TuiOptions {
@@ -85,6 +87,7 @@ impl Default for TuiOptions {
             protocol: None,
             theme: None,
             keys: None,
+            vs: None,
         }
     }
 }
@@ -138,12 +141,47 @@ impl OpenedImage {
     }
 }
 
+/// The second model of `--vs` on the same image, through its own preprocessing: what the app
+/// shows of it, and its engine for the worker. Each of A's stages is shown beside B's stage of
+/// the same name, else beside B's default stage (another architecture).
+fn open_second(b: &Model, app: &App, opts: &TuiOptions) -> Result<(app::VsInfo, Engine)> {
+    let opened = OpenedImage::open(b, b.network.clone(), opts.image.as_deref(), &opts.device, opts.engine)?;
+    let default = opened.engine.default_stage();
+    let names = opened.info.stages;
+    let stage_of =
+        app.info.stages.iter().map(|a| names.iter().position(|n| n == a).unwrap_or(default)).collect();
+    let (w, h) = app.info.view.dimensions();
+    let size = opened.info.view.width() as usize;
+    let view = if opened.info.view.dimensions() == (w, h) {
+        opened.info.view.clone()
+    } else {
+        Arc::new(image::imageops::resize(&*opened.info.view, w, h, image::imageops::FilterType::Triangle))
+    };
+    let info = app::VsInfo {
+        model: b.name.clone(),
+        stages: names,
+        stage_of,
+        probabilities: opened.engine.trace().probabilities(),
+        view,
+        size,
+    };
+    Ok((info, opened.engine))
+}
+
 /// Everything the app needs, loaded and checked; the forward pass done.
-fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(App, Engine, Keymap)> {
+#[allow(clippy::type_complexity)]
+fn prepare(
+    opts: &TuiOptions,
+    load: impl FnOnce() -> Result<Model>,
+) -> Result<(App, Engine, Option<Engine>, Keymap)> {
     let keymap = Keymap::load(opts.keys.as_deref())?;
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = load()?;
+    let second = opts.vs.as_deref().map(|vs| crate::load::load(vs, None)).transpose()?;
+    if let Some(b) = &second {
+        crate::compare::check_labels(&model, b)?;
+    }
     // The stage and class the user asked for, checked before the (slower) forward pass; a module
     // of an imported graph outside its default stages joins them.
     let (net, stage) = match &opts.stages {
@@ -156,6 +194,15 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
     let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
     let opened = OpenedImage::open(&model, net, opts.image.as_deref(), &opts.device, opts.engine)?;
     let (mut app, engine) = opened.into_app(stage, themes, theme);
+    let b_engine = match &second {
+        Some(b) => {
+            let (info, engine) = open_second(b, &app, opts)?;
+            app.vs = Some(info);
+            app.compare = app::Compare::SideBySide;
+            Some(engine)
+        }
+        None => None,
+    };
     if let Some(class) = class {
         app.set_class(class);
     }
@@ -166,7 +213,7 @@ fn prepare(opts: &TuiOptions, load: impl FnOnce() -> Result<Model>) -> Result<(A
         app.screen = Screen::StageGrid;
     }
     app.keys_help = keymap.help(Context::Image, false);
-    Ok((app, engine, keymap))
+    Ok((app, engine, b_engine, keymap))
 }
 
 /// The debugger on your own model (an [`ImageClassifier`](crate::contract::ImageClassifier) wrapped
@@ -187,8 +234,8 @@ pub fn run(opts: &TuiOptions, load: impl FnOnce() -> Result<Model> + Send) -> Re
         let picker = graphics(opts.protocol);
         (loading.join(), picker)
     });
-    let (app, engine, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-    let session = ImageSession::new(app, engine, opts.batch_size);
+    let (app, engine, second, keymap) = prepared.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let session = ImageSession::new(app, engine, second, opts.batch_size);
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, session, &keymap, ImageCache::new(picker), start);
     ratatui::restore();
@@ -260,8 +307,8 @@ struct ImageSession {
 }
 
 impl ImageSession {
-    fn new(app: App, engine: Engine, batch_size: usize) -> Self {
-        Self { app, worker: Worker::spawn(engine, batch_size), last_request: Vec::new() }
+    fn new(app: App, engine: Engine, second: Option<Engine>, batch_size: usize) -> Self {
+        Self { app, worker: Worker::spawn(engine, second, batch_size), last_request: Vec::new() }
     }
 
     /// Asks the worker again only when something new is wanted (or wanted first): maps

@@ -11,9 +11,10 @@ use ratatui::style::Color;
 use ratatui::Terminal;
 use ratatui_image::picker::Picker;
 
+use super::app::Compare;
 use super::app::{Action, App};
 use super::ui::{self, ImageCache};
-use super::worker::{Event, Job, MapKey};
+use super::worker::{Event, Job, MapKey, Side};
 use super::{prepare, TuiOptions};
 use crate::cam::Method;
 use crate::metrics::Scores;
@@ -32,12 +33,17 @@ fn builtin() -> crate::Result<crate::contract::Model> {
 struct Fixture {
     app: App,
     engine: crate::engine::Engine,
+    second: Option<crate::engine::Engine>,
 }
 
 impl Fixture {
     fn new() -> Self {
-        let (app, engine, _keys) = prepare(&options(), builtin).unwrap();
-        Self { app, engine }
+        Self::with(&options())
+    }
+
+    fn with(opts: &TuiOptions) -> Self {
+        let (app, engine, second, _keys) = prepare(opts, builtin).unwrap();
+        Self { app, engine, second }
     }
 
     fn fill(&mut self) {
@@ -49,8 +55,11 @@ impl Fixture {
             _ => None,
         });
         for key in quick {
-            let map =
-                self.engine.cam(key.method, key.stage, key.class, &crate::cam::Control::default()).unwrap();
+            let engine = match key.side {
+                Side::A => &self.engine,
+                Side::B => self.second.as_ref().expect("a second model"),
+            };
+            let map = engine.cam(key.method, key.stage, key.class, &crate::cam::Control::default()).unwrap();
             self.app.on_event(Event::Map { key, map: Arc::new(map), ms: 12.0 });
         }
         self.app.progress = None;
@@ -207,12 +216,12 @@ fn starts_at_the_class_method_and_stage_asked_for() {
         colormap: Some(crate::render::Colormap::Viridis),
         ..options()
     };
-    let (app, _, _) = prepare(&opts, builtin).unwrap();
+    let (app, _, _, _) = prepare(&opts, builtin).unwrap();
     assert_eq!((app.class, app.method), (281, Method::LayerCam));
     assert_eq!(app.info.stages[app.stage], "_blocks.10");
     assert!(app.smoothing.eigen && !app.smoothing.aug);
     assert_eq!(app.colormap(), crate::render::Colormap::Viridis);
-    let (app, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }, builtin).unwrap();
+    let (app, _, _, _) = prepare(&TuiOptions { stages: StageChoice::All, ..options() }, builtin).unwrap();
     assert_eq!(app.screen, super::app::Screen::StageGrid);
 }
 
@@ -392,4 +401,59 @@ mod data_set {
         assert!(screen.contains("many/19999.jpg"), "{screen}");
         assert_eq!(b.page.get(), 11);
     }
+}
+
+/// Lite0 with its last block's projection scaled: the same stages, the same classes, other maps
+/// from that block on (a stand-in for a fine-tune).
+fn perturbed_lite0(dir: &std::path::Path) -> String {
+    let weights = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/efficientnet_lite0.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let mut scaled = 0;
+    for (name, t) in tensors.iter_mut() {
+        if name.starts_with("_blocks.15.") && name.ends_with("weight") {
+            let dims = t.dims().to_vec();
+            let noise = crate::test_support::seeded_tensor(&dims, 3).affine(0.5, 1.0).unwrap();
+            *t = (&*t * noise).unwrap();
+            scaled += 1;
+        }
+    }
+    assert!(scaled > 0);
+    let path = dir.join("lite0-perturbed.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn two_models_side_by_side_and_their_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TuiOptions { vs: Some(perturbed_lite0(dir.path())), ..options() };
+    let mut f = Fixture::with(&opts);
+    assert_eq!(f.app.compare, Compare::SideBySide, "--vs opens on both models");
+    f.fill();
+    assert!(f.app.pair_maps().is_some(), "both maps were asked for");
+    let buffer = f.render(120, 34);
+    let screen = text(&buffer);
+    assert!(screen.contains("B − A ±") && screen.contains(" · r "), "{screen}");
+    assert!(screen.contains("lite0-perturbed"), "{screen}");
+    check_snapshot("compare_side_by_side", &buffer);
+
+    f.act(Action::CycleCompare);
+    assert_eq!(f.app.compare, Compare::Difference);
+    check_snapshot("compare_difference", &f.render(120, 34));
+
+    // Stage keys move both models; A's first stage is B's first stage (same architecture).
+    f.act(Action::PrevStage);
+    assert_eq!(f.app.b_key().unwrap().stage, f.app.stage);
+    f.act(Action::CycleCompare);
+    assert_eq!(f.app.compare, Compare::Single);
+    assert_eq!(f.app.wanted(), vec![f.app.key()], "A alone asks for A's map only");
+    check_snapshot("compare_single", &f.render(120, 34));
+}
+
+#[test]
+fn v_without_a_second_model_says_how_to_get_one() {
+    let mut f = Fixture::new();
+    f.act(Action::CycleCompare);
+    assert_eq!(f.app.compare, Compare::Single);
+    assert!(f.app.status.as_ref().unwrap().0.contains("--vs MODEL"));
 }

@@ -19,8 +19,18 @@ use crate::Error;
 pub struct MapKey {
     pub class: usize,
     pub method: Method,
+    /// A stage of the side's model.
     pub stage: usize,
     pub smoothing: Smoothing,
+    pub side: Side,
+}
+
+/// Which model a map is of: the one opened, or the second of `--vs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Side {
+    #[default]
+    A,
+    B,
 }
 
 /// A unit of work for the engine thread.
@@ -78,16 +88,16 @@ struct Shared {
 }
 
 impl Worker {
-    /// Takes ownership of the engine. `batch_size`: forward passes per batch of the
-    /// perturbation methods.
-    pub fn spawn(engine: Engine, batch_size: usize) -> Self {
+    /// Takes ownership of the engines: the model's, and the second model's with `--vs`.
+    /// `batch_size`: forward passes per batch of the perturbation methods.
+    pub fn spawn(engine: Engine, second: Option<Engine>, batch_size: usize) -> Self {
         let (req_tx, req_rx) = mpsc::channel::<Vec<Job>>();
         let (ev_tx, ev_rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("camscope-engine".into())
-            .spawn(move || serve(&engine, batch_size, &req_rx, &ev_tx, &theirs))
+            .spawn(move || serve((&engine, second.as_ref()), batch_size, &req_rx, &ev_tx, &theirs))
             .expect("spawn the engine thread");
         Self { requests: Some(req_tx), events: ev_rx, shared, handle: Some(handle) }
     }
@@ -117,7 +127,7 @@ impl Drop for Worker {
 }
 
 fn serve(
-    engine: &Engine,
+    (first, second): (&Engine, Option<&Engine>),
     batch_size: usize,
     requests: &Receiver<Vec<Job>>,
     events: &Sender<Event>,
@@ -169,6 +179,15 @@ fn serve(
             || shared.cancel.load(Ordering::SeqCst) || shared.generation.load(Ordering::SeqCst) != generation;
         let ctl = Control { batch_size, progress: &progress, cancelled: &cancelled };
         let (Job::Map(key) | Job::Scores(key)) = job;
+        let engine = match (key.side, second) {
+            (Side::B, Some(b)) => b,
+            (Side::B, None) => {
+                let message = "no second model (--vs) is open".to_string();
+                let _ = events.send(Event::Failed { key, message });
+                continue;
+            }
+            (Side::A, _) => first,
+        };
         let map = match maps.get(&key) {
             Some(m) => Ok(m.clone()),
             None => engine.cam_smoothed(key.method, key.stage, key.class, key.smoothing, &ctl).map(Arc::new),

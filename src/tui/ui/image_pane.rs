@@ -16,10 +16,10 @@ use ratatui_image::protocol::halfblocks::Halfblocks;
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FilterType, Image, Resize};
 
-use super::super::app::{App, ViewMode};
+use super::super::app::{App, Compare, ViewMode};
 use super::super::theme::Theme;
 use super::super::worker::MapKey;
-use super::title;
+use super::{fit, title};
 
 /// Everything that changes a picture on screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,6 +33,13 @@ struct PictureKey {
 enum Shown {
     Map {
         map: MapKey,
+        view: ViewMode,
+        opacity: u32,
+    },
+    /// Two models (`--vs`): A | B | B − A, or B − A alone.
+    Comparison {
+        map: MapKey,
+        compare: Compare,
         view: ViewMode,
         opacity: u32,
     },
@@ -102,12 +109,15 @@ impl ImageCache {
         self.encoder.as_ref().is_some_and(|e| !e.pending.is_empty())
     }
 
-    /// The largest cell rectangle inside `area` that shows a square picture square, centred.
-    fn square(&self, area: Rect) -> Rect {
+    /// The largest cell rectangle inside `area` that shows a picture of `aspect` (width,
+    /// height) undistorted, centred.
+    fn fit(&self, area: Rect, (aw, ah): (u32, u32)) -> Rect {
         let font = self.picker.font_size();
         let (fw, fh) = (font.width.max(1) as u32, font.height.max(1) as u32);
-        let side = (area.width as u32 * fw).min(area.height as u32 * fh);
-        let (w, h) = ((side / fw) as u16, (side / fh) as u16);
+        let (aw, ah) = (aw.max(1), ah.max(1));
+        // The picture's height in pixels: what the width allows, or the height, whichever is less.
+        let px_h = (area.width as u32 * fw * ah / aw).min(area.height as u32 * fh);
+        let (w, h) = ((px_h * aw / ah / fw) as u16, (px_h / fh) as u16);
         Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
     }
 
@@ -129,7 +139,26 @@ impl ImageCache {
     pub fn draw(&mut self, frame: &mut Frame, app: &App, map: MapKey, area: Rect) {
         let shown = Shown::Map { map, view: app.view, opacity: (app.opacity * 100.0).round() as u32 };
         let waiting = if app.is_computing() { "computing…" } else { "waiting…" };
-        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, || app.picture(&map));
+        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, (1, 1), || app.picture(&map));
+    }
+
+    /// Draws the comparison of the current map with the second model's (`--vs`).
+    pub fn draw_comparison(&mut self, frame: &mut Frame, app: &App, area: Rect) {
+        let shown = Shown::Comparison {
+            map: app.key(),
+            compare: app.compare,
+            view: app.view,
+            opacity: (app.opacity * 100.0).round() as u32,
+        };
+        let waiting = if app.is_computing() { "computing both models…" } else { "waiting…" };
+        let (w, h) = app.info.view.dimensions();
+        let aspect = match app.compare {
+            Compare::SideBySide => (3 * w + 2 * (w / 32).max(1), h),
+            _ => (w, h),
+        };
+        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, aspect, || {
+            app.comparison_picture()
+        });
     }
 
     /// Draws a data set row's preview (`row`: an id of the row), made by `picture` only when it
@@ -149,6 +178,7 @@ impl ImageCache {
             theme,
             area,
             "loading…",
+            (1, 1),
             picture,
         );
     }
@@ -162,13 +192,14 @@ impl ImageCache {
         theme: &Theme,
         area: Rect,
         waiting: &str,
+        aspect: (u32, u32),
         picture: impl FnOnce() -> Option<RgbImage>,
     ) {
         if area.width == 0 || area.height == 0 {
             return;
         }
         let text_area = area;
-        let area = self.square(area);
+        let area = self.fit(area, aspect);
         if area.width == 0 || area.height == 0 {
             return;
         }
@@ -219,17 +250,52 @@ pub fn main_picture(frame: &mut Frame, app: &App, images: &mut ImageCache, area:
         ViewMode::Heatmap => "heat map".into(),
         ViewMode::Input => "input".into(),
     };
-    let name =
-        format!(" {} · {} · {} · {view} ", app.method, app.info.stages[app.stage], app.label(app.class));
+    let stage = match (&app.vs, app.comparing()) {
+        (Some(vs), true) if vs.stages[vs.stage_of[app.stage]] != app.info.stages[app.stage] => {
+            format!("{} ~ {}", app.info.stages[app.stage], vs.stages[vs.stage_of[app.stage]])
+        }
+        _ => app.info.stages[app.stage].clone(),
+    };
+    let name = format!(" {} · {stage} · {} · {view} ", app.method, app.label(app.class));
     let block =
         Block::bordered().border_style(Style::default().fg(app.theme().border)).title(title(app, name));
     let inner = block.inner(area);
     frame.render_widget(block, area);
+    if app.comparing() && app.view != ViewMode::Input {
+        return comparison(frame, app, images, inner);
+    }
     let [picture, scale] = Layout::horizontal([Constraint::Min(0), Constraint::Length(7)]).areas(inner);
     images.draw(frame, app, app.key(), picture);
     if app.view != ViewMode::Input {
         colour_scale(frame, app, scale);
     }
+}
+
+/// `--vs`: the pictures of both models and their difference, with a line naming each and the
+/// difference's scale and the maps' correlation.
+fn comparison(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
+    let [picture, legend] = Layout::vertical([Constraint::Min(0), Constraint::Length(1)]).areas(area);
+    images.draw_comparison(frame, app, picture);
+    let Some(vs) = &app.vs else { return };
+    let t = app.theme();
+    let about = match app.pair_maps() {
+        Some(pair) => {
+            let r =
+                crate::compare::stats::pearson(&pair.a, &pair.b).map_or("—".into(), |r| format!("{r:.3}"));
+            let scale = crate::compare::stats::max_abs(&pair.difference);
+            format!("B − A ±{scale:.2} · r {r} · red: B more")
+        }
+        None => "B − A when both maps are in".into(),
+    };
+    let names = match app.compare {
+        Compare::SideBySide => format!("A {} | B {} | ", fit(&app.info.model, 16), fit(&vs.model, 16)),
+        _ => format!("A {}, B {}: ", fit(&app.info.model, 16), fit(&vs.model, 16)),
+    };
+    let line = Line::from(vec![
+        Span::styled(names, Style::default().fg(t.text)),
+        Span::styled(about, Style::default().fg(t.dim)),
+    ]);
+    frame.render_widget(Paragraph::new(line).centered(), legend);
 }
 
 /// A vertical bar of the colormap from 1.0 (top) to 0.0 (bottom).

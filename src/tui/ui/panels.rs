@@ -16,6 +16,9 @@ fn block(app: &App, name: &str, focused: bool) -> Block<'static> {
 }
 
 pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
+    if app.vs.is_some() {
+        return predictions_of_both(frame, app, area);
+    }
     let t = app.theme();
     let bar_width = 10usize;
     // Inside the borders: "▶ 1 " label " " bar " 33.7%".
@@ -136,4 +139,48 @@ pub fn status(frame: &mut Frame, app: &App, area: Rect) {
             Rect { x: area.x + 1, y: area.y + 1, width: area.width.saturating_sub(2), height: 1 },
         );
     }
+}
+
+/// `--vs`: A's predictions with A's p, B's p and the change, so a flip shows where it happens.
+fn predictions_of_both(frame: &mut Frame, app: &App, area: Rect) {
+    let Some(vs) = &app.vs else { return };
+    let t = app.theme();
+    // Inside the borders: "▶ 1 " label "  33.7%  28.1%  −5.6".
+    let label_width = (area.width as usize).saturating_sub(2 + 4 + 1 + 7 + 7 + 7);
+    let items: Vec<ListItem> = app
+        .predictions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let target = p.index == app.class;
+            let style = if target {
+                Style::default().fg(t.accent).add_modifier(Modifier::BOLD)
+            } else {
+                Style::default().fg(t.text)
+            };
+            let p_b = vs.probabilities.get(p.index).copied().unwrap_or(f32::NAN);
+            let delta = 100.0 * (p_b - p.prob);
+            let moved = if delta.abs() < 0.05 {
+                t.dim
+            } else if delta > 0.0 {
+                t.accent
+            } else {
+                t.error
+            };
+            ListItem::new(Line::from(vec![
+                Span::styled(format!("{}{:>2} ", if target { '▶' } else { ' ' }, i + 1), style),
+                Span::styled(format!("{:<label_width$} ", fit(&p.label, label_width)), style),
+                Span::styled(format!("{:>6.1}%", 100.0 * p.prob), Style::default().fg(t.text)),
+                Span::styled(format!("{:>6.1}%", 100.0 * p_b), Style::default().fg(t.text)),
+                Span::styled(format!("{delta:>+7.1}"), Style::default().fg(moved)),
+            ]))
+        })
+        .collect();
+    let focused = app.focus == Focus::Predictions;
+    let name = format!("Predictions · A {} · B {}", fit(&app.info.model, 12), fit(&vs.model, 12));
+    let list = List::new(items).block(block(app, &name, focused)).highlight_style(
+        Style::default().bg(if focused { t.selected_bg } else { t.border }).fg(t.selected_fg),
+    );
+    let mut state = ListState::default().with_selected(Some(app.prediction_cursor));
+    frame.render_stateful_widget(list, area, &mut state);
 }
