@@ -202,6 +202,13 @@ pub fn merge(parts: Vec<(PathBuf, Vec<Row>)>) -> Result<Vec<Row>> {
 
 /// Rows of a results file that this run would not have written are refused, not mixed in.
 pub fn check_same_run(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Result<()> {
+    check_same_model(path, rows, sweeper)?;
+    check_same_vs(path, rows, sweeper)
+}
+
+/// Rows to be appended to must have the second model (`--vs`) this run has, or none if it has
+/// none; a file only read (the debugger showing a sweep) need not.
+fn check_same_vs(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Result<()> {
     let vs = sweeper.vs_model_and_stage();
     let other_vs =
         |r: &Row| r.error.is_none() && r.vs.as_ref().map(|v| (v.model.as_str(), v.stage.as_str())) != vs;
@@ -217,6 +224,11 @@ pub fn check_same_run(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Re
             ),
         ));
     }
+    Ok(())
+}
+
+/// Rows of another model, method or stage are refused: whether to show them or to add to them.
+pub fn check_same_model(path: &Path, rows: &[Row], sweeper: &super::Sweeper) -> Result<()> {
     let (model, method, stage) = (&sweeper.model().name, sweeper.method_name(), sweeper.stage_name());
     match rows.iter().find(|r| r.model != *model || r.method != method || r.stage != stage) {
         Some(r) => Err(results_err(

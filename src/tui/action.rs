@@ -40,6 +40,8 @@ pub enum Action {
     Open,
     SortBy(super::table::Column),
     WrongOnly,
+    /// `sweep --vs` rows: only the broken, then only the fixed, then all.
+    CycleChange,
     SameTrue,
     SamePredicted,
     Confusions,

@@ -425,6 +425,7 @@ impl App {
             | Action::Open
             | Action::SortBy(_)
             | Action::WrongOnly
+            | Action::CycleChange
             | Action::SameTrue
             | Action::SamePredicted
             | Action::Confusions => {}

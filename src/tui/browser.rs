@@ -163,6 +163,16 @@ impl Browser {
             Action::SortBy(column) => self.table.sort_by(column),
             Action::Search => self.searching = true,
             Action::WrongOnly => self.toggle_filter(|f| f.wrong_only = !f.wrong_only),
+            Action::CycleChange => {
+                use crate::dataset::Change;
+                self.toggle_filter(|f| {
+                    f.change = match f.change {
+                        None => Some(Change::Broken),
+                        Some(Change::Broken) => Some(Change::Fixed),
+                        Some(_) => None,
+                    }
+                });
+            }
             Action::SameTrue => {
                 let truth = self.table.selected().and_then(|e| e.row.true_index);
                 self.toggle_filter(|f| f.true_class = if f.true_class.is_some() { None } else { truth });

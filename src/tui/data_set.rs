@@ -112,7 +112,8 @@ fn prepare(
         if rows.is_empty() {
             return Err(Error::Results { path: set.input.clone(), message: "holds no rows".into() });
         }
-        check_rows(&set.input, &rows)?;
+        // Shown, not added to: a sweep of two models shows its comparison columns.
+        results::check_same_model(&set.input, &rows, &sweeper)?;
         let root = set.images.clone().unwrap_or_else(|| {
             set.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
         });
@@ -223,9 +224,14 @@ impl Runtime<'_> {
         })
     }
 
+    /// Takes the sweep's new rows, and applies them and any new sort or filter to the table
+    /// (a results file has no sweep, but its filters change too).
     fn take_feed(&mut self) {
-        let Some(feed) = &self.feed else { return };
         let browser = &mut self.p.browser;
+        let Some(feed) = &self.feed else {
+            browser.table.refresh();
+            return;
+        };
         // At most a frame's worth, so a burst of rows never holds a key press up.
         for _ in 0..256 {
             match feed.events.try_recv() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 
-use crate::dataset::{Progress, Row};
+use crate::dataset::{Change, Progress, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Column {
@@ -23,11 +23,26 @@ pub enum Column {
     Loss,
     /// Share of the map inside the object.
     Energy,
+    /// `sweep --vs`: how the prediction moved from model A to B.
+    Change,
+    /// `sweep --vs`: the correlation of the two models' maps.
+    MapR,
 }
 
 impl Column {
     pub const ALL: [Column; 6] =
         [Column::Name, Column::True, Column::Predicted, Column::Confidence, Column::Loss, Column::Energy];
+    /// The columns of a results file of `sweep --vs`.
+    pub const WITH_VS: [Column; 8] = [
+        Column::Name,
+        Column::True,
+        Column::Predicted,
+        Column::Confidence,
+        Column::Loss,
+        Column::Energy,
+        Column::Change,
+        Column::MapR,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -37,6 +52,8 @@ impl Column {
             Column::Confidence => "p",
             Column::Loss => "loss",
             Column::Energy => "in object",
+            Column::Change => "A → B",
+            Column::MapR => "maps r",
         }
     }
 
@@ -100,6 +117,8 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub wrong_only: bool,
+    /// `sweep --vs`: only rows whose prediction moved this way.
+    pub change: Option<Change>,
     pub true_class: Option<usize>,
     pub predicted: Option<usize>,
     /// Fuzzy, over the names.
@@ -152,6 +171,15 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The columns to show: the comparison's too where rows have a second model's side.
+    pub fn columns(&self) -> &'static [Column] {
+        if self.entries.iter().any(|e| e.row.vs.is_some()) {
+            &Column::WITH_VS
+        } else {
+            &Column::ALL
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -268,6 +296,9 @@ impl Table {
                 if f.wrong_only && row.correct != Some(false) {
                     return false;
                 }
+                if f.change.is_some() && row.vs.as_ref().and_then(|v| v.change) != f.change {
+                    return false;
+                }
                 if f.true_class.is_some() && row.true_index != f.true_class {
                     return false;
                 }
@@ -328,7 +359,24 @@ fn compare(a: &Row, b: &Row, column: Column, reversed: bool) -> Ordering {
         Column::Confidence => by(a.predicted().map(|p| p.prob), b.predicted().map(|p| p.prob), descending),
         Column::Loss => by(a.loss, b.loss, descending),
         Column::Energy => by(a.energy_in_object, b.energy_in_object, descending),
+        Column::Change => by(change_rank(a), change_rank(b), descending),
+        Column::MapR => {
+            by(a.vs.as_ref().and_then(|v| v.map_r), b.vs.as_ref().and_then(|v| v.map_r), descending)
+        }
     }
+}
+
+/// What a fine-tune's author looks at first: what it broke, then what it fixed, then what
+/// changed without labels to judge it.
+fn change_rank(row: &Row) -> Option<u8> {
+    Some(match row.vs.as_ref()?.change? {
+        Change::Broken => 0,
+        Change::Fixed => 1,
+        Change::Flipped => 2,
+        Change::BothWrong => 3,
+        Change::Same => 4,
+        Change::BothRight => 5,
+    })
 }
 
 #[cfg(test)]
@@ -348,6 +396,30 @@ pub(crate) mod tests {
             energy_in_object: energy,
             ..Row::default()
         }
+    }
+
+    #[test]
+    fn rows_of_two_models_sort_broken_first_and_filter_by_change() {
+        use crate::dataset::Versus;
+        let mut t = table();
+        assert_eq!(t.columns(), &Column::ALL);
+        let with = |path: &str, change: Change, r: f32| Row {
+            vs: Some(Versus { change: Some(change), map_r: Some(r), ..Versus::default() }),
+            ..row(path, 0, 0, 0.5, 0.5, None)
+        };
+        t.push(with("c/fixed.jpg", Change::Fixed, 0.9), None);
+        t.push(with("c/broken.jpg", Change::Broken, 0.8), None);
+        t.push(with("c/same.jpg", Change::BothRight, 0.1), None);
+        assert_eq!(t.columns(), &Column::WITH_VS);
+        t.sort_by(Column::Change);
+        let names: Vec<&str> = t.window(0, 3).map(|e| e.row.path.as_str()).collect();
+        assert_eq!(names, ["c/broken.jpg", "c/fixed.jpg", "c/same.jpg"]);
+        t.sort_by(Column::MapR);
+        assert_eq!(t.selected().unwrap().row.path, "c/same.jpg", "lowest map correlation first");
+        t.set_filter(Filter { change: Some(Change::Fixed), ..Filter::default() });
+        t.refresh();
+        assert_eq!(t.shown(), 1);
+        assert_eq!(t.selected().unwrap().row.path, "c/fixed.jpg");
     }
 
     fn table() -> Table {

@@ -15,6 +15,7 @@ use super::super::table::{Column, Entry};
 use super::panels::message_or_hint;
 use super::popups::{centered, keys};
 use super::{clear_with, fit, title_with, too_small, ImageCache};
+use crate::dataset::Change;
 use crate::render;
 
 /// Below this width the preview leaves the table the whole screen.
@@ -49,15 +50,19 @@ pub fn draw_browser(frame: &mut Frame, b: &Browser, images: &mut ImageCache) {
 
 /// The name column as wide as the longest name on screen (up to half the table); the class
 /// columns share the rest.
-fn widths(name: u16) -> [Constraint; 6] {
-    [
-        Constraint::Length(name),
-        Constraint::Fill(1),
-        Constraint::Fill(1),
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(9),
-    ]
+fn widths(name: u16, columns: &[Column]) -> Vec<Constraint> {
+    columns
+        .iter()
+        .map(|c| match c {
+            Column::Name => Constraint::Length(name),
+            Column::True | Column::Predicted => Constraint::Fill(1),
+            Column::Confidence => Constraint::Length(5),
+            Column::Loss => Constraint::Length(6),
+            Column::Energy => Constraint::Length(9),
+            Column::Change => Constraint::Length(10),
+            Column::MapR => Constraint::Length(6),
+        })
+        .collect()
 }
 
 fn table(frame: &mut Frame, b: &Browser, area: Rect) {
@@ -80,7 +85,8 @@ fn table(frame: &mut Frame, b: &Browser, area: Rect) {
     }
     tb.offset.set(offset);
 
-    let header = TableRow::new(Column::ALL.map(|c| {
+    let columns = tb.columns();
+    let header = TableRow::new(columns.iter().map(|&c| {
         let arrow = match tb.sort {
             Some((s, reversed)) if s == c => {
                 if reversed {
@@ -98,7 +104,7 @@ fn table(frame: &mut Frame, b: &Browser, area: Rect) {
         .window(offset, page)
         .enumerate()
         .map(|(i, e)| {
-            let row = table_row(b, e);
+            let row = table_row(b, e, columns);
             if offset + i == cursor {
                 row.style(Style::default().bg(t.selected_bg).fg(t.selected_fg))
             } else {
@@ -109,7 +115,8 @@ fn table(frame: &mut Frame, b: &Browser, area: Rect) {
     let empty = tb.shown() == 0;
     let longest = tb.window(offset, page).map(|e| e.row.path.chars().count()).max().unwrap_or(4);
     let name_width = (longest.max(4) as u16).min(inner.width / 2);
-    frame.render_widget(Table::new(rows, widths(name_width)).header(header).column_spacing(1), inner);
+    frame
+        .render_widget(Table::new(rows, widths(name_width, columns)).header(header).column_spacing(1), inner);
     if empty {
         let msg = if tb.is_empty() {
             "waiting for the first image…"
@@ -124,7 +131,7 @@ fn table(frame: &mut Frame, b: &Browser, area: Rect) {
     }
 }
 
-fn table_row<'a>(b: &'a Browser, e: &'a Entry) -> TableRow<'a> {
+fn table_row<'a>(b: &'a Browser, e: &'a Entry, columns: &[Column]) -> TableRow<'a> {
     let t = b.theme();
     let r = &e.row;
     let num = |v: Option<f32>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
@@ -138,14 +145,38 @@ fn table_row<'a>(b: &'a Browser, e: &'a Entry) -> TableRow<'a> {
     let predicted = r.predicted();
     let wrong = r.correct == Some(false);
     let predicted_style = if wrong { Style::default().fg(t.error) } else { Style::default() };
-    TableRow::new(vec![
-        Cell::from(r.path.as_str()),
-        Cell::from(r.true_label.clone().unwrap_or_else(|| "–".into())),
-        Cell::from(Span::styled(predicted.map_or(String::new(), |p| p.label.clone()), predicted_style)),
-        Cell::from(num(predicted.map(|p| p.prob), 2)),
-        Cell::from(num(r.loss, 2)),
-        Cell::from(r.energy_in_object.map_or(String::new(), |e| format!("{:>3.0}%", 100.0 * e))),
-    ])
+    let vs = r.vs.as_ref();
+    TableRow::new(
+        columns
+            .iter()
+            .map(|c| match c {
+                Column::Name => Cell::from(r.path.as_str()),
+                Column::True => Cell::from(r.true_label.clone().unwrap_or_else(|| "–".into())),
+                Column::Predicted => Cell::from(Span::styled(
+                    predicted.map_or(String::new(), |p| p.label.clone()),
+                    predicted_style,
+                )),
+                Column::Confidence => Cell::from(num(predicted.map(|p| p.prob), 2)),
+                Column::Loss => Cell::from(num(r.loss, 2)),
+                Column::Energy => {
+                    Cell::from(r.energy_in_object.map_or(String::new(), |e| format!("{:>3.0}%", 100.0 * e)))
+                }
+                Column::Change => {
+                    let change = vs.and_then(|v| v.change);
+                    let style = match change {
+                        Some(Change::Broken) => Style::default().fg(t.error),
+                        Some(Change::Fixed) => Style::default().fg(t.accent),
+                        _ => Style::default(),
+                    };
+                    Cell::from(Span::styled(
+                        change.map_or(String::new(), |c| c.name().replace('_', " ")),
+                        style,
+                    ))
+                }
+                Column::MapR => Cell::from(num(vs.and_then(|v| v.map_r), 2)),
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn preview(frame: &mut Frame, b: &Browser, images: &mut ImageCache, area: Rect) {
@@ -217,6 +248,9 @@ fn status_lines(frame: &mut Frame, b: &Browser, area: Rect) {
     let errors = if tally.errors > 0 { format!(" · {} errors", tally.errors) } else { String::new() };
     let f = &b.table.filter;
     let mut filters = vec![];
+    if let Some(change) = f.change {
+        filters.push(change.name().replace('_', " "));
+    }
     if f.wrong_only {
         filters.push("wrong".to_string());
     }
