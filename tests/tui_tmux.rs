@@ -171,3 +171,28 @@ fn data_set_table_in_tmux() {
     s.keys("q");
     s.wait_for("CAMSCOPE-EXIT=0");
 }
+
+/// `--vs`: both models side by side, `v` through the three views, stage keys move both.
+#[test]
+fn two_models_in_tmux() {
+    if !have_tmux() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("r18.safetensors");
+    common::write_random_resnet18(&b, 11);
+    let s = Session::start("camscope-vs", 160, 44, &format!("--vs {}", b.display()));
+    s.wait_for_all(&["_conv_head ~ layer4.1", "B − A ±", "| B r18 | B − A"]);
+    s.keys("v");
+    s.wait_for(", B r18: B − A");
+    s.keys("v");
+    s.wait_until("A's map alone", |screen| {
+        screen.contains("gradcam · _conv_head ·") && !screen.contains("B − A")
+    });
+    s.keys("v");
+    s.keys("[");
+    // Another architecture: every stage of A is shown beside B's own default stage.
+    s.wait_for("_blocks.15 ~ layer4.1");
+    s.keys("q");
+    s.wait_for("CAMSCOPE-EXIT=0");
+}
