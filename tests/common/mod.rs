@@ -19,6 +19,40 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
+/// Where the parity tests run the network: `CAMSCOPE_TEST_DEVICE` unset or `cpu` is the CPU,
+/// `cuda` (or `cuda:N`) a CUDA device, which needs the tests built with `--features cuda`
+/// (`scripts/gpu_check.sh`). One device for the whole test binary: tensors on two `Device::new_cuda`
+/// of the same GPU do not mix.
+pub fn test_device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(open_test_device).clone()
+}
+
+fn open_test_device() -> Device {
+    let spec = std::env::var("CAMSCOPE_TEST_DEVICE").unwrap_or_default().trim().to_ascii_lowercase();
+    let ordinal = match spec.as_str() {
+        "" | "cpu" => return Device::Cpu,
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => panic!("CAMSCOPE_TEST_DEVICE={spec}: devices are cpu, cuda, cuda:N"),
+        },
+    };
+    if !cfg!(feature = "cuda") {
+        panic!(
+            "CAMSCOPE_TEST_DEVICE={spec} needs the tests built with CUDA: \
+             cargo test --release --features cuda (scripts/cuda_toolkit.sh run ... without a system toolkit)"
+        );
+    }
+    Device::new_cuda(ordinal)
+        .unwrap_or_else(|e| panic!("CAMSCOPE_TEST_DEVICE={spec}: cannot open CUDA device {ordinal}: {e}"))
+}
+
+/// `t` on [`test_device`] (the same tensor on the CPU).
+pub fn on_test_device(t: &Tensor) -> Tensor {
+    t.to_device(&test_device()).unwrap()
+}
+
 /// How to get the big set, for skip lines and failures.
 pub const HOW_TO_GET: &str =
     "set CAMSCOPE_FIXTURES or place them at ../shared/fixtures; see scripts/make_fixtures.py";
