@@ -285,13 +285,12 @@ impl Trace {
         self.stage_gradients(taps.iter().map(|tap| store.get(tap.as_tensor())))
     }
 
-    /// Every stage's gradient (in the stage's layout) laid on its C×H×W grid.
+    /// Every stage's gradient (in the stage's layout) laid on its C×H×W grid, all of them
+    /// brought to the host in one copy.
     fn stage_gradients<'t>(&self, grads: impl Iterator<Item = Option<&'t Tensor>>) -> Result<Vec<Arc<Chw>>> {
-        let specs = self.model.stages();
         let nchw = grads
-            .zip(&self.activations)
-            .zip(specs)
-            .map(|((g, _), spec)| g.map(|g| spec.layout.to_nchw(g)).transpose())
+            .zip(self.model.stages())
+            .map(|(g, spec)| g.map(|g| spec.layout.to_nchw(g)).transpose())
             .collect::<CResult<Vec<_>>>()?;
         let present: Vec<Tensor> = nchw.iter().flatten().cloned().collect();
         let mut host = to_host(&present)?.into_iter();

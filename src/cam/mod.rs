@@ -232,9 +232,11 @@ impl Control<'_> {
     }
 }
 
-/// A batched computation's error, saying what to do where the device ran out of memory: the
-/// batch size is fixed (`--batch-size`), not taken from the memory that is free, so on a GPU a
-/// large model or input can fail with CUDA's bare OUT_OF_MEMORY otherwise.
+/// A batched computation's error, saying what to do where the device ran out of memory. A batch
+/// is as large as `--batch-size` ([`Control::batch_size`]) says, not sized from the memory that
+/// is free, so on a GPU a large model or input fails with CUDA's bare `CUDA_ERROR_OUT_OF_MEMORY`
+/// (cuBLAS: `CUBLAS_STATUS_ALLOC_FAILED`); this names the batch and the flag that shrinks it.
+/// Every other error passes unchanged.
 pub(crate) fn batch_error(e: impl Into<Error>, batch: usize) -> Error {
     let e = e.into();
     let text = e.to_string();
@@ -362,6 +364,8 @@ fn backward_in_mode<'a>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn out_of_memory_names_the_batch_size() {
         let oom = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
@@ -373,8 +377,6 @@ mod tests {
         let other = batch_error(candle_core::Error::Msg("shape mismatch".into()), 32).to_string();
         assert!(!other.contains("--batch-size"), "{other}");
     }
-
-    use super::*;
 
     #[test]
     fn method_names_round_trip() {
