@@ -21,31 +21,12 @@ use candle_core::{Device, Tensor};
 
 /// Where the parity tests run the network: `CAMSCOPE_TEST_DEVICE` unset or `cpu` is the CPU,
 /// `cuda` (or `cuda:N`) a CUDA device, which needs the tests built with `--features cuda`
-/// (`scripts/gpu_check.sh`). One device for the whole test binary: tensors on two `Device::new_cuda`
-/// of the same GPU do not mix.
+/// (`scripts/gpu_check.sh` runs them so). Parsed as `--device` is, so a CUDA device is the one
+/// `Device` of the process that every test's tensors share.
 pub fn test_device() -> Device {
-    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    DEVICE.get_or_init(open_test_device).clone()
-}
-
-fn open_test_device() -> Device {
-    let spec = std::env::var("CAMSCOPE_TEST_DEVICE").unwrap_or_default().trim().to_ascii_lowercase();
-    let ordinal = match spec.as_str() {
-        "" | "cpu" => return Device::Cpu,
-        "cuda" => 0,
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => panic!("CAMSCOPE_TEST_DEVICE={spec}: devices are cpu, cuda, cuda:N"),
-        },
-    };
-    if !cfg!(feature = "cuda") {
-        panic!(
-            "CAMSCOPE_TEST_DEVICE={spec} needs the tests built with CUDA: \
-             cargo test --release --features cuda (scripts/cuda_toolkit.sh run ... without a system toolkit)"
-        );
-    }
-    Device::new_cuda(ordinal)
-        .unwrap_or_else(|e| panic!("CAMSCOPE_TEST_DEVICE={spec}: cannot open CUDA device {ordinal}: {e}"))
+    let spec = std::env::var("CAMSCOPE_TEST_DEVICE").unwrap_or_default();
+    let spec = if spec.trim().is_empty() { "cpu" } else { spec.as_str() };
+    camscope::device::parse(spec).unwrap_or_else(|e| panic!("CAMSCOPE_TEST_DEVICE={spec}: {e}"))
 }
 
 /// `t` on [`test_device`] (the same tensor on the CPU).
