@@ -259,8 +259,12 @@ fn own_model_example_prints_the_explain_json_contract() {
         eprintln!("skipped: {} is not built (cargo test builds examples)", example.display());
         return;
     }
-    let out =
-        std::process::Command::new(&example).args(["explain", "--layer", "all", "--json"]).output().unwrap();
+    // On CAMSCOPE_TEST_DEVICE: the example builds its weights on the device --device names.
+    let device = camscope::device::name(&common::test_device());
+    let out = std::process::Command::new(&example)
+        .args(["explain", "--layer", "all", "--json", "--device", &device])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["arch"], "tiny-resnet");
@@ -271,7 +275,7 @@ fn own_model_example_prints_the_explain_json_contract() {
     }
     for method in ["fullgrad", "guided-backprop", "ablationcam"] {
         let out = std::process::Command::new(&example)
-            .args(["explain", "-M", method, "--engine", "portable", "--json"])
+            .args(["explain", "-M", method, "--engine", "portable", "--json", "--device", &device])
             .output()
             .unwrap();
         assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));
