@@ -2,8 +2,10 @@
 # The CUDA toolkit pieces that `--features cuda` needs, from PyPI only, and the build with them.
 #
 #   scripts/cuda_toolkit.sh [build]   install if needed, then cargo build --release --features cuda
-#                                     and clippy on it (the default)
-#   scripts/cuda_toolkit.sh check     install if needed, then cargo check + clippy --features cuda
+#                                     (binary and examples, linked) and clippy on every target
+#                                     (the default; what CI runs)
+#   scripts/cuda_toolkit.sh check     install if needed, then clippy on every target --features
+#                                     cuda only (it type-checks all of them, links nothing)
 #   scripts/cuda_toolkit.sh env       install if needed, print `export ...` lines (eval them)
 #   scripts/cuda_toolkit.sh run CMD…  install if needed, run CMD with the toolkit's environment
 #
@@ -19,6 +21,8 @@
 #                       is never invalidated)
 #   CUDA_COMPUTE_CAP    the GPU generation kernels are compiled for; default: nvidia-smi's answer,
 #                       else 90 (H100). 80 (A100) works too; candle's bf16 kernels need >= 80.
+#   PIP_INDEX_URL, PIP_NO_INDEX, PIP_FIND_LINKS   as pip reads them: a mirror, or wheels fetched
+#                       beforehand (`pip download` of the pins below) for a machine without PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -118,11 +122,10 @@ mode=${1:-build}
 setup_env
 case $mode in
     build)
-        timed cargo build --release --features cuda
+        timed cargo build --release --features cuda --bins --examples
         timed cargo clippy --release --all-targets --features cuda -- -D warnings
         ;;
     check)
-        timed cargo check --release --all-targets --features cuda
         timed cargo clippy --release --all-targets --features cuda -- -D warnings
         ;;
     env)
