@@ -9,6 +9,7 @@
 //! cargo run --release --example own_model                                # the debugger
 //! cargo run --release --example own_model -- explain --layer all --json  # the JSON of `camscope explain`
 //! cargo run --release --example own_model -- layers
+//! cargo run --release --features cuda --example own_model -- explain --device cuda --json
 //! ```
 //!
 //! The weights come from a seeded generator, so the predictions mean nothing; the maps are still
@@ -164,9 +165,10 @@ fn seeded_weights(device: &Device) -> Result<HashMap<String, Tensor>> {
     Ok(weights)
 }
 
-fn tiny_model() -> camscope::Result<Model> {
-    let device = Device::Cpu;
-    let vb = VarBuilder::from_tensors(seeded_weights(&device)?, DType::F32, &device);
+/// The model with its weights on `device`, the one `--device` names: a Candle layer wants its
+/// weights where its input is.
+fn tiny_model(device: &Device) -> camscope::Result<Model> {
+    let vb = VarBuilder::from_tensors(seeded_weights(device)?, DType::F32, device);
     let network = TinyResNet::new(vb)?;
     // What the network expects: 96×96 inputs normalised with ImageNet's mean and std.
     let preprocess = Preprocess::imagenet(96);
@@ -175,5 +177,5 @@ fn tiny_model() -> camscope::Result<Model> {
 }
 
 fn main() -> ExitCode {
-    camscope::cli::main_with_model(tiny_model)
+    camscope::cli::main_with_model_on_device(tiny_model)
 }

@@ -5,6 +5,8 @@
 //! a build with `--features cuda` (and the CUDA toolkit), which this parser says plainly when it
 //! is missing instead of failing later inside Candle.
 
+use std::sync::Mutex;
+
 use candle_core::Device;
 
 use crate::error::{Error, Result};
@@ -27,7 +29,32 @@ pub fn parse(spec: &str) -> Result<Device> {
              rebuild with `cargo build --release --features cuda`"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+    cuda(ordinal)
+}
+
+/// How `--device` spells `device`: `cpu`, `cuda:N` (and `metal:N`, which camscope never opens).
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// CUDA device `ordinal`, opened once per process. To Candle each `Device::new_cuda` is a device
+/// of its own (its own id and context handle), and tensors of two of them do not mix even on one
+/// GPU: the weights a model copied for one `--device cuda` would be "on another device" for an
+/// input moved to a second one. So every parse of `cuda:N` hands out the same `Device`.
+fn cuda(ordinal: usize) -> Result<Device> {
+    static OPENED: Mutex<Vec<(usize, Device)>> = Mutex::new(Vec::new());
+    let mut opened = OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, device)) = opened.iter().find(|(n, _)| *n == ordinal) {
+        return Ok(device.clone());
+    }
+    let device = Device::new_cuda(ordinal)
+        .map_err(|e| Error::Device(format!("cannot open CUDA device {ordinal}: {e}")))?;
+    opened.push((ordinal, device.clone()));
+    Ok(device)
 }
 
 #[cfg(test)]
@@ -42,6 +69,21 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("unknown device") && e.contains("cpu, cuda, cuda:N"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn names_are_what_parse_takes() {
+        assert_eq!(name(&parse("cpu").unwrap()), "cpu");
+    }
+
+    /// Runs where there is a GPU (a CUDA build anywhere else passes it without opening one).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn each_cuda_device_is_opened_once() {
+        let Ok(first) = parse("cuda") else { return };
+        let again = parse("CUDA:0").unwrap();
+        assert!(first.same_device(&again));
+        assert_eq!(name(&again), "cuda:0");
     }
 
     #[cfg(not(feature = "cuda"))]

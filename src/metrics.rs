@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::cam::Control;
+use crate::cam::{batch_error, Control};
 use crate::contract::{logits, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
 
@@ -45,9 +45,12 @@ fn probabilities(
     for chunk in images.chunks(ctl.batch_size.max(1)) {
         ctl.check(*done, total)?;
         let data: Vec<f32> = chunk.iter().flatten().copied().collect();
-        let x = Tensor::from_vec(data, (chunk.len(), c, s, s), input.device())?;
-        let logits: Vec<Vec<f32>> =
-            logits(model, &x, engine)?.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        let n = chunk.len();
+        let x = Tensor::from_vec(data, (n, c, s, s), input.device()).map_err(|e| batch_error(e, n))?;
+        let logits: Vec<Vec<f32>> = logits(model, &x, engine)
+            .map_err(|e| batch_error(e, n))?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec2()?;
         for row in logits {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let total_exp: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();

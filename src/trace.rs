@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{IndexOp, Tensor, Var};
+use candle_core::{IndexOp, Result as CResult, Tensor, Var};
 
 use crate::contract::Chw;
 use crate::contract::{
@@ -76,11 +76,9 @@ impl Trace {
                 specs.len()
             )));
         }
-        let activations = raw
-            .iter()
-            .zip(specs)
-            .map(|(a, spec)| Ok(Arc::new(Chw::from_nchw(&spec.layout.to_nchw(a)?)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let nchw =
+            raw.iter().zip(specs).map(|(a, spec)| spec.layout.to_nchw(a)).collect::<CResult<Vec<_>>>()?;
+        let activations = to_host(&nchw)?.into_iter().map(Arc::new).collect();
         let logit_values: Vec<f32> = recording.logits().i(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         Self::finish(model.clone(), activations, Tape::Reverse { recording, raw }, logit_values)
     }
@@ -113,11 +111,13 @@ impl Trace {
         engine: EngineKind,
     ) -> Result<Self> {
         let specs = model.stages();
-        let mut activations = Vec::with_capacity(specs.len());
         let mut taps = Vec::with_capacity(specs.len());
         let mut raw = Vec::with_capacity(specs.len());
+        // The host copies wait for the forward pass: taken inside the hook, each would stall
+        // the device at its stage.
+        let mut nchw = Vec::with_capacity(specs.len());
         let mut hook = |i: usize, a: Tensor| -> candle_core::Result<Tensor> {
-            activations.push(Arc::new(Chw::from_nchw(&specs[i].layout.to_nchw(&a)?)?));
+            nchw.push(specs[i].layout.to_nchw(&a)?.detach());
             raw.push(a.detach());
             let tap = Var::zeros(a.shape(), a.dtype(), a.device())?;
             let tapped = a.add(tap.as_tensor())?;
@@ -129,6 +129,7 @@ impl Trace {
         let seen = hooks.stages_seen();
         drop(hooks);
         check_all_stages_tapped(model.as_ref(), seen)?;
+        let activations = to_host(&nchw)?.into_iter().map(Arc::new).collect();
         let logit_values: Vec<f32> = logits.i(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         Self::finish(model.clone(), activations, Tape::Autograd { taps, logits, raw }, logit_values)
     }
@@ -284,19 +285,62 @@ impl Trace {
         self.stage_gradients(taps.iter().map(|tap| store.get(tap.as_tensor())))
     }
 
-    /// Every stage's gradient (in the stage's layout) laid on its C×H×W grid.
+    /// Every stage's gradient (in the stage's layout) laid on its C×H×W grid, all of them
+    /// brought to the host in one copy.
     fn stage_gradients<'t>(&self, grads: impl Iterator<Item = Option<&'t Tensor>>) -> Result<Vec<Arc<Chw>>> {
-        let specs = self.model.stages();
-        grads
+        let nchw = grads
+            .zip(self.model.stages())
+            .map(|(g, spec)| g.map(|g| spec.layout.to_nchw(g)).transpose())
+            .collect::<CResult<Vec<_>>>()?;
+        let present: Vec<Tensor> = nchw.iter().flatten().cloned().collect();
+        let mut host = to_host(&present)?.into_iter();
+        Ok(nchw
+            .iter()
             .zip(&self.activations)
-            .zip(specs)
-            .map(|((g, a), spec)| match g {
-                Some(g) => Ok(Arc::new(Chw::from_nchw(&spec.layout.to_nchw(g)?)?)),
+            .map(|(g, a)| match g {
+                Some(_) => Arc::new(host.next().expect("one host grid per gradient")),
                 // A stage the score does not depend on has zero gradient.
-                None => Ok(Arc::new(Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()]))),
+                None => Arc::new(Chw::new(a.channels, a.height, a.width, vec![0.0; a.data.len()])),
             })
-            .collect()
+            .collect())
     }
+}
+
+/// Stage tensors, each (1, C, H, W), as C×H×W grids on the host. Off the CPU they come over in
+/// one copy (one wait for the device) rather than one per stage.
+fn to_host(tensors: &[Tensor]) -> Result<Vec<Chw>> {
+    if tensors.first().is_none_or(|t| t.device().is_cpu()) {
+        return tensors.iter().map(|t| Ok(Chw::from_nchw(t)?)).collect();
+    }
+    in_one_copy(tensors)
+}
+
+/// [`to_host`] through one concatenation on the tensors' device and one copy of it.
+fn in_one_copy(tensors: &[Tensor]) -> Result<Vec<Chw>> {
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut grids = Vec::with_capacity(tensors.len());
+    let mut flat = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let (n, c, h, w) = t.dims4()?;
+        if n != 1 {
+            let message = format!("expected one image's activation, got shape {:?}", t.dims());
+            return Err(candle_core::Error::Msg(message).into());
+        }
+        grids.push((c, h, w));
+        flat.push(t.to_dtype(candle_core::DType::F32)?.flatten_all()?);
+    }
+    let values: Vec<f32> = Tensor::cat(&flat, 0)?.to_vec1()?;
+    let mut rest = values.as_slice();
+    Ok(grids
+        .into_iter()
+        .map(|(c, h, w)| {
+            let (grid, tail) = rest.split_at(c * h * w);
+            rest = tail;
+            Chw::new(c, h, w, grid.to_vec())
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -342,6 +386,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The one-copy transfer (what runs off the CPU) gives every stage's grid as the per-stage
+    /// copy does, strided and channels-last inputs included, and refuses a batch.
+    #[test]
+    fn one_copy_equals_one_copy_per_stage() {
+        let a = seeded_tensor(&[1, 4, 3, 5], 1);
+        let b = seeded_tensor(&[1, 5, 2, 6], 2).permute((0, 1, 3, 2)).unwrap();
+        let c = seeded_tensor(&[1, 1, 1, 1], 3);
+        let tensors = [a, b, c];
+        let ours = in_one_copy(&tensors).unwrap();
+        assert_eq!(ours.len(), 3);
+        for (t, grid) in tensors.iter().zip(&ours) {
+            assert_eq!(grid, &Chw::from_nchw(t).unwrap());
+        }
+        assert!(in_one_copy(&[]).unwrap().is_empty());
+        let e = in_one_copy(&[seeded_tensor(&[2, 1, 2, 2], 4)]).unwrap_err().to_string();
+        assert!(e.contains("one image"), "{e}");
     }
 
     /// The portable engine never takes the CPU tape, even on the CPU.

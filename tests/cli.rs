@@ -294,6 +294,20 @@ fn unknown_stage_method_class_and_bad_outputs() {
     if !cfg!(feature = "cuda") {
         assert_clean_failure(&["explain", "--device", "cuda:0"], &["cuda:0", "--features cuda"]);
     }
+    assert_clean_failure(&["bench", "--device", "tpu"], &["tpu", "cpu, cuda, cuda:N"]);
+}
+
+/// `bench --json` rows say where they ran (`bench --device cuda` is what scripts/gpu_check.sh
+/// times on a GPU).
+#[test]
+fn bench_rows_name_their_device() {
+    let out =
+        camscope(&["bench", "--models", "efficientnet-lite0", "--engine", "fast", "--runs", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["device"], "cpu", "{rows}");
+    assert_eq!(rows[0]["engine"], "fast", "{rows}");
+    assert!(rows[0]["forward_ms"].as_f64().unwrap() > 0.0, "{rows}");
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! The model contract from the outside, as a Rust user meets it: small hand-written models of
-//! each layout, the errors a model that breaks the contract gets, and the example program.
+//! each layout, the errors a model that breaks the contract gets, and the example program. The
+//! toy models and their inputs live on `CAMSCOPE_TEST_DEVICE` (default: the CPU).
+
+mod common;
 
 use std::sync::Arc;
 
@@ -21,7 +24,7 @@ fn input(size: usize, seed: u64) -> Tensor {
             (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect();
-    Tensor::from_vec(data, (1, 3, size, size), &Device::Cpu).unwrap()
+    Tensor::from_vec(data, (1, 3, size, size), &common::test_device()).unwrap()
 }
 
 fn weights(rows: usize, cols: usize, seed: u64) -> Tensor {
@@ -34,7 +37,7 @@ fn weights(rows: usize, cols: usize, seed: u64) -> Tensor {
             (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect();
-    Tensor::from_vec(data, (rows, cols), &Device::Cpu).unwrap()
+    Tensor::from_vec(data, (rows, cols), &common::test_device()).unwrap()
 }
 
 /// A toy vision transformer: 4×4 patches embedded linearly into 8 channels, a class token in
@@ -256,8 +259,12 @@ fn own_model_example_prints_the_explain_json_contract() {
         eprintln!("skipped: {} is not built (cargo test builds examples)", example.display());
         return;
     }
-    let out =
-        std::process::Command::new(&example).args(["explain", "--layer", "all", "--json"]).output().unwrap();
+    // On CAMSCOPE_TEST_DEVICE: the example builds its weights on the device --device names.
+    let device = camscope::device::name(&common::test_device());
+    let out = std::process::Command::new(&example)
+        .args(["explain", "--layer", "all", "--json", "--device", &device])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["arch"], "tiny-resnet");
@@ -268,7 +275,7 @@ fn own_model_example_prints_the_explain_json_contract() {
     }
     for method in ["fullgrad", "guided-backprop", "ablationcam"] {
         let out = std::process::Command::new(&example)
-            .args(["explain", "-M", method, "--engine", "portable", "--json"])
+            .args(["explain", "-M", method, "--engine", "portable", "--json", "--device", &device])
             .output()
             .unwrap();
         assert!(out.status.success(), "{method}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,7 +1,8 @@
 //! ONNX import against pytorch-grad-cam: the models of `../shared/fixtures/onnx` (exported with
 //! `torch.onnx.export`, both exporters), their logits, stage shapes and layouts, and every
 //! reference map, on both engines. Each test prints one `skipped: …` line and passes when the
-//! fixtures are absent (CAMSCOPE_FIXTURES may point at another fixtures folder).
+//! fixtures are absent (CAMSCOPE_FIXTURES may point at another fixtures folder). The parity tests
+//! run the network on `CAMSCOPE_TEST_DEVICE` (default: the CPU; `cuda` with `--features cuda`).
 
 mod common;
 
@@ -13,7 +14,7 @@ use camscope::cam::{Control, Method};
 use camscope::contract::{EngineKind, ImageClassifier, Layout};
 use camscope::engine::Engine;
 use camscope::onnx::OnnxModel;
-use common::{max_abs_diff, npy_vec, pearson, read_npy, skip};
+use common::{max_abs_diff, npy_vec, on_test_device, pearson, read_npy, skip};
 
 #[derive(serde::Deserialize)]
 struct Case {
@@ -73,7 +74,7 @@ fn check_export(name: &str, file: &str) {
     let load_s = t.elapsed().as_secs_f64();
     let layers: Vec<&str> = case.layers.iter().map(String::as_str).collect();
     let model: Arc<dyn ImageClassifier> = Arc::new(full.with_stages(&layers).unwrap());
-    let input = read_npy(&dir.join("input.npy"));
+    let input = on_test_device(&read_npy(&dir.join("input.npy")));
     let reference_logits = npy_vec(&dir.join("logits.npy"));
     for engine in [EngineKind::Fast, EngineKind::Portable] {
         let t = Instant::now();
@@ -199,7 +200,9 @@ fn mobilenet_v2_scorecam_matches_reference() {
     let Some((dir, case)) = case("mobilenet_v2") else { return };
     let model = OnnxModel::load(&dir.join("model.onnx"), None).unwrap();
     let model: Arc<dyn ImageClassifier> = Arc::new(model.with_stages(&["features.18"]).unwrap());
-    let engine = Engine::new(model.clone(), read_npy(&dir.join("input.npy")), EngineKind::Fast).unwrap();
+    let engine =
+        Engine::new(model.clone(), on_test_device(&read_npy(&dir.join("input.npy"))), EngineKind::Fast)
+            .unwrap();
     let cam = case.cams.iter().find(|c| c.method == "scorecam").unwrap();
     let t = Instant::now();
     let ours = engine.cam(Method::ScoreCam, 0, cam.class_index, &Control::default()).unwrap();
@@ -577,7 +580,9 @@ fn handmade_graph_runs_every_method() {
     let model: Arc<dyn ImageClassifier> = Arc::new(model);
     let mut rng = handmade::Rng(3);
     let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
-    let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+    let input = on_test_device(
+        &candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap(),
+    );
     let mut maps = Vec::new();
     for engine in [EngineKind::Fast, EngineKind::Portable] {
         let e = Engine::new(model.clone(), input.clone(), engine).unwrap();
@@ -602,7 +607,9 @@ fn handmade_graph_runs_every_method() {
     // Ablation through forward_from equals the rerun of the whole graph with the stage replaced.
     let stage = 1;
     let ablated: Vec<f32> = (0..3 * 4 * 8 * 8).map(|_| rng.float()).collect();
-    let x = candle_core::Tensor::from_vec(ablated, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let x = on_test_device(
+        &candle_core::Tensor::from_vec(ablated, (3, 4, 8, 8), &candle_core::Device::Cpu).unwrap(),
+    );
     let mut taps =
         camscope::contract::Taps::new(model.stages(), EngineKind::Portable, camscope::contract::Mode::Plain);
     let resumed = model.forward_from(stage, &x, &mut taps).unwrap().unwrap();
@@ -677,7 +684,9 @@ fn exported_gelu_chains_become_one_node() {
         [Arc::new(chain), Arc::new(node), Arc::new(split)];
     let mut rng = handmade::Rng(9);
     let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
-    let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+    let input = on_test_device(
+        &candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap(),
+    );
     for engine in [EngineKind::Fast, EngineKind::Portable] {
         let results: Vec<(Vec<f32>, Vec<f32>)> = [&chain, &node, &split]
             .into_iter()
@@ -707,7 +716,9 @@ fn reverse_pass_matches_autograd_on_handmade_graphs() {
         let model: Arc<dyn ImageClassifier> = Arc::new(model);
         let mut rng = handmade::Rng(5);
         let data: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
-        let input = candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+        let input = on_test_device(
+            &candle_core::Tensor::from_vec(data, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap(),
+        );
         assert_reverse_pass_matches_autograd(label, &model, &input, &[0, 1, 2, 3, 4], 1e-4);
     }
 }
@@ -732,7 +743,7 @@ fn reverse_pass_matches_autograd_on_fixtures() {
     for path in files {
         let label = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
         let model: Arc<dyn ImageClassifier> = Arc::new(OnnxModel::load(&path, None).unwrap());
-        let input = read_npy(&path.parent().unwrap().join("input.npy"));
+        let input = on_test_device(&read_npy(&path.parent().unwrap().join("input.npy")));
         let top = camscope::trace::Trace::new(&model, &input, EngineKind::Portable).unwrap().top_class();
         let worst = assert_reverse_pass_matches_autograd(&label, &model, &input, &[top, 7], 1e-4);
         println!("{label}: {} stages, worst relative difference {worst:.2e}", model.stages().len());

@@ -6,6 +6,8 @@
 //! test that needs it prints one `skipped:` line when it is not. Nothing is left out in between:
 //! every map a manifest lists is compared with its method's tolerance, and a case whose model this
 //! file cannot load, or a method camscope does not know, fails.
+//!
+//! The network runs on `CAMSCOPE_TEST_DEVICE` (default: the CPU; `cuda` with `--features cuda`).
 
 mod common;
 
@@ -58,7 +60,7 @@ fn flipped_eigen_map(trace: &Trace, method: Method, stage: usize, class: usize, 
 fn check_case(case: &Case, weights_ext: &str, kind: EngineKind, wanted: impl Fn(Method) -> bool) -> usize {
     let name = &format!("{} ({kind} engine)", case.name);
     let model = load_model(case, weights_ext);
-    let input = read_npy(&case.dir.join("input.npy"));
+    let input = on_test_device(&read_npy(&case.dir.join("input.npy")));
     let engine = Engine::new(model.network.clone(), input.clone(), kind).unwrap();
     let trace = engine.trace();
 
@@ -196,7 +198,7 @@ fn resnet18_pth_and_safetensors_give_identical_logits() {
         return;
     };
     let case = resnet18_case(&dir);
-    let input = read_npy(&case.dir.join("input.npy"));
+    let input = on_test_device(&read_npy(&case.dir.join("input.npy")));
     let a = Trace::new(&load_model(&case, "safetensors").network, &input, EngineKind::Fast).unwrap();
     let b = Trace::new(&load_model(&case, "pth").network, &input, EngineKind::Fast).unwrap();
     assert_eq!(a.logits(), b.logits());

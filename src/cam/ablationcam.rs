@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::Control;
+use super::{batch_error, Control};
 use crate::contract::{EngineKind, ImageClassifier, Mode, Taps};
 use crate::error::Result;
 
@@ -46,8 +46,9 @@ impl Ablation<'_> {
         for first in (0..channels).step_by(batch) {
             ctl.check(first, channels)?;
             let ks: Vec<usize> = (first..(first + batch).min(channels)).collect();
-            let ablated = self.ablated(&ks, channels, channel_dim, value)?;
-            let logits = self.logits_from_stage(&ablated)?;
+            let ablated =
+                self.ablated(&ks, channels, channel_dim, value).map_err(|e| batch_error(e, ks.len()))?;
+            let logits = self.logits_from_stage(&ablated).map_err(|e| batch_error(e, ks.len()))?;
             let scores: Vec<f32> =
                 logits.narrow(1, class, 1)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             weights.extend(scores.iter().map(|y| (self.score - y) / self.score));

@@ -232,6 +232,24 @@ impl Control<'_> {
     }
 }
 
+/// A batched computation's error, saying what to do where the device ran out of memory. A batch
+/// is as large as `--batch-size` ([`Control::batch_size`]) says, not sized from the memory that
+/// is free, so on a GPU a large model or input fails with CUDA's bare `CUDA_ERROR_OUT_OF_MEMORY`
+/// (cuBLAS: `CUBLAS_STATUS_ALLOC_FAILED`); this names the batch and the flag that shrinks it.
+/// Every other error passes unchanged.
+pub(crate) fn batch_error(e: impl Into<Error>, batch: usize) -> Error {
+    let e = e.into();
+    let text = e.to_string();
+    let out_of_memory = ["OUT_OF_MEMORY", "out of memory", "ALLOC_FAILED"].iter().any(|s| text.contains(s));
+    if out_of_memory {
+        Error::Device(format!(
+            "out of device memory running {batch} forward passes at once; lower --batch-size ({text})"
+        ))
+    } else {
+        e
+    }
+}
+
 impl Default for Control<'static> {
     fn default() -> Self {
         Control { batch_size: Self::DEFAULT_BATCH, progress: &|_, _| {}, cancelled: &|| false }
@@ -347,6 +365,18 @@ fn backward_in_mode<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_memory_names_the_batch_size() {
+        let oom = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let e = batch_error(oom, 32).to_string();
+        assert!(
+            e.contains("--batch-size") && e.contains("32 forward passes") && e.contains("OUT_OF_MEMORY"),
+            "{e}"
+        );
+        let other = batch_error(candle_core::Error::Msg("shape mismatch".into()), 32).to_string();
+        assert!(!other.contains("--batch-size"), "{other}");
+    }
 
     #[test]
     fn method_names_round_trip() {

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{Chw, Control};
+use super::{batch_error, Chw, Control};
 use crate::contract::{logits, EngineKind, ImageClassifier};
 use crate::error::Result;
 
@@ -65,7 +65,8 @@ pub fn weights(
             }
         }
         let batch_input = Tensor::from_vec(data, (ks.len(), channels, s, s), &Device::Cpu)?;
-        let logits = logits(model, &batch_input.to_device(input.device())?, engine)?;
+        let on_device = batch_input.to_device(input.device()).map_err(|e| batch_error(e, ks.len()))?;
+        let logits = logits(model, &on_device, engine).map_err(|e| batch_error(e, ks.len()))?;
         let column: Vec<f32> =
             logits.narrow(1, class, 1)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         scores.extend(column);

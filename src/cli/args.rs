@@ -258,6 +258,9 @@ pub struct EvaluateArgs {
     /// Deletion/insertion steps (RISE uses the input side, 224; fewer is faster)
     #[arg(long, default_value_t = 56)]
     pub metric_steps: usize,
+    /// Forward passes per batch: scorecam's and ablationcam's maps, and every method's scores
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -274,6 +277,9 @@ pub struct BenchArgs {
     /// Time only this engine (fast or portable); default: both
     #[arg(long)]
     pub engine: Option<String>,
+    /// Where to run the network: cpu, cuda or cuda:N (CUDA needs a build with --features cuda)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

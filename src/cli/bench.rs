@@ -1,8 +1,12 @@
 //! `camscope bench`: medians of forward, backward to every stage, every stage's map, the whole
-//! all-stage trace, and `explain --layer all`, per model. Set RAYON_NUM_THREADS to pin the thread
-//! count.
+//! all-stage trace, and `explain --layer all`, per model, on `--device`. Set RAYON_NUM_THREADS to
+//! pin the thread count. Off the CPU every timed step ends with its results on the host (the
+//! trace and the gradients are copied there), so no time hides in the device's queue; the
+//! untimed first run pays for copying the weights to the device and loading its kernels.
 
 use std::time::Instant;
+
+use candle_core::Device;
 
 use crate::cam::{Control, Method, Smoothing};
 use crate::contract::EngineKind;
@@ -21,6 +25,8 @@ use super::Source;
 struct Row {
     model: String,
     engine: EngineKind,
+    /// `cpu`, `cuda:0`, …
+    device: String,
     threads: usize,
     forward_ms: f64,
     backward_ms: f64,
@@ -59,13 +65,18 @@ fn load(name: &str) -> Result<Model> {
     }
 }
 
-fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
-    let input = preprocess::load_input(None, &model.preprocess)?.tensor;
+fn bench_model(model: &Model, engine: EngineKind, device: &Device, runs: usize) -> Result<Row> {
+    let input = preprocess::load_input(None, &model.preprocess)?.tensor.to_device(device)?;
     let net = &model.network;
     let stages: Vec<usize> = (0..net.stages().len()).collect();
     let ctl = Control::default();
     let (mut fwd, mut bwd, mut maps, mut all, mut explain_all) = (vec![], vec![], vec![], vec![], vec![]);
-    let opts = ExplainOptions { stages: StageChoice::All, engine, ..ExplainOptions::default() };
+    let opts = ExplainOptions {
+        stages: StageChoice::All,
+        engine,
+        device: device.clone(),
+        ..ExplainOptions::default()
+    };
     // The first run warms caches and the allocator; it is not counted.
     for run in 0..=runs {
         let (t_all, (t_f, t_b, t_m)) = time(|| {
@@ -90,6 +101,7 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
     Ok(Row {
         model: model.name.clone(),
         engine,
+        device: crate::device::name(device),
         threads: crate::kernels::parallel::threads(),
         forward_ms: median(fwd),
         backward_ms: median(bwd),
@@ -106,14 +118,15 @@ pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
         Some(e) => vec![EngineKind::parse(e)?],
         None => vec![EngineKind::Fast, EngineKind::Portable],
     };
+    let device = crate::device::parse(&args.device)?;
     let models: Vec<Model> = match source {
         Source::Flags => args.models.iter().map(|name| load(name)).collect::<Result<_>>()?,
         // A program's own model is the one to time.
-        Source::Given(build) => vec![build()?],
+        Source::Own(own) => vec![own.build(&device)?],
     };
     for model in &models {
         for &engine in &engines {
-            rows.push(bench_model(model, engine, runs)?);
+            rows.push(bench_model(model, engine, &device, runs)?);
         }
     }
     if args.json {
@@ -122,14 +135,15 @@ pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     }
     println!("median of {runs} runs, batch 1, gradcam at every stage");
     println!(
-        "{:<30} {:>8} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
-        "model", "engine", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
+        "{:<30} {:>8} {:>7} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
+        "model", "engine", "device", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
     );
     for r in &rows {
         println!(
-            "{:<30} {:>8} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
+            "{:<30} {:>8} {:>7} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
             r.model,
             r.engine.to_string(),
+            r.device,
             r.threads,
             r.forward_ms,
             r.backward_ms,

@@ -1,6 +1,7 @@
 //! The camscope command line as a library: the `camscope` binary is [`main`], and a Rust program
 //! that builds its own model gets the very same commands — the debugger, `explain`, `layers`,
-//! `evaluate`, `bench` — on that model with [`main_with_model`].
+//! `evaluate`, `bench` — on that model with [`main_with_model`] (or, for a model that can live on
+//! a GPU, [`main_with_model_on_device`]).
 //!
 //! May use: everything below it (`load`, `engine`, `explain`, `metrics`, `render`, `tui`). A new
 //! subcommand is a variant in `args.rs` and its function here.
@@ -13,6 +14,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use candle_core::Device;
 use clap::Parser;
 
 use crate::cam::Method;
@@ -32,21 +34,50 @@ enum Source<'a> {
     /// `-m` / `--arch` (the built-in default without them).
     Flags,
     /// A model the program built itself.
-    Given(&'a (dyn Fn() -> Result<Model> + Sync)),
+    Own(OwnModel<'a>),
+}
+
+/// How a program builds its own model.
+#[derive(Clone, Copy)]
+enum OwnModel<'a> {
+    /// On the device `--device` names ([`main_with_model_on_device`]).
+    OnDevice(&'a (dyn Fn(&Device) -> Result<Model> + Sync)),
+    /// On the CPU ([`main_with_model`]).
+    OnCpu(&'a (dyn Fn() -> Result<Model> + Sync)),
 }
 
 impl Source<'_> {
     fn load(self, args: &ModelArgs) -> Result<Model> {
         match self {
+            // Built-in and ONNX models keep their weights on the CPU and copy them to the
+            // input's device when that is another.
             Source::Flags => load::load(args.model_spec(), parse_arch(args)?),
-            Source::Given(build) => {
+            Source::Own(own) => {
                 if args.model.is_some() || args.arch.is_some() {
                     return Err(Error::Usage(
                         "this program explains its own model: -m/--model and --arch do not apply".into(),
                     ));
                 }
-                build()
+                own.build(&crate::device::parse(&args.device)?)
             }
+        }
+    }
+}
+
+impl OwnModel<'_> {
+    /// The program's model, for inputs on `device`.
+    fn build(self, device: &Device) -> Result<Model> {
+        match self {
+            OwnModel::OnDevice(build) => build(device),
+            OwnModel::OnCpu(build) if device.is_cpu() => build(),
+            // A Candle model's layers need their weights on the input's device: refuse plainly
+            // instead of failing inside its first layer with a device mismatch.
+            OwnModel::OnCpu(_) => Err(Error::Device(
+                "this program builds its model on the CPU (camscope::cli::main_with_model), so \
+                 --device does not apply; a model built with camscope::cli::main_with_model_on_device \
+                 runs on a GPU"
+                    .into(),
+            )),
         }
     }
 }
@@ -60,8 +91,18 @@ pub fn main() -> ExitCode {
 /// [`ImageClassifier`](crate::contract::ImageClassifier) wrapped with [`Model::new`]): with no
 /// subcommand the debugger, else `explain`, `layers`, `evaluate` or `bench`, exactly as the
 /// `camscope` binary runs them with `-m`. `build` runs once, when a command needs the model.
+///
+/// `build` makes its tensors on the CPU; `--device cuda` is refused. A model that can live on
+/// any device takes [`main_with_model_on_device`] instead.
 pub fn main_with_model(build: impl Fn() -> Result<Model> + Sync) -> ExitCode {
-    run(Cli::parse(), Source::Given(&build))
+    run(Cli::parse(), Source::Own(OwnModel::OnCpu(&build)))
+}
+
+/// [`main_with_model`] for a model built on the device `--device` names (the CPU by default):
+/// `build` gets that device and makes the model's weights there. It is the very `Device` the
+/// commands move the input to (camscope opens each CUDA device once per process).
+pub fn main_with_model_on_device(build: impl Fn(&Device) -> Result<Model> + Sync) -> ExitCode {
+    run(Cli::parse(), Source::Own(OwnModel::OnDevice(&build)))
 }
 
 fn run(cli: Cli, source: Source) -> ExitCode {
@@ -313,7 +354,7 @@ fn run_evaluate(args: &args::EvaluateArgs, source: Source) -> Result<()> {
         let quiet = |_, _| {};
         let t = std::time::Instant::now();
         let map_ctl = Control {
-            batch_size: Control::DEFAULT_BATCH,
+            batch_size: args.batch_size.max(1),
             progress: if on_terminal { &map_progress } else { &quiet },
             cancelled: &|| false,
         };

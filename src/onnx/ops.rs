@@ -1299,6 +1299,9 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             check_size(&shape)?;
             one(value.to_device(x()?.device())?.reshape(())?.broadcast_as(shape)?.contiguous()?)
         }
+        // Shape, Size and Range make their tensors on the graph's device like every other op, so
+        // that Concat, Add or Where can mix them with the (device-resident) constants. Any op
+        // that reads them as numbers copies them back (`ints`): a few bytes.
         Op::Shape { start, end } => {
             let dims = x()?.dims();
             let r = dims.len() as i64;
@@ -1306,16 +1309,17 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             let (s, e) = (clampi(*start), clampi(end.unwrap_or(r)));
             let v: Vec<i64> = dims[s..e.max(s)].iter().map(|&d| d as i64).collect();
             let n = v.len();
-            one(Tensor::from_vec(v, n, &Device::Cpu)?)
+            one(Tensor::from_vec(v, n, x()?.device())?)
         }
-        Op::Size => one(Tensor::new(x()?.elem_count() as i64, &Device::Cpu)?),
+        Op::Size => one(Tensor::new(x()?.elem_count() as i64, x()?.device())?),
         Op::Range => {
             let (s, l, d) = (input(inputs, 0)?, input(inputs, 1)?, input(inputs, 2)?);
+            let device = s.device();
             if s.dtype() == DType::F32 {
                 let (s, l, d) = (floats(s)?[0], floats(l)?[0], floats(d)?[0]);
                 let n = ((l - s) / d).ceil().max(0.0) as usize;
                 check_size(&[n])?;
-                one(Tensor::from_vec((0..n).map(|i| s + i as f32 * d).collect::<Vec<_>>(), n, &Device::Cpu)?)
+                one(Tensor::from_vec((0..n).map(|i| s + i as f32 * d).collect::<Vec<_>>(), n, device)?)
             } else {
                 let (s, l, d) = (ints(s)?[0], ints(l)?[0], ints(d)?[0]);
                 if d == 0 {
@@ -1323,7 +1327,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
                 }
                 let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
                 check_size(&[n])?;
-                one(Tensor::from_vec((0..n as i64).map(|i| s + i * d).collect::<Vec<_>>(), n, &Device::Cpu)?)
+                one(Tensor::from_vec((0..n as i64).map(|i| s + i * d).collect::<Vec<_>>(), n, device)?)
             }
         }
         Op::Tile => {

@@ -19,6 +19,21 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
+/// Where the parity tests run the network: `CAMSCOPE_TEST_DEVICE` unset or `cpu` is the CPU,
+/// `cuda` (or `cuda:N`) a CUDA device, which needs the tests built with `--features cuda`
+/// (`scripts/gpu_check.sh` runs them so). Parsed as `--device` is, so a CUDA device is the one
+/// `Device` of the process that every test's tensors share.
+pub fn test_device() -> Device {
+    let spec = std::env::var("CAMSCOPE_TEST_DEVICE").unwrap_or_default();
+    let spec = if spec.trim().is_empty() { "cpu" } else { spec.as_str() };
+    camscope::device::parse(spec).unwrap_or_else(|e| panic!("CAMSCOPE_TEST_DEVICE={spec}: {e}"))
+}
+
+/// `t` on [`test_device`] (the same tensor on the CPU).
+pub fn on_test_device(t: &Tensor) -> Tensor {
+    t.to_device(&test_device()).unwrap()
+}
+
 /// How to get the big set, for skip lines and failures.
 pub const HOW_TO_GET: &str =
     "set CAMSCOPE_FIXTURES or place them at ../shared/fixtures; see scripts/make_fixtures.py";
