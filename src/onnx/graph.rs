@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use candle_core::{DType, Device, Tensor};
 
+use super::mapped::MappedFile;
 use super::ops::{self, Op, ParseError};
 use super::proto::{self, ModelProto, NodeProto};
 use super::rewrite;
@@ -279,14 +281,21 @@ fn image_input(
 
 impl Graph {
     /// Decodes, loads and folds the graph of the model file at `path`; `size` fixes a dynamic
-    /// input height/width.
+    /// input height/width. The file is memory-mapped: initializers are converted from the mapped
+    /// pages, and those pages leave resident memory once every initializer is a tensor.
     pub fn load(path: &Path, size: Option<usize>) -> LoadResult<Graph> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = MappedFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::from_bytes(&bytes, dir, size)
+        Self::decode(file.bytes(), Some(&file), dir, size)
     }
 
+    /// [`Self::load`] of a file's bytes (copied once).
     pub fn from_bytes(bytes: &[u8], dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
+        Self::decode(Bytes::copy_from_slice(bytes), None, dir, size)
+    }
+
+    /// `bytes` is `file`'s whole content when there is a file.
+    fn decode(bytes: Bytes, file: Option<&MappedFile>, dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
         let model = proto::decode_model(bytes).map_err(|e| format!("not a readable ONNX model ({e})"))?;
         let Some(graph) = model.graph.as_ref() else {
             return Err("not an ONNX model: no graph (a truncated or foreign file?)".into());
@@ -323,6 +332,9 @@ impl Graph {
             let tensor = tensor::to_tensor(t, dir, &mut external).map_err(|e| format!("initializer: {e}"))?;
             add(&mut ids, &t.name, &mut values, &mut consts, Some(tensor));
         }
+        // Every initializer is a tensor now: their mapped bytes need not stay resident.
+        file.iter().for_each(|f| f.release());
+        external.release();
         let input = add(&mut ids, &input_name, &mut values, &mut consts, None);
         values[input].shape = vec![1, 3, input_size[0], input_size[1]];
 
