@@ -3,8 +3,9 @@
 //! arithmetic (Shape → Gather → Unsqueeze → Concat → Reshape, ConstantOfShape/Equal/Where/
 //! Expand) — folded to constants for the graph's fixed input size. Folding needs every
 //! tensor's shape, so the graph is run once at load on a blank input (the probe): it also checks
-//! that every op works, and gives each value its shape. Last, `rewrite` merges the exporters'
-//! op chains (GELU, Linear bias) into single ops.
+//! that every op works, and gives each value its shape. Only shapes matter there, so the probe
+//! checks convolutions and takes their output shapes without computing them. Last, `rewrite`
+//! merges the exporters' op chains (GELU, Linear bias) into single ops.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -415,7 +416,20 @@ impl Graph {
                     }
                 }
             }
-            let outputs = ops::eval(&op, &args, &mut taps).map_err(|e| {
+            let outputs = match &op {
+                // The probe needs only the shapes of values computed from the input (Shape and
+                // Size read no more of them, so their contents never reach a folded constant):
+                // a convolution of one is checked and its output's shape taken, not computed.
+                Op::Conv(conv) if !all_const => match args.as_slice() {
+                    [Some(x), Some(w), rest @ ..] if x.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                        let bias = rest.first().and_then(Option::as_ref);
+                        ops::conv2d_shape_only(x, w, bias, conv).map(|y| vec![y])
+                    }
+                    _ => ops::eval(&op, &args, &mut taps),
+                },
+                _ => ops::eval(&op, &args, &mut taps),
+            }
+            .map_err(|e| {
                 format!(
                     "{} at {} failed on the graph's {}×{} input: {e}",
                     n.op_type,
