@@ -178,6 +178,12 @@ impl OnnxModel {
         self.graph.input_size
     }
 
+    /// The shape of the graph's output for one image (known from the probe at load): (1,
+    /// classes) for a classifier.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.graph.values[self.graph.output].shape
+    }
+
     /// How many nodes run at each forward pass (after folding).
     pub fn node_count(&self) -> usize {
         self.graph.nodes.len()
