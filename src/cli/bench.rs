@@ -1,6 +1,7 @@
-//! `camscope bench`: medians of forward, backward to every stage, every stage's map, the whole
-//! all-stage trace, and `explain --layer all`, per model. Set RAYON_NUM_THREADS to pin the thread
-//! count.
+//! `camscope bench`: per model, the time it took to load, then medians of forward, backward to
+//! every stage, every stage's map, the whole all-stage trace, and `explain --layer all`. With
+//! `--load-only`, the median time to load each model and the process's peak resident memory.
+//! Set RAYON_NUM_THREADS to pin the thread count.
 
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ struct Row {
     model: String,
     engine: EngineKind,
     threads: usize,
+    /// Loading the model once (file to a ready model), before the other timings.
+    load_ms: f64,
     forward_ms: f64,
     backward_ms: f64,
     maps_ms: f64,
@@ -59,7 +62,7 @@ fn load(name: &str) -> Result<Model> {
     }
 }
 
-fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
+fn bench_model(model: &Model, load_ms: f64, engine: EngineKind, runs: usize) -> Result<Row> {
     let input = preprocess::load_input(None, &model.preprocess)?.tensor;
     let net = &model.network;
     let stages: Vec<usize> = (0..net.stages().len()).collect();
@@ -91,6 +94,7 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
         model: model.name.clone(),
         engine,
         threads: crate::kernels::parallel::threads(),
+        load_ms,
         forward_ms: median(fwd),
         backward_ms: median(bwd),
         maps_ms: median(maps),
@@ -99,21 +103,82 @@ fn bench_model(model: &Model, engine: EngineKind, runs: usize) -> Result<Row> {
     })
 }
 
+/// `--load-only`: one model's load time and the peak memory so far.
+#[derive(serde::Serialize)]
+struct LoadRow {
+    model: String,
+    threads: usize,
+    runs: usize,
+    /// Median of `runs` loads, each dropped before the next.
+    load_ms: f64,
+    /// The process's peak resident set (Linux `VmHWM`) after this model's loads: the peak of
+    /// every model loaded before it too, so run one model per process to compare models.
+    peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident set so far in MiB, where the OS tells it (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn run_load_only(args: &BenchArgs, source: Source, runs: usize) -> Result<()> {
+    let mut rows = Vec::new();
+    let names: Vec<String> = match source {
+        Source::Flags => args.models.clone(),
+        Source::Given(_) => vec!["(this program's model)".into()],
+    };
+    for name in &names {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (ms, model) = time(|| match source {
+                Source::Flags => load(name),
+                Source::Given(build) => build(),
+            })?;
+            drop(model);
+            times.push(ms);
+        }
+        rows.push(LoadRow {
+            model: name.clone(),
+            threads: crate::kernels::parallel::threads(),
+            runs,
+            load_ms: median(times),
+            peak_rss_mb: peak_rss_mb(),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialise"));
+        return Ok(());
+    }
+    println!("median of {runs} loads; peak memory of the process so far");
+    println!("{:<40} {:>7} {:>10} {:>10}", "model", "threads", "load", "peak RSS");
+    for r in &rows {
+        let rss = r.peak_rss_mb.map_or_else(|| "?".into(), |m| format!("{m:.0} MiB"));
+        println!("{:<40} {:>7} {:>8.1}ms {:>10}", r.model, r.threads, r.load_ms, rss);
+    }
+    Ok(())
+}
+
 pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     let runs = args.runs.max(1);
+    if args.load_only {
+        return run_load_only(args, source, runs);
+    }
     let mut rows = Vec::new();
     let engines = match &args.engine {
         Some(e) => vec![EngineKind::parse(e)?],
         None => vec![EngineKind::Fast, EngineKind::Portable],
     };
-    let models: Vec<Model> = match source {
-        Source::Flags => args.models.iter().map(|name| load(name)).collect::<Result<_>>()?,
+    let models: Vec<(f64, Model)> = match source {
+        Source::Flags => args.models.iter().map(|name| time(|| load(name))).collect::<Result<_>>()?,
         // A program's own model is the one to time.
-        Source::Given(build) => vec![build()?],
+        Source::Given(build) => vec![time(build)?],
     };
-    for model in &models {
+    for (load_ms, model) in &models {
         for &engine in &engines {
-            rows.push(bench_model(model, engine, runs)?);
+            rows.push(bench_model(model, *load_ms, engine, runs)?);
         }
     }
     if args.json {
@@ -122,15 +187,16 @@ pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     }
     println!("median of {runs} runs, batch 1, gradcam at every stage");
     println!(
-        "{:<30} {:>8} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
-        "model", "engine", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
+        "{:<30} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8} {:>11} {:>15}",
+        "model", "engine", "threads", "load", "forward", "backward", "maps", "all stages", "explain -l all"
     );
     for r in &rows {
         println!(
-            "{:<30} {:>8} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
+            "{:<30} {:>8} {:>7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
             r.model,
             r.engine.to_string(),
             r.threads,
+            r.load_ms,
             r.forward_ms,
             r.backward_ms,
             r.maps_ms,
