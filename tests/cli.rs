@@ -34,6 +34,22 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `bench --load-only`: one row per model with its median load time and, on Linux, the
+/// process's peak resident memory.
+#[test]
+fn bench_load_only_reports_load_time_and_peak_memory() {
+    let v =
+        json(&camscope(&["bench", "--load-only", "--models", "efficientnet-lite0", "--runs", "2", "--json"]));
+    let rows = v.as_array().expect("a list of rows");
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["model"], "efficientnet-lite0");
+    assert_eq!(rows[0]["runs"], 2);
+    assert!(rows[0]["load_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{v}");
+    if cfg!(target_os = "linux") {
+        assert!(rows[0]["peak_rss_mb"].as_f64().is_some_and(|mb| mb > 1.0), "{v}");
+    }
+}
+
 #[test]
 fn explain_json_has_the_contract_keys() {
     let v = json(&camscope(&["explain", "--json"]));

@@ -246,7 +246,7 @@ mod handmade {
             name: name.into(),
             dims: dims.to_vec(),
             data_type: data_type::FLOAT,
-            raw_data: raw,
+            raw_data: raw.into(),
             ..Default::default()
         }
     }
@@ -512,7 +512,7 @@ mod handmade {
             .flat_map(|b| half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
             .collect();
         w1.data_type = data_type::FLOAT16;
-        w1.raw_data = halves;
+        w1.raw_data = halves.into();
         let initializer = vec![
             f32_tensor("w0", &[4, 3, 3, 3], &mut rng, 0.5),
             f32_tensor("b0", &[4], &mut rng, 0.1),
@@ -819,6 +819,102 @@ fn bad_graphs_fail_with_clear_errors() {
 }
 
 use camscope::onnx::proto::StringStringEntryProto;
+
+/// The hand-made model written as a file on disk with every raw initializer in one external data
+/// file (`weights.data`, one after another), and that file's bytes.
+fn with_external_data(dir: &std::path::Path) -> (camscope::onnx::proto::ModelProto, Vec<u8>) {
+    let mut m = handmade::model();
+    let mut data = Vec::new();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        if t.raw_data.is_empty() {
+            continue;
+        }
+        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+        t.external_data = vec![
+            entry("location", "weights.data".into()),
+            entry("offset", data.len().to_string()),
+            entry("length", t.raw_data.len().to_string()),
+        ];
+        data.extend_from_slice(&t.raw_data);
+        t.raw_data = Default::default();
+        t.data_location = 1;
+    }
+    std::fs::write(dir.join("weights.data"), &data).unwrap();
+    (m, data)
+}
+
+fn set_external(m: &mut camscope::onnx::proto::ModelProto, tensor: usize, key: &str, value: &str) {
+    let t = &mut m.graph.as_mut().unwrap().initializer[tensor];
+    match t.external_data.iter_mut().find(|e| e.key == key) {
+        Some(e) => e.value = value.into(),
+        None => t.external_data.push(StringStringEntryProto { key: key.into(), value: value.into() }),
+    }
+}
+
+/// Files on disk are memory-mapped: a model whose initializers live in an external data file
+/// gives the logits of the same graph inline. A truncated model file, external data that lies
+/// past its file's end, has the wrong length, a bad offset or a missing file, and a truncated
+/// data file each fail with an error, naming the tensor when the fault is one tensor's.
+#[test]
+fn mapped_files_load_and_bad_external_data_names_the_tensor() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    let (external, data) = with_external_data(dir.path());
+    std::fs::write(&path, external.encode_to_vec()).unwrap();
+    let mapped: Arc<dyn ImageClassifier> = Arc::new(OnnxModel::load(&path, None).unwrap());
+    let inline: Arc<dyn ImageClassifier> = Arc::new(tiny(&handmade::model()).unwrap());
+    let mut rng = handmade::Rng(11);
+    let x: Vec<f32> = (0..3 * 16 * 16).map(|_| rng.float()).collect();
+    let x = candle_core::Tensor::from_vec(x, (1, 3, 16, 16), &candle_core::Device::Cpu).unwrap();
+    let logits = |m: &Arc<dyn ImageClassifier>| {
+        Engine::new(m.clone(), x.clone(), EngineKind::Fast).unwrap().trace().logits().to_vec()
+    };
+    assert_eq!(logits(&mapped), logits(&inline));
+    // The inline model as a file, whole and cut short.
+    let bytes = handmade::model().encode_to_vec();
+    std::fs::write(&path, &bytes).unwrap();
+    let whole: Arc<dyn ImageClassifier> = Arc::new(OnnxModel::load(&path, None).unwrap());
+    assert_eq!(logits(&whole), logits(&inline));
+    let error = |m: &camscope::onnx::proto::ModelProto| {
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        OnnxModel::load(&path, None).err().expect("the model loaded").to_string()
+    };
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = OnnxModel::load(&path, None).err().unwrap().to_string();
+    assert!(e.contains("ONNX") && e.contains("m.onnx"), "{e}");
+    // The first raw initializer (w0) at bad places in weights.data.
+    let name = external.graph.as_ref().unwrap().initializer[0].name.clone();
+    let quoted = format!("'{name}'");
+    for (key, value, what) in [
+        ("offset", (data.len() - 4).to_string(), "past the end"),
+        ("offset", (data.len() + 100).to_string(), "beyond the file"),
+        ("offset", u64::MAX.to_string(), "overflowing"),
+        ("offset", "-8".to_string(), "negative"),
+        ("length", "4".to_string(), "short"),
+        ("length", (data.len() * 2).to_string(), "longer than the file"),
+        ("location", "gone.data".to_string(), "missing"),
+        ("location", "../weights.data".to_string(), "outside the folder"),
+    ] {
+        let mut m = external.clone();
+        set_external(&mut m, 0, key, &value);
+        let e = error(&m);
+        assert!(e.contains(&quoted), "{what} {key} {value}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    // A graph whose output is not (1, classes): the class count comes from the graph's shapes.
+    let mut m = handmade::model();
+    let g = m.graph.as_mut().unwrap();
+    g.output[0].name = g.node[1].output[0].clone();
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let e = camscope::load::load(path.to_str().unwrap(), None).err().unwrap().to_string();
+    assert!(e.contains("not (1, classes)") && e.contains("m.onnx"), "{e}");
+    // A data file cut short: the first tensor that no longer fits is named.
+    std::fs::write(dir.path().join("weights.data"), &data[..data.len() - 1]).unwrap();
+    let last = external.graph.as_ref().unwrap().initializer.iter().rfind(|t| t.data_location == 1).unwrap();
+    let e = error(&external);
+    assert!(e.contains(&format!("'{}'", last.name)) && e.contains("weights.data"), "{e}");
+}
 
 /// One mutation of `bytes`: bit flips, a truncation, two swapped chunks, or inserted junk.
 fn mutate(bytes: &[u8], rng: &mut handmade::Rng) -> Vec<u8> {

@@ -283,4 +283,8 @@ pub struct BenchArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Time only loading each model (--runs times, the median) and report the process's peak
+    /// resident memory after it; one model per process gives that model's own peak
+    #[arg(long)]
+    pub load_only: bool,
 }

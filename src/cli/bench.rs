@@ -1,8 +1,10 @@
-//! `camscope bench`: medians of forward, backward to every stage, every stage's map, the whole
-//! all-stage trace, and `explain --layer all`, per model, on `--device`. Set RAYON_NUM_THREADS to
-//! pin the thread count. Off the CPU every timed step ends with its results on the host (the
-//! trace and the gradients are copied there), so no time hides in the device's queue; the
-//! untimed first run pays for copying the weights to the device and loading its kernels.
+//! `camscope bench`: per model, the time it took to load, then medians of forward, backward to
+//! every stage, every stage's map, the whole all-stage trace, and `explain --layer all`, on
+//! `--device`. With `--load-only`, the median time to load each model and the process's peak
+//! resident memory. Set RAYON_NUM_THREADS to pin the thread count. Off the CPU every timed step
+//! ends with its results on the host (the trace and the gradients are copied there), so no time
+//! hides in the device's queue; the untimed first run pays for copying the weights to the device
+//! and loading its kernels.
 
 use std::time::Instant;
 
@@ -28,6 +30,8 @@ struct Row {
     /// `cpu`, `cuda:0`, …
     device: String,
     threads: usize,
+    /// Loading the model once (file to a ready model), before the other timings.
+    load_ms: f64,
     forward_ms: f64,
     backward_ms: f64,
     maps_ms: f64,
@@ -65,7 +69,7 @@ fn load(name: &str) -> Result<Model> {
     }
 }
 
-fn bench_model(model: &Model, engine: EngineKind, device: &Device, runs: usize) -> Result<Row> {
+fn bench_model(model: &Model, load_ms: f64, engine: EngineKind, device: &Device, runs: usize) -> Result<Row> {
     let input = preprocess::load_input(None, &model.preprocess)?.tensor.to_device(device)?;
     let net = &model.network;
     let stages: Vec<usize> = (0..net.stages().len()).collect();
@@ -103,6 +107,7 @@ fn bench_model(model: &Model, engine: EngineKind, device: &Device, runs: usize) 
         engine,
         device: crate::device::name(device),
         threads: crate::kernels::parallel::threads(),
+        load_ms,
         forward_ms: median(fwd),
         backward_ms: median(bwd),
         maps_ms: median(maps),
@@ -111,22 +116,84 @@ fn bench_model(model: &Model, engine: EngineKind, device: &Device, runs: usize) 
     })
 }
 
+/// `--load-only`: one model's load time and the peak memory so far.
+#[derive(serde::Serialize)]
+struct LoadRow {
+    model: String,
+    threads: usize,
+    runs: usize,
+    /// Median of `runs` loads, each dropped before the next.
+    load_ms: f64,
+    /// The process's peak resident set (Linux `VmHWM`) after this model's loads: the peak of
+    /// every model loaded before it too, so run one model per process to compare models.
+    peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident set so far in MiB, where the OS tells it (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn run_load_only(args: &BenchArgs, source: Source, runs: usize) -> Result<()> {
+    let mut rows = Vec::new();
+    let names: Vec<String> = match source {
+        Source::Flags => args.models.clone(),
+        Source::Own(_) => vec!["(this program's model)".into()],
+    };
+    let device = crate::device::parse(&args.device)?;
+    for name in &names {
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (ms, model) = time(|| match source {
+                Source::Flags => load(name),
+                Source::Own(own) => own.build(&device),
+            })?;
+            drop(model);
+            times.push(ms);
+        }
+        rows.push(LoadRow {
+            model: name.clone(),
+            threads: crate::kernels::parallel::threads(),
+            runs,
+            load_ms: median(times),
+            peak_rss_mb: peak_rss_mb(),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&rows).expect("rows serialise"));
+        return Ok(());
+    }
+    println!("median of {runs} loads; peak memory of the process so far");
+    println!("{:<40} {:>7} {:>10} {:>10}", "model", "threads", "load", "peak RSS");
+    for r in &rows {
+        let rss = r.peak_rss_mb.map_or_else(|| "?".into(), |m| format!("{m:.0} MiB"));
+        println!("{:<40} {:>7} {:>8.1}ms {:>10}", r.model, r.threads, r.load_ms, rss);
+    }
+    Ok(())
+}
+
 pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     let runs = args.runs.max(1);
+    if args.load_only {
+        return run_load_only(args, source, runs);
+    }
     let mut rows = Vec::new();
     let engines = match &args.engine {
         Some(e) => vec![EngineKind::parse(e)?],
         None => vec![EngineKind::Fast, EngineKind::Portable],
     };
     let device = crate::device::parse(&args.device)?;
-    let models: Vec<Model> = match source {
-        Source::Flags => args.models.iter().map(|name| load(name)).collect::<Result<_>>()?,
+    let models: Vec<(f64, Model)> = match source {
+        Source::Flags => args.models.iter().map(|name| time(|| load(name))).collect::<Result<_>>()?,
         // A program's own model is the one to time.
-        Source::Own(own) => vec![own.build(&device)?],
+        Source::Own(own) => vec![time(|| own.build(&device))?],
     };
-    for model in &models {
+    for (load_ms, model) in &models {
         for &engine in &engines {
-            rows.push(bench_model(model, engine, &device, runs)?);
+            rows.push(bench_model(model, *load_ms, engine, &device, runs)?);
         }
     }
     if args.json {
@@ -135,16 +202,26 @@ pub(super) fn run(args: &BenchArgs, source: Source) -> Result<()> {
     }
     println!("median of {runs} runs, batch 1, gradcam at every stage");
     println!(
-        "{:<30} {:>8} {:>7} {:>7} {:>9} {:>9} {:>8} {:>11} {:>15}",
-        "model", "engine", "device", "threads", "forward", "backward", "maps", "all stages", "explain -l all"
+        "{:<30} {:>8} {:>7} {:>7} {:>9} {:>9} {:>9} {:>8} {:>11} {:>15}",
+        "model",
+        "engine",
+        "device",
+        "threads",
+        "load",
+        "forward",
+        "backward",
+        "maps",
+        "all stages",
+        "explain -l all"
     );
     for r in &rows {
         println!(
-            "{:<30} {:>8} {:>7} {:>7} {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
+            "{:<30} {:>8} {:>7} {:>7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>6.1}ms {:>9.1}ms {:>13.1}ms",
             r.model,
             r.engine.to_string(),
             r.device,
             r.threads,
+            r.load_ms,
             r.forward_ms,
             r.backward_ms,
             r.maps_ms,

@@ -116,6 +116,8 @@ fn assemble(
 
 /// A model from an ONNX file: the graph's input size with ImageNet mean and std unless
 /// `preprocess` says otherwise; `labels` (else ImageNet names for 1000 classes, else numbers).
+/// The class count comes from the graph (its shapes are known from the load's probe), so no
+/// check pass runs: every op has run in the probe, and the stages are tapped by construction.
 pub fn onnx_model(
     path: &Path,
     name: Option<String>,
@@ -143,7 +145,17 @@ pub fn onnx_model(
     };
     let name =
         name.unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
-    Model::new(name, Arc::new(network), preprocess, labels)
+    let classes = match network.output_shape() {
+        [1, n] => *n,
+        d => {
+            return Err(Error::Model(format!(
+                "{}: the graph returns logits of shape {d:?}, not (1, classes)",
+                path.display()
+            )))
+        }
+    };
+    let labels = labels.unwrap_or_else(|| default_labels(classes));
+    Model::checked(name, Arc::new(network), preprocess, labels, classes)
 }
 
 /// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.

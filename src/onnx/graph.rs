@@ -3,14 +3,17 @@
 //! arithmetic (Shape → Gather → Unsqueeze → Concat → Reshape, ConstantOfShape/Equal/Where/
 //! Expand) — folded to constants for the graph's fixed input size. Folding needs every
 //! tensor's shape, so the graph is run once at load on a blank input (the probe): it also checks
-//! that every op works, and gives each value its shape. Last, `rewrite` merges the exporters'
-//! op chains (GELU, Linear bias) into single ops.
+//! that every op works, and gives each value its shape. Only shapes matter there, so the probe
+//! checks convolutions and takes their output shapes without computing them. Last, `rewrite`
+//! merges the exporters' op chains (GELU, Linear bias) into single ops.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use bytes::Bytes;
 use candle_core::{DType, Device, Tensor};
 
+use super::mapped::MappedFile;
 use super::ops::{self, Op, ParseError};
 use super::proto::{self, ModelProto, NodeProto};
 use super::rewrite;
@@ -279,14 +282,21 @@ fn image_input(
 
 impl Graph {
     /// Decodes, loads and folds the graph of the model file at `path`; `size` fixes a dynamic
-    /// input height/width.
+    /// input height/width. The file is memory-mapped: initializers are converted from the mapped
+    /// pages, and those pages leave resident memory once every initializer is a tensor.
     pub fn load(path: &Path, size: Option<usize>) -> LoadResult<Graph> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = MappedFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::from_bytes(&bytes, dir, size)
+        Self::decode(file.bytes(), Some(&file), dir, size)
     }
 
+    /// [`Self::load`] of a file's bytes (copied once).
     pub fn from_bytes(bytes: &[u8], dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
+        Self::decode(Bytes::copy_from_slice(bytes), None, dir, size)
+    }
+
+    /// `bytes` is `file`'s whole content when there is a file.
+    fn decode(bytes: Bytes, file: Option<&MappedFile>, dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
         let model = proto::decode_model(bytes).map_err(|e| format!("not a readable ONNX model ({e})"))?;
         let Some(graph) = model.graph.as_ref() else {
             return Err("not an ONNX model: no graph (a truncated or foreign file?)".into());
@@ -323,6 +333,9 @@ impl Graph {
             let tensor = tensor::to_tensor(t, dir, &mut external).map_err(|e| format!("initializer: {e}"))?;
             add(&mut ids, &t.name, &mut values, &mut consts, Some(tensor));
         }
+        // Every initializer is a tensor now: their mapped bytes need not stay resident.
+        file.iter().for_each(|f| f.release());
+        external.release();
         let input = add(&mut ids, &input_name, &mut values, &mut consts, None);
         values[input].shape = vec![1, 3, input_size[0], input_size[1]];
 
@@ -403,7 +416,20 @@ impl Graph {
                     }
                 }
             }
-            let outputs = ops::eval(&op, &args, &mut taps).map_err(|e| {
+            let outputs = match &op {
+                // The probe needs only the shapes of values computed from the input (Shape and
+                // Size read no more of them, so their contents never reach a folded constant):
+                // a convolution of one is checked and its output's shape taken, not computed.
+                Op::Conv(conv) if !all_const => match args.as_slice() {
+                    [Some(x), Some(w), rest @ ..] if x.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                        let bias = rest.first().and_then(Option::as_ref);
+                        ops::conv2d_shape_only(x, w, bias, conv).map(|y| vec![y])
+                    }
+                    _ => ops::eval(&op, &args, &mut taps),
+                },
+                _ => ops::eval(&op, &args, &mut taps),
+            }
+            .map_err(|e| {
                 format!(
                     "{} at {} failed on the graph's {}×{} input: {e}",
                     n.op_type,

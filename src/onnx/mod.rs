@@ -2,7 +2,8 @@
 //! exporter) becomes an [`ImageClassifier`](crate::contract::ImageClassifier) whose stages are the
 //! PyTorch modules recorded in the graph, and every camscope method works on it.
 //!
-//! One job per file: [`proto`] decodes the protobuf (prost messages, no `protoc`), [`tensor`]
+//! One job per file: [`mapped`] memory-maps the model and external data files, [`proto`] decodes
+//! the protobuf (prost messages, no `protoc`; tensor bytes stay slices of the map), [`tensor`]
 //! reads initializers (inline or external), [`graph`] orders, folds and probes the graph,
 //! [`ops`] maps each operator to Candle, [`stages`] finds modules, their outputs and layouts,
 //! [`rewrite`] merges exported op chains into single ops, [`model`] is the classifier, and
@@ -12,6 +13,7 @@
 //! file into a ready `Model` (preprocessing, labels, cards) is `load`'s job.
 
 pub mod graph;
+mod mapped;
 pub mod model;
 pub mod ops;
 pub mod proto;

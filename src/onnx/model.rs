@@ -2,14 +2,15 @@
 //! tensor ops (so it runs on every device, on both engines, and Candle's autograd differentiates
 //! it), handing every stage's output to the taps.
 //!
-//! A graph that computes a batch of N images as N independent ones (checked at load) runs a
-//! batch as one. Graphs exported at batch 1 that bake that batch into their reshapes (most
-//! transformers) run the N images in lockstep instead, node by node; at a stage the N outputs
-//! are joined into one (N, …) tensor for the taps and split again after.
+//! A graph that computes a batch of N images as N independent ones (checked when the first
+//! batch of more than one image comes, not at load) runs a batch as one. Graphs exported at
+//! batch 1 that bake that batch into their reshapes (most transformers) run the N images in
+//! lockstep instead, node by node; at a stage the N outputs are joined into one (N, …) tensor
+//! for the taps and split again after.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Device, Result as CResult, Tensor};
 
@@ -42,9 +43,11 @@ pub struct OnnxModel {
     /// What the reverse pass from the logits to the stages touches.
     plan: Arc<Plan>,
     capabilities: Capabilities,
-    /// Whether the graph computes a batch of N images as N independent images (checked at
-    /// load): then a batch runs as one; otherwise the images run in lockstep.
-    batched: bool,
+    /// Whether the graph computes a batch of N images as N independent images: then a batch
+    /// runs as one; otherwise the images run in lockstep. Checked at the first batch of more
+    /// than one image (four images' forward passes that a model used one image at a time never
+    /// needs), once for every stage choice of the graph.
+    batched: Arc<OnceLock<bool>>,
     on_device: Mutex<Vec<(Device, Constants)>>,
 }
 
@@ -87,7 +90,6 @@ impl OnnxModel {
         }
         last_use[graph.output] = usize::MAX;
         let capabilities = capabilities(&graph);
-        let batched = batch_safe(&graph);
         let graph = Arc::new(graph);
         let mut model = OnnxModel {
             name,
@@ -101,7 +103,7 @@ impl OnnxModel {
             // Found for the stages by set_stages below.
             plan: Arc::default(),
             capabilities,
-            batched,
+            batched: Arc::default(),
             on_device: Mutex::new(Vec::new()),
         };
         model.set_stages(defaults);
@@ -159,7 +161,7 @@ impl OnnxModel {
             resume: Vec::new(),
             plan: self.plan.clone(),
             capabilities: self.capabilities,
-            batched: self.batched,
+            batched: self.batched.clone(),
             on_device: Mutex::new(Vec::new()),
         };
         model.set_stages(chosen);
@@ -174,6 +176,12 @@ impl OnnxModel {
     /// Height and width of the graph's input.
     pub fn input_size(&self) -> [usize; 2] {
         self.graph.input_size
+    }
+
+    /// The shape of the graph's output for one image (known from the probe at load): (1,
+    /// classes) for a classifier.
+    pub fn output_shape(&self) -> &[usize] {
+        &self.graph.values[self.graph.output].shape
     }
 
     /// How many nodes run at each forward pass (after folding).
@@ -216,7 +224,10 @@ impl OnnxModel {
         let consts = self.consts_on(x.device())?;
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
         // Lockstep entries: the images one by one, or the whole batch as one.
-        let items = if self.batched { 1 } else { x.dim(0)? };
+        let items = match x.dim(0)? {
+            n if n > 1 && !*self.batched.get_or_init(|| batch_safe(g, &self.last_use)) => n,
+            _ => 1,
+        };
         let mut vals: Vec<Option<Vec<Tensor>>> = vec![None; g.values.len()];
         let split = |t: &Tensor| -> CResult<Vec<Tensor>> {
             if items == 1 {
@@ -321,53 +332,60 @@ impl OnnxModel {
     }
 }
 
-/// Every value of the graph for input `x` (None for constants), with no taps.
-fn eval_all(g: &Graph, x: &Tensor) -> CResult<Vec<Option<Tensor>>> {
-    let no_stages = [];
-    let mut taps = Taps::new(&no_stages, crate::contract::EngineKind::Fast, crate::contract::Mode::Plain);
-    let mut vals: Vec<Option<Tensor>> = vec![None; g.values.len()];
-    vals[g.input] = Some(x.clone());
-    for node in &g.nodes {
-        let args: Vec<Option<Tensor>> = node
-            .inputs
-            .iter()
-            .map(|v| v.and_then(|v| g.consts[v].clone().or_else(|| vals[v].clone())))
-            .collect();
-        for (&v, t) in node.outputs.iter().zip(ops::eval(&node.op, &args, &mut taps)?) {
-            vals[v] = Some(t);
-        }
-    }
-    Ok(vals)
-}
-
 /// Whether the graph, folded for one image, computes two images as two independent ones: every
-/// value of a batch of two random images has the batch first and equals, image by image, the
+/// value of a batch of two image-like inputs has the batch first and equals, image by image, the
 /// values of each image alone. Graphs exported at batch 1 that reshape with a baked-in batch
-/// (most transformers) fail this and run image by image instead.
-fn batch_safe(g: &Graph) -> bool {
+/// (most transformers) fail this and run image by image instead. The three runs go node by node
+/// together, each value compared when computed and dropped after its last use (`last_use`).
+fn batch_safe(g: &Graph, last_use: &[usize]) -> bool {
     let [h, w] = g.input_size;
     let check = || -> CResult<bool> {
         // Deterministic, image-like inputs.
         let ramp = Tensor::arange(0f32, (3 * h * w) as f32, &Device::Cpu)?.reshape((1, 3, h, w))?;
         let a = ramp.affine(0.37, 0.0)?.sin()?;
         let b = ramp.affine(0.11, 1.0)?.cos()?;
-        let both = eval_all(g, &Tensor::cat(&[&a, &b], 0)?)?;
-        let (one, two) = (eval_all(g, &a)?, eval_all(g, &b)?);
-        for v in 0..g.values.len() {
-            let (Some(t), Some(p), Some(q)) = (&both[v], &one[v], &two[v]) else { continue };
-            let (d1, dt) = (p.dims(), t.dims());
-            if d1.first() != Some(&1)
-                || dt.first() != Some(&2)
-                || d1[1..] != dt[1..]
-                || t.dtype() != DType::F32
-            {
-                return Ok(false);
+        let no_stages = [];
+        let mut taps = Taps::new(&no_stages, EngineKind::Fast, Mode::Plain);
+        // Per value: [the batch of both, the first alone, the second alone].
+        let mut vals: Vec<Option<[Tensor; 3]>> = vec![None; g.values.len()];
+        vals[g.input] = Some([Tensor::cat(&[&a, &b], 0)?, a, b]);
+        for (ni, node) in g.nodes.iter().enumerate() {
+            let mut outs: Vec<Vec<Tensor>> = Vec::with_capacity(3);
+            for k in 0..3 {
+                let args: Vec<Option<Tensor>> = node
+                    .inputs
+                    .iter()
+                    .map(|v| {
+                        v.and_then(|v| g.consts[v].clone().or_else(|| Some(vals[v].as_ref()?[k].clone())))
+                    })
+                    .collect();
+                outs.push(ops::eval(&node.op, &args, &mut taps)?);
             }
-            for (i, single) in [p, q].into_iter().enumerate() {
-                let diff = (t.narrow(0, i, 1)? - single)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                let scale = single.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
-                if diff.is_nan() || diff > 1e-4 * scale {
+            for (j, &v) in node.outputs.iter().enumerate() {
+                let [Some(t), Some(p), Some(q)] = [0, 1, 2].map(|k| outs[k].get(j).cloned()) else {
+                    candle_core::bail!("node '{}' gave too few outputs", node.name)
+                };
+                let (d1, dt) = (p.dims(), t.dims());
+                if d1.first() != Some(&1)
+                    || dt.first() != Some(&2)
+                    || d1[1..] != dt[1..]
+                    || t.dtype() != DType::F32
+                {
                     return Ok(false);
+                }
+                for (i, single) in [&p, &q].into_iter().enumerate() {
+                    let diff =
+                        (t.narrow(0, i, 1)? - single)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                    let scale = single.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+                    if diff.is_nan() || diff > 1e-4 * scale {
+                        return Ok(false);
+                    }
+                }
+                vals[v] = Some([t, p, q]);
+            }
+            for &v in node.inputs.iter().flatten() {
+                if last_use[v] == ni {
+                    vals[v] = None;
                 }
             }
         }

@@ -584,18 +584,14 @@ fn unify_dtype(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?))
 }
 
-/// Convolution of NCHW `x` with `weight` (O, C/groups, kh, kw) and an optional bias, reported to
-/// the taps (FullGrad). Our CPU kernel on the fast engine where it covers the geometry; Candle's
-/// `conv2d` on an explicitly padded input otherwise, cropped to what the output reads (Candle's
-/// backward returns a wrongly sized gradient when the stride does not divide padded − kernel).
-pub fn conv2d(
+/// Checks that `weight` and `bias` fit `x`; the padding of each side and the output's shape.
+fn conv_geometry(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     conv: &Conv,
-    taps: &mut Taps,
-) -> Result<Tensor> {
-    let (_, c, h, w) = x.dims4()?;
+) -> Result<([usize; 4], [usize; 4])> {
+    let (n, c, h, w) = x.dims4()?;
     let (o, cg, kh, kw) = weight.dims4()?;
     let groups = conv.groups;
     if cg * groups != c || o % groups != 0 {
@@ -611,18 +607,44 @@ pub fn conv2d(
             candle_core::bail!("bias of shape {:?} for {o} output channels", b.dims())
         }
     }
+    // Our kernel needs them equal too (see `fast_conv`), so every convolution needs it.
+    let ([sh, sw], [dh, dw]) = (conv.window.strides, conv.window.dilations);
+    if sh != sw || dh != dw {
+        candle_core::bail!("strides {:?} / dilations {:?} differ between H and W", [sh, sw], [dh, dw])
+    }
     let (pads, [oh, ow]) = conv.window.resolve([h, w], [kh, kw])?;
-    check_size(&[x.dim(0)?, c.max(o), h + pads[0] + pads[2], w + pads[1] + pads[3]])?;
+    check_size(&[n, c.max(o), h + pads[0] + pads[2], w + pads[1] + pads[3]])?;
+    Ok((pads, [n, o, oh, ow]))
+}
+
+/// What the load-time probe takes for a convolution: zeros of its output's shape, after the same
+/// checks as [`conv2d`]. The probe needs only the shapes of the values computed from the input
+/// (their contents never reach a folded constant), and convolutions are most of a CNN's time.
+pub fn conv2d_shape_only(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, conv: &Conv) -> Result<Tensor> {
+    let (_, shape) = conv_geometry(x, weight, bias, conv)?;
+    Tensor::zeros(&shape, x.dtype(), x.device())
+}
+
+/// Convolution of NCHW `x` with `weight` (O, C/groups, kh, kw) and an optional bias, reported to
+/// the taps (FullGrad). Our CPU kernel on the fast engine where it covers the geometry; Candle's
+/// `conv2d` on an explicitly padded input otherwise, cropped to what the output reads (Candle's
+/// backward returns a wrongly sized gradient when the stride does not divide padded − kernel).
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    conv: &Conv,
+    taps: &mut Taps,
+) -> Result<Tensor> {
+    let (pads, [_, o, oh, ow]) = conv_geometry(x, weight, bias, conv)?;
+    let (kh, kw) = (weight.dim(2)?, weight.dim(3)?);
+    let groups = conv.groups;
     if let Some((fast, baked)) = &conv.fast {
         if taps.fast_kernels(x) && *baked == pads {
             return fast.forward(x, taps);
         }
     }
-    let [sh, sw] = conv.window.strides;
-    let [dh, dw] = conv.window.dilations;
-    if sh != sw || dh != dw {
-        candle_core::bail!("strides {:?} / dilations {:?} differ between H and W", [sh, sw], [dh, dw])
-    }
+    let (sh, dh) = (conv.window.strides[0], conv.window.dilations[0]);
     let y = if dh == 1 {
         // Depthwise convolutions as tap sums rather than one convolution per channel.
         portable::conv2d(x, &contiguous(weight)?, None, sh, (pads[0], pads[2], pads[1], pads[3]), groups)?
@@ -631,7 +653,7 @@ pub fn conv2d(
             .pad_with_zeros(2, pads[0], pads[2])?
             .pad_with_zeros(3, pads[1], pads[3])?
             .narrow(2, 0, (oh - 1) * sh + (kh - 1) * dh + 1)?
-            .narrow(3, 0, (ow - 1) * sw + (kw - 1) * dw + 1)?;
+            .narrow(3, 0, (ow - 1) * sh + (kw - 1) * dh + 1)?;
         contiguous(&x)?.conv2d(&contiguous(weight)?, 0, sh, dh, groups)?
     };
     match bias {

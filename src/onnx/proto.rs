@@ -2,6 +2,9 @@
 //! written out as `prost` messages: no `protoc` and no build script. Field numbers are the
 //! schema's; fields we do not list are skipped by the decoder (subgraphs of `If`/`Loop`
 //! included, whose nodes then fail as unsupported ops).
+//!
+//! Initializers' `raw_data` are [`bytes::Bytes`]: decoded from a memory-mapped file they point into
+//! the map instead of being copied out (see [`super::mapped`]).
 
 use prost::Message;
 
@@ -108,8 +111,9 @@ pub struct TensorProto {
     pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
-    #[prost(bytes = "vec", tag = "9")]
-    pub raw_data: Vec<u8>,
+    /// A slice of the model file's map when decoded from one (see [`decode_model`]): no copy.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub raw_data: bytes::Bytes,
     #[prost(double, repeated, tag = "10")]
     pub double_data: Vec<f64>,
     #[prost(uint64, repeated, tag = "11")]
@@ -196,7 +200,8 @@ pub mod data_type {
     }
 }
 
-/// Decodes a model file's bytes.
-pub fn decode_model(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
+/// Decodes a model file's bytes. Tensors' `raw_data` are slices of `bytes` (prost hands out
+/// `Bytes` fields of a `Bytes` buffer without copying), so a mapped file is never copied whole.
+pub fn decode_model(bytes: bytes::Bytes) -> Result<ModelProto, prost::DecodeError> {
     ModelProto::decode(bytes)
 }

@@ -1,17 +1,20 @@
 //! ONNX tensors (initializers, `Constant` values) as Candle tensors on the CPU: floats of every
 //! width become F32, integers I64, booleans U8. Data inline (`raw_data` or the typed fields) or
-//! in an external file beside the model (`data_location = EXTERNAL`).
+//! in an external file beside the model (`data_location = EXTERNAL`), memory-mapped. Either way
+//! the only copy made is the converted tensor's own storage.
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::mapped::MappedFile;
 use super::proto::{data_type as dt, TensorProto};
 
-/// Reads external data files once each, for every initializer that points into them.
+/// Maps external data files once each, for every initializer that points into them: a tensor is
+/// converted straight from the mapped pages (the file is never read whole into memory).
 #[derive(Default)]
 pub struct ExternalData {
-    files: Vec<(String, Vec<u8>)>,
+    files: Vec<(String, MappedFile)>,
 }
 
 impl ExternalData {
@@ -24,10 +27,15 @@ impl ExternalData {
             }
             let path = dir.join(rel);
             let data =
-                std::fs::read(&path).map_err(|e| format!("external data file {}: {e}", path.display()))?;
+                MappedFile::open(&path).map_err(|e| format!("external data file {}: {e}", path.display()))?;
             self.files.push((location.to_string(), data));
         }
-        Ok(&self.files.iter().find(|(l, _)| l == location).expect("just read").1)
+        Ok(self.files.iter().find(|(l, _)| l == location).expect("just mapped").1.as_ref())
+    }
+
+    /// Drops the pages read so far from resident memory (see [`MappedFile::release`]).
+    pub fn release(&self) {
+        self.files.iter().for_each(|(_, f)| f.release());
     }
 }
 
@@ -135,7 +143,7 @@ pub fn to_tensor(t: &TensorProto, dir: &Path, external: &mut ExternalData) -> Re
                 .transpose()
         };
         let offset = number("offset")?.unwrap_or(0);
-        let bytes = external.bytes(dir, location)?;
+        let bytes = external.bytes(dir, location).map_err(|e| format!("tensor '{}': {e}", t.name))?;
         let length = number("length")?.unwrap_or(bytes.len().saturating_sub(offset));
         let end = offset.checked_add(length).filter(|&e| e <= bytes.len()).ok_or_else(|| {
             format!(
