@@ -11,6 +11,7 @@
 # RAYON_NUM_THREADS for camscope, torch.set_num_threads for the reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 python=${1:-/tmp/ref/bin/python}
 rounds=${2:-3}
 copies=${3:-16}
@@ -48,7 +49,6 @@ for r in $(seq 1 "$rounds"); do
     echo "round $r: camscope $rate images/s, pytorch-grad-cam $ref images/s"
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 m_ours=$(median "${ours[@]}")
 m_theirs=$(median "${theirs[@]}")
 echo "median: camscope $m_ours images/s, pytorch-grad-cam (batch 32) $m_theirs images/s," \

@@ -20,6 +20,7 @@ fi
 extra=("$@")
 
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 bin=${CAMSCOPE:-target/release/camscope}
 [[ -x $bin ]] || { echo "no binary at $bin; run cargo build --release first" >&2; exit 1; }
 command -v tmux >/dev/null || { echo "tmux is not installed" >&2; exit 1; }
@@ -57,5 +58,5 @@ for ((i = 1; i <= runs; i++)); do
     times+=("$ms")
     sleep 0.3
 done
-median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}')
+median=$(median "${times[@]}")
 echo "median of $runs: ${median} ms"
