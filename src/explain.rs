@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::cam::Method;
 use crate::cam::{Control, Smoothing};
-use crate::contract::Model;
 use crate::contract::{with_stage, EngineKind, ImageClassifier};
+use crate::contract::{Model, Task};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::families::Arch;
@@ -19,6 +19,7 @@ use crate::load;
 use crate::metrics::{self, Scores};
 use crate::preprocess::{self, ModelInput};
 use crate::render::{self, Colormap};
+use crate::segment::{self, RegionTarget};
 use crate::trace::Prediction;
 
 /// Which stages to explain.
@@ -61,6 +62,8 @@ pub struct ExplainOptions {
     pub progress: &'static (dyn Fn(usize, usize) + Sync),
     /// Polled during long methods; true stops them with `Error::Cancelled`.
     pub cancelled: &'static (dyn Fn() -> bool + Sync),
+    /// A segmentation model's target region (classifiers take none).
+    pub region: RegionTarget,
 }
 
 impl Default for ExplainOptions {
@@ -81,6 +84,7 @@ impl Default for ExplainOptions {
             smoothing: Smoothing::default(),
             progress: &|_, _| {},
             cancelled: &|| false,
+            region: RegionTarget::Predicted,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct Explanation {
     pub view: RgbImage,
     pub timings_ms: Timings,
     pub metrics: Option<Scores>,
+    /// A segmentation model's prediction and the region explained.
+    pub segmentation: Option<segment::Summary>,
 }
 
 #[derive(Serialize)]
@@ -130,6 +136,8 @@ pub(crate) struct Report<'a> {
     timings_ms: &'a Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<&'a Scores>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segmentation: Option<&'a segment::Summary>,
 }
 
 fn ms(since: Instant) -> f64 {
@@ -187,12 +195,31 @@ pub(crate) fn explain_at(
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
+    let segmentation = match model.task {
+        Task::Segmentation => {
+            Some(segment::prepare(&network, input, &opts.device, opts.engine, &opts.region)?)
+        }
+        Task::Classification if opts.region != RegionTarget::Predicted => {
+            return Err(Error::Usage(format!(
+                "--region applies to segmentation models; {} is a classifier",
+                model.name
+            )))
+        }
+        Task::Classification => None,
+    };
+    let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
     let engine = Engine::new(network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
     engine.check_supported(opts.method)?;
     let trace = engine.trace();
     timings.forward = ms(t);
     let stages = if stages.is_empty() { vec![engine.default_stage()] } else { stages };
-    let class = class_arg.unwrap_or_else(|| trace.top_class());
+    let class = class_arg.unwrap_or_else(|| match &segmentation {
+        Some(s) => s.prediction.default_class(&model.labels),
+        None => trace.top_class(),
+    });
+    if let Some(s) = &segmentation {
+        s.check_target(class, &model.labels)?;
+    }
 
     let t = Instant::now();
     // Backward once here so its time is reported on its own; the maps below read the cache.
@@ -223,7 +250,11 @@ pub(crate) fn explain_at(
         arch: network.name(),
         input_shape: input.tensor.dims().to_vec(),
         source: input.source.clone(),
-        top_k: trace.top_k(opts.top_k, &model.labels),
+        // A segmentation's region scores are no distribution: its classes present say instead.
+        top_k: match segmentation {
+            Some(_) => vec![],
+            None => trace.top_k(opts.top_k, &model.labels),
+        },
         probabilities: trace.probabilities(),
         class,
         class_label: model.label(class).to_string(),
@@ -234,6 +265,7 @@ pub(crate) fn explain_at(
         view: input.view.clone(),
         timings_ms: timings,
         metrics,
+        segmentation: segmentation.map(|s| s.summary(class, &model.labels)),
     })
 }
 
@@ -256,6 +288,7 @@ impl Explanation {
             layers: &self.stages,
             timings_ms: &self.timings_ms,
             metrics: self.metrics.as_ref(),
+            segmentation: self.segmentation.as_ref(),
         }
     }
 
@@ -288,6 +321,22 @@ impl Explanation {
             candle_core::Tensor::from_vec(data, (self.maps.len(), s, s), &candle_core::Device::Cpu)?
         };
         t.write_npy(path).map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
+    }
+
+    /// A segmentation model's prediction as a picture (a colour per class) in the format
+    /// `path`'s extension names.
+    pub fn write_segmentation(&self, path: &Path) -> Result<()> {
+        let Some(s) = &self.segmentation else {
+            return Err(Error::Usage(format!(
+                "{} is a classifier: it has no segmentation to write",
+                self.model
+            )));
+        };
+        check_output_path(path)?;
+        let format = image_format(path)?;
+        s.picture
+            .save_with_format(path, format)
+            .map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }
 
     /// The overlay in the format `path`'s extension names (see [`image_format`]).

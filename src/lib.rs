@@ -37,6 +37,7 @@ pub mod model;
 pub mod onnx;
 pub mod preprocess;
 pub mod render;
+pub mod segment;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod trace;

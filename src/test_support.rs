@@ -28,3 +28,44 @@ pub fn worst_and_scale(got: &[f32], want: &[f32]) -> (f32, f32) {
     let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     (worst, want.iter().fold(0f32, |m, v| m.max(v.abs())))
 }
+
+/// A segmentation model small enough to reason about: `body` = relu(W1 · x) over 4 channels,
+/// `head` = W2 · body, 3 score maps at the input's resolution ("background", "cat", "dog"). On
+/// a photo, dark pixels go to one class and bright ones to another.
+pub fn toy_segmenter(size: usize) -> crate::contract::Model {
+    use candle_core::{Device, Tensor};
+
+    use crate::contract::{ImageClassifier, Layout, StageSpec, Taps};
+
+    struct Toy {
+        w1: Tensor,
+        w2: Tensor,
+        stages: Vec<StageSpec>,
+    }
+    impl ImageClassifier for Toy {
+        fn name(&self) -> String {
+            "toy-segmenter".into()
+        }
+        fn stages(&self) -> &[StageSpec] {
+            &self.stages
+        }
+        fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
+            let (n, c, h, w) = x.dims4()?;
+            let body = self.w1.broadcast_matmul(&x.reshape((n, c, h * w))?)?.relu()?;
+            let body = taps.stage("body", body.reshape((n, 4, h, w))?)?;
+            let out = self.w2.broadcast_matmul(&body.reshape((n, 4, h * w))?)?.reshape((n, 3, h, w))?;
+            taps.stage("head", out)
+        }
+    }
+    let w1: Vec<f32> = vec![1.0, 0.5, 0.2, -1.0, -0.6, -0.1, 0.3, -0.8, 0.9, -0.2, 0.1, -0.3];
+    let w2: Vec<f32> = vec![0.2, 0.2, 0.2, 0.2, 1.0, -0.5, 0.3, -0.2, -0.4, 1.0, -0.2, 0.6];
+    let toy = Toy {
+        w1: Tensor::from_vec(w1, (4, 3), &Device::Cpu).expect("4×3"),
+        w2: Tensor::from_vec(w2, (3, 4), &Device::Cpu).expect("3×4"),
+        stages: vec![StageSpec::new("body", Layout::Nchw), StageSpec::new("head", Layout::Nchw)],
+    };
+    let labels = ["background", "cat", "dog"].map(String::from).to_vec();
+    let preprocess = crate::preprocess::Preprocess::imagenet(size);
+    crate::contract::Model::new("toy-segmenter", std::sync::Arc::new(toy), preprocess, Some(labels))
+        .expect("the toy segmenter runs")
+}

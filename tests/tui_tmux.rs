@@ -196,3 +196,32 @@ fn two_models_in_tmux() {
     s.keys("q");
     s.wait_for("CAMSCOPE-EXIT=0");
 }
+
+/// `camscope DIR --vs B`: the sweep runs both models and the table shows what changed; Enter
+/// opens an image with A, B and their difference; `x` filters by the change.
+#[test]
+fn data_set_of_two_models_in_tmux() {
+    if !have_tmux() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path().join("r18.safetensors");
+    common::write_random_resnet18(&b, 11);
+    let args = format!("tests/fixtures/dataset/folder --vs {}", b.display());
+    let s = Session::start("camscope-set-vs", 170, 44, &args);
+    let screen = s.wait_for_all(&["swept 5 images", "A → B", "maps r", "vs r18 at layer4.1"]);
+    assert!(
+        screen.contains("broken") || screen.contains("both wrong") || screen.contains("fixed"),
+        "{screen}"
+    );
+    // The first row (by name) is the broken file; the second opens.
+    s.keys("j");
+    s.keys("Enter");
+    s.wait_for_all(&["B − A ±", "| B r18 | B − A", "espresso/coffee.jpg · 2/5 in the table"]);
+    s.keys("n");
+    s.wait_for_all(&["3/5 in the table", "B − A ±"]);
+    s.keys("Escape");
+    s.wait_for("A → B");
+    s.keys("q");
+    s.wait_for("CAMSCOPE-EXIT=0");
+}

@@ -229,6 +229,14 @@ pub struct ExplainArgs {
     /// Write the overlay as an image; the extension names the format (png, jpg, webp, bmp, …)
     #[arg(short = 'o', long)]
     pub out: Option<PathBuf>,
+    /// Segmentation models: the region whose class score is explained — `predicted` (the pixels
+    /// the model labels with the class), `whole`, a box `x0,y0,x1,y1` in the image's pixels, or
+    /// a mask image of the image's size (a pixel > 0 is inside)
+    #[arg(long, value_name = "REGION", default_value = "predicted")]
+    pub region: String,
+    /// Segmentation models: write the predicted segmentation (a colour per class) as an image
+    #[arg(long, value_name = "FILE")]
+    pub segmentation: Option<PathBuf>,
     /// Print a JSON report on stdout
     #[arg(long)]
     pub json: bool,

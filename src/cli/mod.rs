@@ -144,12 +144,6 @@ fn run_tui(args: args::TuiArgs, source: Source) -> Result<()> {
         vs: args.vs.clone(),
     };
     if let Some(input) = args.image.as_ref().filter(|p| is_data_set(p)) {
-        if args.vs.is_some() {
-            return Err(Error::Usage(format!(
-                "--vs in the debugger compares one image for now; over a data set run `camscope sweep {} --vs MODEL -o changes.csv` (the change, p(true) and map correlation of each image)",
-                input.display()
-            )));
-        }
         let set = tui::DataSetOptions {
             input: input.clone(),
             annotations: crate::dataset::Annotations {
@@ -198,12 +192,13 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
     let map = &args.map;
     let method = Method::parse(&map.method)?;
     let colormap = map.colormap.as_deref().map_or(Ok(Colormap::Jet), Colormap::parse)?;
-    for path in args.npy.iter().chain(&args.out) {
+    for path in args.npy.iter().chain(&args.out).chain(&args.segmentation) {
         explain::check_output_path(path)?;
     }
-    if let Some(path) = &args.out {
+    for path in args.out.iter().chain(&args.segmentation) {
         explain::image_format(path)?;
     }
+    let region = crate::segment::RegionTarget::parse(&args.region).map_err(Error::Usage)?;
     let opts = ExplainOptions {
         image: args.image.clone(),
         device: crate::device::parse(&args.model.device)?,
@@ -218,6 +213,7 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
         smoothing: smoothing(map),
         progress: if std::io::stderr().is_terminal() { &show_progress } else { &|_, _| {} },
         cancelled: &|| false,
+        region,
         ..ExplainOptions::default()
     };
     let t = Instant::now();
@@ -248,16 +244,17 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
         result.write_image(path, colormap)?;
         eprintln!("camscope: wrote {} (overlay: {written})", path.display());
     }
+    if let Some(path) = &args.segmentation {
+        result.write_segmentation(path)?;
+        eprintln!("camscope: wrote {} (the predicted segmentation, a colour per class)", path.display());
+    }
     if args.json {
         println!("{}", result.json());
         return Ok(());
     }
-    let quiet = args.npy.is_some() || args.out.is_some();
+    let quiet = args.npy.is_some() || args.out.is_some() || args.segmentation.is_some();
     if !quiet || std::io::stdout().is_terminal() {
-        for p in &result.top_k {
-            let mark = if p.index == result.class { '>' } else { ' ' };
-            println!("{mark} {:>5.1}%  {:<4} {}", 100.0 * p.prob, p.index, p.label);
-        }
+        print_predictions(&result);
         println!("{}", what(&result.stages.join(", ")));
     }
     if !quiet && std::io::stdout().is_terminal() {
@@ -270,6 +267,28 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
         eprintln!("camscope: stdout is not a terminal; use --out, --npy or --json to keep the map");
     }
     Ok(())
+}
+
+/// The top-k of a classifier, or the classes a segmentation model found with their shares of
+/// the pixels; `>` marks the class explained.
+fn print_predictions(result: &explain::Explanation) {
+    let mark = |index: usize| if index == result.class { '>' } else { ' ' };
+    match &result.segmentation {
+        Some(s) => {
+            for c in &s.classes_present {
+                println!("{} {:>5.1}%  {:<4} {}", mark(c.index), 100.0 * c.share, c.index, c.label);
+            }
+            println!(
+                "region: {} ({} pixels of {}×{})",
+                s.region, s.target_pixels, s.output_size[0], s.output_size[1]
+            );
+        }
+        None => {
+            for p in &result.top_k {
+                println!("{} {:>5.1}%  {:<4} {}", mark(p.index), 100.0 * p.prob, p.index, p.label);
+            }
+        }
+    }
 }
 
 /// `explain --vs`: the same outputs for two models, and on the terminal both top-k and how alike
@@ -325,6 +344,7 @@ fn run_evaluate(args: &args::EvaluateArgs, source: Source) -> Result<()> {
         args.methods.iter().map(|m| Method::parse(m)).collect::<Result<_>>()?
     };
     let model = source.load(&args.model)?;
+    model.require_classifier("evaluate")?;
     let input = crate::preprocess::load_input(args.image.as_deref(), &model.preprocess)?;
     let device = crate::device::parse(&args.model.device)?;
     let kind = EngineKind::parse(&args.model.engine)?;

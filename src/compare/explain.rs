@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::labels::check_labels;
 use super::stages::{pair_stages, StagePair};
 use super::stats;
-use crate::contract::{default_stage, stage_index, stage_shapes, with_stage, ImageClassifier, Model};
+use crate::contract::{stage_index, with_stage, ImageClassifier, Model};
 use crate::error::{Error, Result};
 use crate::explain::{self, explain_at, ExplainOptions, Explanation, Timings};
 use crate::preprocess;
@@ -45,8 +45,8 @@ pub fn explain_pair(a: &Model, b: &Model, opts: &ExplainOptions) -> Result<Compa
     let pairs = pair_stages(
         &stage_names(a),
         &stage_names(b),
-        model_default_stage(a, opts)?,
-        model_default_stage(b, opts)?,
+        a.default_stage(opts.engine)?,
+        b.default_stage(opts.engine)?,
         &opts.stages,
     )?;
     let (net_a, at_a) = resolve(a, pairs.iter().map(|p| p.a.as_str()))?;
@@ -75,13 +75,6 @@ pub fn explain_pair(a: &Model, b: &Model, opts: &ExplainOptions) -> Result<Compa
 
 fn stage_names(model: &Model) -> Vec<String> {
     model.network.stages().iter().map(|s| s.name.clone()).collect()
-}
-
-/// The last spatial stage, from one forward pass on zeros of the model's input size.
-fn model_default_stage(model: &Model, opts: &ExplainOptions) -> Result<usize> {
-    let s = model.preprocess.input_size;
-    let shapes = stage_shapes(model.network.as_ref(), s, s, opts.engine)?;
-    Ok(default_stage(&shapes.iter().map(|g| g.grid).collect::<Vec<_>>()))
 }
 
 /// The network tapped at `names` and their indices. One name may be any module of an imported
@@ -183,11 +176,7 @@ impl Comparison {
     /// all on A's frame.
     pub fn picture(&self, colormap: Colormap) -> RgbImage {
         let s = self.a.size as u32;
-        let view_b = if self.b.size == self.a.size {
-            self.b.view.clone()
-        } else {
-            image::imageops::resize(&self.b.view, s, s, image::imageops::FilterType::Triangle)
-        };
+        let view_b = stats::view_on_frame(&self.b.view, s, s);
         let mut sheet = RgbImage::new(3 * s, s * self.stages.len() as u32);
         for (row, (stage, map_a)) in self.stages.iter().zip(&self.a.maps).enumerate() {
             let tiles = [

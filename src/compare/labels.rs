@@ -13,6 +13,8 @@ fn is_placeholder(label: &str, index: usize) -> bool {
 /// (in any case): a model trained on another label order would otherwise compare a tabby with a
 /// tench. One error says how they differ.
 pub fn check_labels(a: &Model, b: &Model) -> Result<()> {
+    a.require_classifier("--vs")?;
+    b.require_classifier("--vs")?;
     check_label_lists((&a.name, &a.labels), (&b.name, &b.labels))
 }
 

@@ -48,6 +48,15 @@ pub fn on_frame(map: &[f32], side: usize, to: usize) -> Vec<f32> {
     crate::cam::resize_bilinear(map, side, side, to, to)
 }
 
+/// A picture on a `width`×`height` frame, the way [`on_frame`] puts a map there: what B's view
+/// is shown at beside A's.
+pub fn view_on_frame(view: &image::RgbImage, width: u32, height: u32) -> image::RgbImage {
+    if view.dimensions() == (width, height) {
+        return view.clone();
+    }
+    image::imageops::resize(view, width, height, image::imageops::FilterType::Triangle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ pub use classifier::{
     ImageClassifier, StageShape,
 };
 pub use labels::{class_named, default_labels, imagenet_labels, labels_matching, parse_labels};
-pub use model::Model;
+pub use model::{default_labels_for, Model, Task};
 pub use stage::{Layout, StageSpec};
 pub use tape::{Backward, BiasGradient, CpuTape, Recording, ReversePass};
 pub use taps::{EngineKind, Mode, StageHook, Taps};

@@ -15,6 +15,36 @@ pub struct Model {
     pub network: Arc<dyn ImageClassifier>,
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
+    pub task: Task,
+}
+
+/// What a network's output is, read off its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Logits (N, classes).
+    Classification,
+    /// A score map (N, classes, H, W), explained for a region of it (`crate::segment`).
+    Segmentation,
+}
+
+impl Task {
+    /// The task and class count of an output of these dimensions (batch 1), if it is either.
+    pub fn of_output(dims: &[usize]) -> Option<(Task, usize)> {
+        match dims {
+            [1, n] => Some((Task::Classification, *n)),
+            [1, c, h, w] if *h > 0 && *w > 0 => Some((Task::Segmentation, *c)),
+            _ => None,
+        }
+    }
+}
+
+/// A model's labels when it brings none: for 21 score maps Pascal VOC's classes (torchvision's
+/// segmentation models), else what [`default_labels`] gives.
+pub fn default_labels_for(task: Task, classes: usize) -> Vec<String> {
+    match (task, classes) {
+        (Task::Segmentation, 21) => crate::segment::VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
+        _ => default_labels(classes),
+    }
 }
 
 impl Model {
@@ -41,19 +71,17 @@ impl Model {
             .forward(&x, &mut taps)
             .map_err(|e| Error::Model(format!("model {name} failed on a {size}×{size} input: {e}")))?;
         check_all_stages_tapped(network.as_ref(), taps.stages_seen())?;
-        let classes = match logits.dims() {
-            [1, n] => *n,
-            d => {
-                return Err(Error::Model(format!(
-                    "model {name} returned logits of shape {d:?}, not (1, classes)"
-                )))
-            }
+        let Some((task, classes)) = Task::of_output(logits.dims()) else {
+            return Err(Error::Model(format!(
+                "model {name} returned an output of shape {:?}: neither logits (1, classes) nor a segmentation score map (1, classes, H, W)",
+                logits.dims()
+            )));
         };
         let labels = match labels {
             Some(l) => l,
-            None => default_labels(classes),
+            None => default_labels_for(task, classes),
         };
-        Self::checked(name, network, preprocess, labels, classes)
+        Self::checked(name, network, preprocess, labels, classes, task)
     }
 
     /// A model whose class count is already known (a built-in family reads it off its head), so
@@ -64,6 +92,7 @@ impl Model {
         preprocess: Preprocess,
         labels: Vec<String>,
         classes: usize,
+        task: Task,
     ) -> Result<Self> {
         if labels.len() != classes {
             return Err(Error::Model(format!(
@@ -71,10 +100,31 @@ impl Model {
                 labels.len()
             )));
         }
-        Ok(Model { name, network, preprocess, labels })
+        Ok(Model { name, network, preprocess, labels, task })
     }
 
     /// The ImageNet class names: the labels of any 1000-class model without its own.
+    /// The stage explained when none is named: the last one whose grid is still spatial, found
+    /// by one forward pass of a blank input of the model's size (no image needed, so a sweep or
+    /// a comparison can resolve it before reading any).
+    pub fn default_stage(&self, engine: EngineKind) -> Result<usize> {
+        let s = self.preprocess.input_size;
+        let shapes = super::classifier::stage_shapes(self.network.as_ref(), s, s, engine)?;
+        Ok(super::classifier::default_stage(&shapes.iter().map(|g| g.grid).collect::<Vec<_>>()))
+    }
+
+    /// Fails with a clear error for a segmentation model where only classifiers go (`what`:
+    /// the command or mode, for the message).
+    pub fn require_classifier(&self, what: &str) -> Result<()> {
+        match self.task {
+            Task::Classification => Ok(()),
+            Task::Segmentation => Err(Error::Usage(format!(
+                "{} is a segmentation model (its output is a score map): {what} takes classifiers; explain it with `camscope explain` or the debugger on one image",
+                self.name
+            ))),
+        }
+    }
+
     pub fn imagenet_labels() -> Vec<String> {
         imagenet_labels()
     }

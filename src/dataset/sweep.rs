@@ -14,7 +14,7 @@ use super::row::{Change, Ranked, Row, Versus};
 use super::source::Item;
 use crate::cam::{Control, Method, Smoothing};
 use crate::compare;
-use crate::contract::{default_stage, stage_shapes, with_stage, EngineKind, ImageClassifier, Model};
+use crate::contract::{with_stage, EngineKind, ImageClassifier, Model};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -83,14 +83,10 @@ struct Second<'m> {
 impl<'m> Sweeper<'m> {
     /// Checks the options against the model before any image is read.
     pub fn new(model: &'m Model, opts: SweepOptions) -> Result<Self> {
+        model.require_classifier("a sweep over a data set")?;
         let (network, stage) = match &opts.stage {
             Some(name) => with_stage(&model.network, name)?,
-            None => {
-                let s = model.preprocess.input_size;
-                let shapes = stage_shapes(model.network.as_ref(), s, s, opts.engine)?;
-                let grids: Vec<[usize; 3]> = shapes.iter().map(|g| g.grid).collect();
-                (model.network.clone(), default_stage(&grids))
-            }
+            None => (model.network.clone(), model.default_stage(opts.engine)?),
         };
         crate::engine::check_supported(network.as_ref(), opts.method)?;
         let class = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
@@ -105,9 +101,7 @@ impl<'m> Sweeper<'m> {
     pub fn versus(mut self, b: &'m Model) -> Result<Self> {
         compare::check_labels(self.model, b)?;
         let names = |n: &dyn ImageClassifier| n.stages().iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-        let s = b.preprocess.input_size;
-        let shapes = stage_shapes(b.network.as_ref(), s, s, self.opts.engine)?;
-        let b_default = default_stage(&shapes.iter().map(|g| g.grid).collect::<Vec<_>>());
+        let b_default = b.default_stage(self.opts.engine)?;
         let pair = compare::pair_stages(
             &names(self.network.as_ref()),
             &names(b.network.as_ref()),
@@ -125,6 +119,12 @@ impl<'m> Sweeper<'m> {
     /// Model B's name and stage, with `--vs`.
     pub fn vs_model_and_stage(&self) -> Option<(&str, &str)> {
         self.vs.as_ref().map(|b| (b.model.name.as_str(), b.network.stages()[b.stage].name.as_str()))
+    }
+
+    /// Model B's network with its compared stage among its stages, and that stage's index, with
+    /// `--vs`: what the debugger opens B with beside A.
+    pub fn vs_network_and_stage(&self) -> Option<(Arc<dyn ImageClassifier>, usize)> {
+        self.vs.as_ref().map(|b| (b.network.clone(), b.stage))
     }
 
     /// The stage every map is taken at.

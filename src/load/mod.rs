@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use card::Card;
 
-use crate::contract::{default_labels, parse_labels, Model};
+use crate::contract::{default_labels, default_labels_for, parse_labels, Model, Task};
 use crate::error::{Error, Result};
 use crate::families::{Arch, WeightStore};
 use crate::onnx::{self, OnnxModel};
@@ -111,7 +111,7 @@ fn assemble(
     let classes = network.num_classes();
     let labels = labels.unwrap_or_else(|| default_labels(classes));
     let preprocess = preprocess.unwrap_or_else(|| arch.preprocess());
-    Model::checked(name, Arc::new(network), preprocess, labels, classes)
+    Model::checked(name, Arc::new(network), preprocess, labels, classes, Task::Classification)
 }
 
 /// A model from an ONNX file: the graph's input size with ImageNet mean and std unless
@@ -145,17 +145,15 @@ pub fn onnx_model(
     };
     let name =
         name.unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
-    let classes = match network.output_shape() {
-        [1, n] => *n,
-        d => {
-            return Err(Error::Model(format!(
-                "{}: the graph returns logits of shape {d:?}, not (1, classes)",
-                path.display()
-            )))
-        }
+    let Some((task, classes)) = Task::of_output(network.output_shape()) else {
+        return Err(Error::Model(format!(
+            "{}: the graph returns an output of shape {:?}: neither logits (1, classes) nor a segmentation score map (1, classes, H, W)",
+            path.display(),
+            network.output_shape()
+        )));
     };
-    let labels = labels.unwrap_or_else(|| default_labels(classes));
-    Model::checked(name, Arc::new(network), preprocess, labels, classes)
+    let labels = labels.unwrap_or_else(|| default_labels_for(task, classes));
+    Model::checked(name, Arc::new(network), preprocess, labels, classes, task)
 }
 
 /// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.

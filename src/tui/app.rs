@@ -70,6 +70,9 @@ pub struct ModelInfo {
     pub shapes: Vec<[usize; 3]>,
     pub labels: Arc<Vec<String>>,
     pub view: Arc<RgbImage>,
+    /// A segmentation model's prediction on the view's frame, a colour per class; its
+    /// predictions list holds the classes present, by their share of the pixels.
+    pub segmentation: Option<Arc<RgbImage>>,
 }
 
 /// The second model of `--vs`, as the image view needs it.
@@ -592,6 +595,7 @@ pub(crate) mod tests {
             shapes: vec![[4, 8, 8], [8, 4, 4], [8, 2, 2]],
             labels: Arc::new(labels),
             view: Arc::new(RgbImage::new(8, 8)),
+            segmentation: None,
         };
         let predictions = (0..5)
             .map(|i| Prediction {

@@ -20,7 +20,7 @@ use super::browser::{Browser, BrowserCommand, Preview, SweepState};
 use super::feeds::{FeedEvent, PreviewLoader, PreviewRequest, SweepFeed};
 use super::keymap::Keymap;
 use super::ui::{self, ImageCache};
-use super::{graphics, theme, ImageSession, OpenedImage, TuiOptions};
+use super::{graphics, second_side, theme, ImageSession, OpenedImage, TuiOptions};
 use crate::contract::{ImageClassifier, Model};
 use crate::dataset::results::{self, Writer};
 use crate::dataset::{Annotations, Columns, DataSet, Item, Row, SweepOptions, Sweeper};
@@ -56,9 +56,17 @@ pub fn is_results_file(path: &Path) -> bool {
     }
 }
 
+/// Model B of `--vs`: its network with the compared stage among its stages, and that stage.
+struct SecondModel {
+    model: Arc<Model>,
+    network: Arc<dyn ImageClassifier>,
+    stage: usize,
+}
+
 /// Everything checked and loaded before the terminal is taken over.
 struct Prepared {
     model: Arc<Model>,
+    second: Option<SecondModel>,
     /// The model's network with the swept stage among its stages, and that stage.
     network: Arc<dyn ImageClassifier>,
     stage: usize,
@@ -83,6 +91,7 @@ fn prepare(
     let themes = theme::load_all()?;
     let theme = theme::find(&themes, opts.theme.as_deref().unwrap_or("dark"))?;
     let model = Arc::new(load()?);
+    let b = opts.vs.as_deref().map(|vs| crate::load::load(vs, None)).transpose()?.map(Arc::new);
     let mut sweep = SweepOptions {
         device: opts.device.clone(),
         engine: opts.engine,
@@ -100,10 +109,19 @@ fn prepare(
     };
     // Resolved once: the feed and preview threads get the stage by name, the image view the
     // network that has it.
-    let sweeper = Sweeper::new(&model, sweep.clone())?;
+    let mut sweeper = Sweeper::new(&model, sweep.clone())?;
+    if let Some(b) = &b {
+        sweeper = sweeper.versus(b)?;
+    }
     sweep.stage = Some(sweeper.stage_name().to_string());
     let (network, stage) = sweeper.network_and_stage();
-    let run = format!("{} at {} · {}", sweeper.method_name(), sweeper.stage_name(), model.name);
+    let second = b.as_ref().zip(sweeper.vs_network_and_stage()).map(|(b, (network, stage))| SecondModel {
+        model: b.clone(),
+        network,
+        stage,
+    });
+    let versus = sweeper.vs_model_and_stage().map_or(String::new(), |(b, at)| format!(" vs {b} at {at}"));
+    let run = format!("{} at {} · {}{versus}", sweeper.method_name(), sweeper.stage_name(), model.name);
     let labels = Arc::new(model.labels.clone());
     let check_rows = |path: &Path, rows: &[Row]| results::check_same_run(path, rows, &sweeper);
 
@@ -112,8 +130,12 @@ fn prepare(
         if rows.is_empty() {
             return Err(Error::Results { path: set.input.clone(), message: "holds no rows".into() });
         }
-        // Shown, not added to: a sweep of two models shows its comparison columns.
-        results::check_same_model(&set.input, &rows, &sweeper)?;
+        // Shown, not added to: a sweep of two models shows its comparison columns, and with
+        // `--vs` (the same model B) opens both.
+        match second {
+            Some(_) => check_rows(&set.input, &rows)?,
+            None => results::check_same_model(&set.input, &rows, &sweeper)?,
+        }
         let root = set.images.clone().unwrap_or_else(|| {
             set.input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
         });
@@ -125,6 +147,7 @@ fn prepare(
         browser.table.refresh();
         return Ok(Prepared {
             model,
+            second,
             network,
             stage,
             sweep,
@@ -149,7 +172,9 @@ fn prepare(
     let writer = set
         .out
         .as_deref()
-        .map(|out| Writer::open(out, Columns { k: set.top_k.max(1), metrics: false, vs: false }, true))
+        .map(|out| {
+            Writer::open(out, Columns { k: set.top_k.max(1), metrics: false, vs: second.is_some() }, true)
+        })
         .transpose()?;
     let done: std::collections::HashSet<&str> = earlier.iter().map(|r| r.path.as_str()).collect();
     let items: Vec<Item> = data.items.iter().filter(|it| !done.contains(it.name.as_str())).cloned().collect();
@@ -173,7 +198,7 @@ fn prepare(
     } else {
         set.input.parent().unwrap_or(Path::new(".")).to_path_buf()
     };
-    Ok(Prepared { model, network, stage, sweep, browser, keymap, items, writer, root, listed })
+    Ok(Prepared { model, second, network, stage, sweep, browser, keymap, items, writer, root, listed })
 }
 
 /// Opens the debugger on a data set; the terminal is restored however it ends.
@@ -190,10 +215,10 @@ pub fn run_data_set(
     result
 }
 
-/// An image being opened off the UI thread.
+/// An image being opened off the UI thread: by model A, and by B with `--vs`.
 struct Opening {
     name: String,
-    done: Receiver<Result<OpenedImage>>,
+    done: Receiver<Result<(OpenedImage, Option<OpenedImage>)>>,
 }
 
 struct Runtime<'a> {
@@ -299,9 +324,15 @@ impl Runtime<'_> {
         let item = self.item(&row);
         let (model, network, device, kind) =
             (self.p.model.clone(), self.p.network.clone(), self.opts.device.clone(), self.opts.engine);
+        let second = self.p.second.as_ref().map(|b| (b.model.clone(), b.network.clone()));
         let (tx, done) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(OpenedImage::open(&model, network, Some(&item.path), &device, kind));
+            let image = Some(item.path.as_path());
+            let opened = OpenedImage::open(&model, network, image, &device, kind).and_then(|a| {
+                let b = second.map(|(b, network)| OpenedImage::open(&b, network, image, &device, kind));
+                Ok((a, b.transpose()?))
+            });
+            let _ = tx.send(opened);
         });
         self.opening = Some(Opening { name: row.path.clone(), done });
         self.p.browser.status = Some((format!("opening {}…", row.path), false));
@@ -313,9 +344,18 @@ impl Runtime<'_> {
         let name = opening.name.clone();
         self.opening = None;
         match outcome {
-            Ok(opened) => {
+            Ok((opened, opened_b)) => {
                 let b = &self.p.browser;
                 let (mut app, engine) = opened.into_app(Some(self.p.stage), b.themes.clone(), b.theme);
+                let b_engine = match (&self.p.second, opened_b) {
+                    (Some(second), Some(opened_b)) => {
+                        let (info, engine) = second_side(&second.model, opened_b, &app, Some(second.stage));
+                        app.vs = Some(info);
+                        app.compare = super::app::Compare::SideBySide;
+                        Some(engine)
+                    }
+                    _ => None,
+                };
                 app.in_data_set = true;
                 app.keys_help = self.p.keymap.help(Context::Image, true);
                 app.method = self.opts.method;
@@ -330,14 +370,19 @@ impl Runtime<'_> {
                 if let Some(target) = row.as_ref().and_then(|r| r.target_index) {
                     app.set_class(target);
                 }
+                // A results file of `sweep --vs` opened without --vs: only A can be shown.
+                let hint = match (&row, &self.p.second) {
+                    (Some(r), None) if r.vs.is_some() => " · model A only: add --vs MODEL to see B beside it",
+                    _ => "",
+                };
                 let position = format!(
-                    "{} · {}/{} in the table",
+                    "{} · {}/{} in the table{hint}",
                     name,
                     self.p.browser.table.cursor() + 1,
                     self.p.browser.table.shown()
                 );
                 app.status = Some((position, false));
-                self.image = Some((name, ImageSession::new(app, engine, None, self.opts.batch_size)));
+                self.image = Some((name, ImageSession::new(app, engine, b_engine, self.opts.batch_size)));
             }
             Err(e) => {
                 let message = format!("cannot open {name}: {e}");
@@ -409,7 +454,14 @@ where
     let previews = PreviewLoader::spawn(p.model.clone(), p.sweep.clone());
     let mut p = p;
     let feed = (!p.items.is_empty()).then(|| {
-        SweepFeed::spawn(p.model.clone(), p.sweep.clone(), std::mem::take(&mut p.items), p.writer.take())
+        let versus = p.second.as_ref().map(|b| b.model.clone());
+        SweepFeed::spawn(
+            p.model.clone(),
+            versus,
+            p.sweep.clone(),
+            std::mem::take(&mut p.items),
+            p.writer.take(),
+        )
     });
     if feed.is_none() && matches!(p.browser.sweep, SweepState::Running(_)) {
         p.browser.sweep = SweepState::Finished(crate::dataset::Progress::default());

@@ -25,7 +25,7 @@ pub enum FeedEvent {
     Failed(String),
 }
 
-/// The sweep on its own thread. While `hold` is set (the image view is computing a map), it
+/// The sweep on its own thread (of model A, and of B beside it with `--vs`). While `hold` is set (the image view is computing a map), it
 /// waits between images: what the person looks at goes first.
 pub struct SweepFeed {
     pub events: Receiver<FeedEvent>,
@@ -37,6 +37,7 @@ pub struct SweepFeed {
 impl SweepFeed {
     pub fn spawn(
         model: Arc<Model>,
+        versus: Option<Arc<Model>>,
         opts: SweepOptions,
         items: Vec<Item>,
         mut writer: Option<Writer>,
@@ -48,7 +49,11 @@ impl SweepFeed {
         let handle = std::thread::Builder::new()
             .name("camscope-sweep".into())
             .spawn(move || {
-                let outcome = Sweeper::new(&model, opts).and_then(|sweeper| {
+                let sweeper = Sweeper::new(&model, opts).and_then(|s| match &versus {
+                    Some(b) => s.versus(b),
+                    None => Ok(s),
+                });
+                let outcome = sweeper.and_then(|sweeper| {
                     sweep::run(&sweeper, &items, &their_stop, &mut |row, map, progress| {
                         if let Some(w) = writer.as_mut() {
                             w.write(&row)?;

@@ -30,12 +30,13 @@ use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use crate::cam::{Method, Smoothing};
-use crate::contract::Model;
 use crate::contract::{with_stage, EngineKind, ImageClassifier};
+use crate::contract::{Model, Task};
 use crate::engine::Engine;
 use crate::explain::StageChoice;
 use crate::preprocess;
 use crate::render::Colormap;
+use crate::segment;
 use crate::trace::Prediction;
 use crate::{Error, Result};
 use action::Context;
@@ -108,10 +109,13 @@ struct OpenedImage {
     info: ModelInfo,
     predictions: Vec<Prediction>,
     engine: Engine,
+    /// A segmentation's class explained first: the largest, passing over the background.
+    default_class: Option<usize>,
 }
 
 impl OpenedImage {
-    /// `network`: the model's, with the chosen stage among its stages.
+    /// `network`: the model's, with the chosen stage among its stages. A segmentation model's
+    /// classes are explained over the pixels it labels with them.
     fn open(
         model: &Model,
         network: Arc<dyn ImageClassifier>,
@@ -120,8 +124,16 @@ impl OpenedImage {
         kind: EngineKind,
     ) -> Result<Self> {
         let input = preprocess::load_input(image, &model.preprocess)?;
+        let segmentation = match model.task {
+            Task::Segmentation => {
+                Some(segment::prepare(&network, &input, device, kind, &segment::RegionTarget::Predicted)?)
+            }
+            Task::Classification => None,
+        };
+        let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
         let engine = Engine::new(network.clone(), input.tensor.to_device(device)?, kind)?;
         let trace = engine.trace();
+        let (w, h) = input.view.dimensions();
         let info = ModelInfo {
             model: model.name.clone(),
             arch: network.name(),
@@ -130,32 +142,53 @@ impl OpenedImage {
             shapes: trace.shapes(),
             labels: Arc::new(model.labels.clone()),
             view: Arc::new(input.view.clone()),
+            segmentation: segmentation.as_ref().map(|s| {
+                let picture = s.prediction.picture();
+                Arc::new(image::imageops::resize(&picture, w, h, image::imageops::FilterType::Nearest))
+            }),
         };
-        let predictions = trace.top_k(TOP_K, &model.labels);
-        Ok(Self { info, predictions, engine })
+        let predictions = match &segmentation {
+            Some(s) => s
+                .prediction
+                .present
+                .iter()
+                .map(|c| Prediction {
+                    index: c.index,
+                    label: model.label(c.index).to_string(),
+                    logit: c.pixels as f32,
+                    prob: c.share,
+                })
+                .collect(),
+            None => trace.top_k(TOP_K, &model.labels),
+        };
+        let default_class = segmentation.as_ref().map(|s| s.prediction.default_class(&model.labels));
+        Ok(Self { info, predictions, engine, default_class })
     }
 
     fn into_app(self, stage: Option<usize>, themes: Vec<theme::Theme>, theme: usize) -> (App, Engine) {
         let stage = stage.unwrap_or_else(|| self.engine.default_stage());
-        (App::new(self.info, self.predictions, stage, themes, theme), self.engine)
+        let mut app = App::new(self.info, self.predictions, stage, themes, theme);
+        if let Some(class) = self.default_class {
+            app.set_class(class);
+        }
+        (app, self.engine)
     }
 }
 
-/// The second model of `--vs` on the same image, through its own preprocessing: what the app
-/// shows of it, and its engine for the worker. Each of A's stages is shown beside B's stage of
-/// the same name, else beside B's default stage (another architecture).
-fn open_second(b: &Model, app: &App, opts: &TuiOptions) -> Result<(app::VsInfo, Engine)> {
-    let opened = OpenedImage::open(b, b.network.clone(), opts.image.as_deref(), &opts.device, opts.engine)?;
-    let default = opened.engine.default_stage();
+/// What the app shows of the second model of `--vs` (opened on the same image through its own
+/// preprocessing), and its engine for the worker. Each of A's stages is shown beside B's stage of
+/// the same name, else beside `fallback` (B's swept stage in a data set), else B's default stage
+/// (another architecture).
+fn second_side(b: &Model, opened: OpenedImage, app: &App, fallback: Option<usize>) -> (app::VsInfo, Engine) {
+    let default = fallback.unwrap_or_else(|| opened.engine.default_stage());
     let names = opened.info.stages;
     let stage_of =
         app.info.stages.iter().map(|a| names.iter().position(|n| n == a).unwrap_or(default)).collect();
     let (w, h) = app.info.view.dimensions();
     let size = opened.info.view.width() as usize;
-    let view = if opened.info.view.dimensions() == (w, h) {
-        opened.info.view.clone()
-    } else {
-        Arc::new(image::imageops::resize(&*opened.info.view, w, h, image::imageops::FilterType::Triangle))
+    let view = match opened.info.view.dimensions() == (w, h) {
+        true => opened.info.view.clone(),
+        false => Arc::new(crate::compare::stats::view_on_frame(&opened.info.view, w, h)),
     };
     let info = app::VsInfo {
         model: b.name.clone(),
@@ -165,7 +198,7 @@ fn open_second(b: &Model, app: &App, opts: &TuiOptions) -> Result<(app::VsInfo, 
         view,
         size,
     };
-    Ok((info, opened.engine))
+    (info, opened.engine)
 }
 
 /// Everything the app needs, loaded and checked; the forward pass done.
@@ -196,7 +229,9 @@ fn prepare(
     let (mut app, engine) = opened.into_app(stage, themes, theme);
     let b_engine = match &second {
         Some(b) => {
-            let (info, engine) = open_second(b, &app, opts)?;
+            let opened =
+                OpenedImage::open(b, b.network.clone(), opts.image.as_deref(), &opts.device, opts.engine)?;
+            let (info, engine) = second_side(b, opened, &app, None);
             app.vs = Some(info);
             app.compare = app::Compare::SideBySide;
             Some(engine)

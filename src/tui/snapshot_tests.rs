@@ -457,3 +457,29 @@ fn v_without_a_second_model_says_how_to_get_one() {
     assert_eq!(f.app.compare, Compare::Single);
     assert!(f.app.status.as_ref().unwrap().0.contains("--vs MODEL"));
 }
+
+/// A segmentation model: the classes present by their share of the pixels, each with its
+/// colour, the map beside the predicted segmentation, and choosing a class makes its region
+/// the target.
+#[test]
+fn a_segmentation_model_shows_its_classes_and_segmentation() {
+    let (app, engine, second, _keys) =
+        prepare(&options(), || Ok(crate::test_support::toy_segmenter(224))).unwrap();
+    let mut f = Fixture { app, engine, second };
+    assert!(f.app.info.segmentation.is_some());
+    let shares: f32 = f.app.predictions.iter().map(|p| p.prob).sum();
+    assert!((shares - 1.0).abs() < 1e-5, "the shares of the classes present add up: {shares}");
+    assert_ne!(f.app.label(f.app.class), "background", "the background is passed over");
+    f.fill();
+    let buffer = f.render(110, 32);
+    let screen = text(&buffer);
+    assert!(screen.contains("Classes · share of pixels"), "{screen}");
+    assert!(screen.contains("■ "), "the legend's swatches");
+    assert!(coloured_cells(&buffer) > 800, "the map and the segmentation are drawn");
+    check_snapshot("segmentation", &buffer);
+    // Another class present: its region, its map.
+    let other = f.app.predictions.iter().map(|p| p.index).find(|&c| c != f.app.class).unwrap();
+    f.app.set_class(other);
+    f.fill();
+    assert!(f.app.picture(&f.app.key()).is_some());
+}

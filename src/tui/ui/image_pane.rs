@@ -43,6 +43,8 @@ enum Shown {
         view: ViewMode,
         opacity: u32,
     },
+    /// A segmentation model's predicted segmentation (one per image).
+    Segmentation,
     /// A data set row's preview, by an id of the row and whether its map is in it yet.
     Preview {
         row: u64,
@@ -161,6 +163,15 @@ impl ImageCache {
         });
     }
 
+    /// Draws a segmentation model's predicted segmentation, a colour per class.
+    pub fn draw_segmentation(&mut self, frame: &mut Frame, app: &App, area: Rect) {
+        let Some(picture) = &app.info.segmentation else { return };
+        let aspect = picture.dimensions();
+        self.draw_keyed(frame, Shown::Segmentation, app.theme, app.theme(), area, "", aspect, || {
+            Some((**picture).clone())
+        });
+    }
+
     /// Draws a data set row's preview (`row`: an id of the row), made by `picture` only when it
     /// is not cached.
     pub fn draw_preview(
@@ -264,11 +275,38 @@ pub fn main_picture(frame: &mut Frame, app: &App, images: &mut ImageCache, area:
     if app.comparing() && app.view != ViewMode::Input {
         return comparison(frame, app, images, inner);
     }
+    let inner = match app.info.segmentation.is_some() {
+        true => beside_segmentation(frame, app, images, inner),
+        false => inner,
+    };
     let [picture, scale] = Layout::horizontal([Constraint::Min(0), Constraint::Length(7)]).areas(inner);
     images.draw(frame, app, app.key(), picture);
     if app.view != ViewMode::Input {
         colour_scale(frame, app, scale);
     }
+}
+
+/// A segmentation model's prediction in the right half of `area`, with a legend of its largest
+/// classes under it; the left half is returned for the map.
+fn beside_segmentation(frame: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) -> Rect {
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
+    let [picture, legend] = Layout::vertical([Constraint::Min(0), Constraint::Length(2)]).areas(right);
+    images.draw_segmentation(frame, app, picture);
+    let t = app.theme();
+    let mut spans = Vec::new();
+    for p in &app.predictions {
+        let [r, g, b] = crate::segment::palette_colour(p.index);
+        let style = match p.index == app.class {
+            true => Style::default().fg(t.accent),
+            false => Style::default().fg(t.text),
+        };
+        spans.push(Span::styled("■ ", Style::default().fg(Color::Rgb(r, g, b))));
+        spans.push(Span::styled(format!("{} {:.0}%  ", p.label, 100.0 * p.prob), style));
+    }
+    let legend_text = Paragraph::new(Line::from(spans)).wrap(ratatui::widgets::Wrap { trim: true });
+    frame.render_widget(legend_text, legend);
+    left
 }
 
 /// `--vs`: the pictures of both models and their difference, with a line naming each and the

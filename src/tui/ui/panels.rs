@@ -36,9 +36,21 @@ pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
             } else {
                 Style::default().fg(t.text)
             };
+            // A segmentation's classes carry their colour in the segmentation picture.
+            let (swatch, label_width) = match app.info.segmentation {
+                Some(_) => {
+                    let [r, g, b] = crate::segment::palette_colour(p.index);
+                    (
+                        Span::styled("■ ", Style::default().fg(ratatui::style::Color::Rgb(r, g, b))),
+                        label_width.saturating_sub(2),
+                    )
+                }
+                None => (Span::raw(""), label_width),
+            };
             let label = fit(&p.label, label_width);
             ListItem::new(Line::from(vec![
                 Span::styled(format!("{}{:>2} ", if target { '▶' } else { ' ' }, i + 1), style),
+                swatch,
                 Span::styled(format!("{label:<label_width$} "), style),
                 Span::styled(bar, Style::default().fg(t.bar)),
                 Span::styled(format!(" {:>5.1}%", 100.0 * p.prob), Style::default().fg(t.dim)),
@@ -46,7 +58,8 @@ pub fn predictions(frame: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let focused = app.focus == Focus::Predictions;
-    let list = List::new(items).block(block(app, "Predictions", focused)).highlight_style(
+    let name = if app.info.segmentation.is_some() { "Classes · share of pixels" } else { "Predictions" };
+    let list = List::new(items).block(block(app, name, focused)).highlight_style(
         Style::default().bg(if focused { t.selected_bg } else { t.border }).fg(t.selected_fg),
     );
     let mut state = ListState::default().with_selected(Some(app.prediction_cursor));

@@ -1,0 +1,123 @@
+//! Segmentation models through the classifier contract. A network whose output is a score map
+//! (N, C, H, W) instead of logits (N, C) is explained for a *region target*, as pytorch-grad-cam's
+//! `SemanticSegmentationTarget(c, mask)` does: the score of class `c` is `Σ out[c] · mask_c` over
+//! the output's pixels. [`RegionScores`] wraps the network so that it returns those sums as its
+//! "logits": every method camscope has (the gradient ones, EigenCAM, Score-CAM, Ablation-CAM)
+//! then explains a region exactly as it explains a class, with no method knowing about regions.
+//!
+//! The masks are fixed per image, before the methods run ([`prepare`]): by default the pixels
+//! the model labels `c` in its own prediction on the unchanged image (the tutorial's choice —
+//! Score-CAM's and Ablation-CAM's perturbed passes keep that mask, they do not recompute it), or
+//! one region for every class: the whole image, or a box / mask the user gives in the original
+//! image's pixels, carried onto the input frame by the steps the image takes.
+
+mod prediction;
+mod region;
+mod scores;
+
+pub use prediction::{palette_colour, SegmentPrediction, VOC_CLASSES};
+pub use region::{RegionTarget, TargetMasks};
+pub use scores::RegionScores;
+
+use std::sync::Arc;
+
+use crate::contract::{EngineKind, ImageClassifier, Mode, Taps};
+use crate::error::{Error, Result};
+use crate::preprocess::ModelInput;
+
+/// A segmentation network made ready for one image: its prediction, and the network whose
+/// "logits" are the region scores of every class.
+pub struct Prepared {
+    pub network: Arc<dyn ImageClassifier>,
+    pub prediction: SegmentPrediction,
+    pub masks: TargetMasks,
+}
+
+/// Runs `network` (a segmentation model's, maybe retapped) once on `input` for its prediction,
+/// and wraps it with the masks `target` asks for.
+pub fn prepare(
+    network: &Arc<dyn ImageClassifier>,
+    input: &ModelInput,
+    device: &candle_core::Device,
+    engine: EngineKind,
+    target: &RegionTarget,
+) -> Result<Prepared> {
+    let x = input.tensor.to_device(device)?;
+    let mut taps = Taps::new(network.stages(), engine, Mode::Plain);
+    let out = network.forward(&x, &mut taps)?;
+    let prediction =
+        SegmentPrediction::of(&out).map_err(|e| Error::Model(format!("model {}: {e}", network.name())))?;
+    let masks = TargetMasks::new(target, &prediction, input).map_err(Error::Usage)?;
+    let scores = RegionScores::new(network.clone(), masks.tensor(device)?);
+    Ok(Prepared { network: Arc::new(scores), prediction, masks })
+}
+
+/// One class of the prediction, for reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PresentClass {
+    pub index: usize,
+    pub label: String,
+    /// Its pixels over the output's pixels.
+    pub share: f32,
+    pub pixels: usize,
+}
+
+/// What an explanation of a segmentation model adds: the prediction and the region explained.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub classes_present: Vec<PresentClass>,
+    /// The target region, in words.
+    pub region: String,
+    /// Pixels of the output the target class's score is summed over.
+    pub target_pixels: usize,
+    /// The score map's height and width.
+    pub output_size: [usize; 2],
+    /// The prediction, a colour per class.
+    #[serde(skip)]
+    pub picture: image::RgbImage,
+}
+
+impl Prepared {
+    /// Checks that `class`'s region has pixels: an empty region's score is 0 whatever the image,
+    /// so every map of it would be blank.
+    pub fn check_target(&self, class: usize, labels: &[String]) -> Result<()> {
+        if self.masks.pixels(class) > 0 {
+            return Ok(());
+        }
+        let label = labels.get(class).map_or("?", String::as_str);
+        let present: Vec<String> = self
+            .prediction
+            .present
+            .iter()
+            .take(8)
+            .map(|c| format!("{} {:.0}%", labels.get(c.index).map_or("?", String::as_str), 100.0 * c.share))
+            .collect();
+        Err(Error::Usage(match self.masks.target {
+            RegionTarget::Predicted => format!(
+                "class {class} ({label}) covers no pixel of the model's prediction, so there is no region to explain (present: {}); explain it over the whole image with --region whole, or give a box",
+                present.join(", ")
+            ),
+            _ => format!("the region {} holds no pixel of the output", self.masks.target.describe()),
+        }))
+    }
+
+    pub fn summary(&self, class: usize, labels: &[String]) -> Summary {
+        let p = &self.prediction;
+        Summary {
+            classes_present: p
+                .present
+                .iter()
+                .map(|c| PresentClass {
+                    index: c.index,
+                    label: labels.get(c.index).cloned().unwrap_or_else(|| format!("class {}", c.index)),
+                    share: c.share,
+                    pixels: c.pixels,
+                })
+                .collect(),
+            region: self.masks.target.describe(),
+            target_pixels: self.masks.pixels(class),
+            output_size: [p.height, p.width],
+            picture: p.picture(),
+        }
+    }
+}

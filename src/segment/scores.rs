@@ -1,0 +1,69 @@
+//! A segmentation network seen as a classifier of regions: its "logits" are, per class, the
+//! class's scores summed over that class's mask.
+
+use std::sync::Arc;
+
+use candle_core::{Result as CResult, Tensor};
+
+use crate::contract::{Capabilities, ImageClassifier, StageSpec, Taps};
+
+/// `score[n, c] = Σ_{h,w} out[n, c, h, w] · mask[c, h, w]` of the wrapped network's output `out`
+/// (pytorch-grad-cam's `SemanticSegmentationTarget`). The masks are constants, so a gradient
+/// of score `c` is the gradient of that one region sum, and a perturbed forward pass (Score-CAM,
+/// Ablation-CAM) is scored over the unchanged image's regions.
+pub struct RegionScores {
+    inner: Arc<dyn ImageClassifier>,
+    /// (1, C, H, W), or (1, 1, H, W) when every class shares one region.
+    masks: Tensor,
+}
+
+impl RegionScores {
+    pub fn new(inner: Arc<dyn ImageClassifier>, masks: Tensor) -> Self {
+        Self { inner, masks }
+    }
+
+    fn reduce(&self, out: &Tensor) -> CResult<Tensor> {
+        let (_, c, h, w) = out.dims4()?;
+        let (_, mc, mh, mw) = self.masks.dims4()?;
+        if (mh, mw) != (h, w) || (mc != c && mc != 1) {
+            candle_core::bail!(
+                "the score map is {c}×{h}×{w}, the target masks {mc}×{mh}×{mw}: the model's output changed shape"
+            )
+        }
+        let masks = self.masks.to_dtype(out.dtype())?;
+        out.broadcast_mul(&masks)?.sum((2, 3))
+    }
+}
+
+impl ImageClassifier for RegionScores {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    fn stages(&self) -> &[StageSpec] {
+        self.inner.stages()
+    }
+
+    fn forward(&self, x: &Tensor, taps: &mut Taps) -> CResult<Tensor> {
+        let out = self.inner.forward(x, taps)?;
+        self.reduce(&out)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn forward_from(&self, stage: usize, activation: &Tensor, taps: &mut Taps) -> Option<CResult<Tensor>> {
+        let out = self.inner.forward_from(stage, activation, taps)?;
+        Some(out.and_then(|o| self.reduce(&o)))
+    }
+
+    fn with_stages(&self, names: &[&str]) -> Option<crate::Result<Arc<dyn ImageClassifier>>> {
+        let inner = self.inner.with_stages(names)?;
+        Some(
+            inner.map(|inner| {
+                Arc::new(RegionScores::new(inner, self.masks.clone())) as Arc<dyn ImageClassifier>
+            }),
+        )
+    }
+}
