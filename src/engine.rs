@@ -36,7 +36,7 @@ impl Engine {
 
     /// The stage to explain when none is named: the last one whose output is still spatial.
     pub fn default_stage(&self) -> usize {
-        contract::default_stage(&self.trace.shapes())
+        contract::default_stage_of(self.model.as_ref(), &self.trace.shapes())
     }
 
     /// The normalised input tensor (1×3×S×S).
@@ -46,6 +46,11 @@ impl Engine {
 
     pub fn model(&self) -> &dyn ImageClassifier {
         self.model.as_ref()
+    }
+
+    /// The network the engine runs (a segmentation model's region scores, where it is one).
+    pub fn network(&self) -> Arc<dyn ImageClassifier> {
+        self.model.clone()
     }
 
     /// Whether `method` can run on this engine's model at all (see [`check_supported`]).

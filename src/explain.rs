@@ -10,9 +10,8 @@ use serde::Serialize;
 
 use crate::cam::Method;
 use crate::cam::{Control, Smoothing};
+use crate::contract::Model;
 use crate::contract::{with_stage, EngineKind, ImageClassifier};
-use crate::contract::{Model, Task};
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::families::Arch;
 use crate::load;
@@ -195,20 +194,9 @@ pub(crate) fn explain_at(
     let class_arg = opts.class.as_deref().map(|c| model.parse_class(c)).transpose()?;
 
     let t = Instant::now();
-    let segmentation = match model.task {
-        Task::Segmentation => {
-            Some(segment::prepare(&network, input, &opts.device, opts.engine, &opts.region)?)
-        }
-        Task::Classification if opts.region != RegionTarget::Predicted => {
-            return Err(Error::Usage(format!(
-                "--region applies to segmentation models; {} is a classifier",
-                model.name
-            )))
-        }
-        Task::Classification => None,
-    };
-    let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
-    let engine = Engine::new(network.clone(), input.tensor.to_device(&opts.device)?, opts.engine)?;
+    let (engine, segmentation) =
+        segment::engine_for(model, network, input, &opts.device, opts.engine, &opts.region)?;
+    let network = engine.network();
     engine.check_supported(opts.method)?;
     let trace = engine.trace();
     timings.forward = ms(t);

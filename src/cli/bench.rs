@@ -12,12 +12,13 @@ use candle_core::Device;
 
 use crate::cam::{Control, Method, Smoothing};
 use crate::contract::EngineKind;
-use crate::contract::Model;
+use crate::contract::{Model, Task};
 use crate::engine::Engine;
 use crate::explain::{self, ExplainOptions, StageChoice, Timings};
 use crate::families::Arch;
 use crate::load;
 use crate::preprocess;
+use crate::segment::{self, RegionTarget};
 use crate::Result;
 
 use super::args::BenchArgs;
@@ -70,7 +71,8 @@ fn load(name: &str) -> Result<Model> {
 }
 
 fn bench_model(model: &Model, load_ms: f64, engine: EngineKind, device: &Device, runs: usize) -> Result<Row> {
-    let input = preprocess::load_input(None, &model.preprocess)?.tensor.to_device(device)?;
+    let image = preprocess::load_input(None, &model.preprocess)?;
+    let input = image.tensor.to_device(device)?;
     let net = &model.network;
     let stages: Vec<usize> = (0..net.stages().len()).collect();
     let ctl = Control::default();
@@ -84,8 +86,17 @@ fn bench_model(model: &Model, load_ms: f64, engine: EngineKind, device: &Device,
     // The first run warms caches and the allocator; it is not counted.
     for run in 0..=runs {
         let (t_all, (t_f, t_b, t_m)) = time(|| {
-            let (t_f, engine) = time(|| Engine::new(net.clone(), input.clone(), engine))?;
-            let class = engine.trace().top_class();
+            // A segmentation model's forward includes the pass that fixes its target regions.
+            let (t_f, (engine, segmentation)) = time(|| match model.task {
+                Task::Classification => Ok((Engine::new(net.clone(), input.clone(), engine)?, None)),
+                Task::Segmentation => {
+                    segment::engine_for(model, net.clone(), &image, device, engine, &RegionTarget::Predicted)
+                }
+            })?;
+            let class = match &segmentation {
+                Some(s) => s.prediction.default_class(&model.labels),
+                None => engine.trace().top_class(),
+            };
             let (t_b, _) = time(|| engine.trace().gradients(class))?;
             let (t_m, _) = time(|| engine.cams(Method::GradCam, &stages, class, Smoothing::default(), &ctl))?;
             Ok((t_f, t_b, t_m))

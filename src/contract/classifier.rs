@@ -62,6 +62,12 @@ pub trait ImageClassifier: Send + Sync {
         None
     }
 
+    /// The stage explained when none is named, where the model knows better than the default
+    /// (the last stage whose output is still spatial).
+    fn preferred_stage(&self) -> Option<usize> {
+        None
+    }
+
     /// A hand-written CPU forward/backward for one image, if the model has one.
     fn cpu_tape(&self) -> Option<&dyn CpuTape> {
         None
@@ -150,6 +156,12 @@ pub fn check_all_stages_tapped(model: &dyn ImageClassifier, seen: usize) -> Resu
         )));
     }
     Ok(())
+}
+
+/// The stage `model` is explained at when none is named: its own preference, else the last one
+/// whose grid is still spatial.
+pub fn default_stage_of(model: &dyn ImageClassifier, grids: &[[usize; 3]]) -> usize {
+    model.preferred_stage().filter(|&s| s < grids.len()).unwrap_or_else(|| default_stage(grids))
 }
 
 /// The default stage to explain: the last one whose grid is still spatial (H·W > 1).

@@ -23,8 +23,8 @@ mod taps;
 
 pub use chw::Chw;
 pub use classifier::{
-    check_all_stages_tapped, default_stage, logits, stage_index, stage_shapes, with_stage, Capabilities,
-    ImageClassifier, StageShape,
+    check_all_stages_tapped, default_stage, default_stage_of, logits, stage_index, stage_shapes, with_stage,
+    Capabilities, ImageClassifier, StageShape,
 };
 pub use labels::{class_named, default_labels, imagenet_labels, labels_matching, parse_labels};
 pub use model::{default_labels_for, Model, Task};

@@ -110,7 +110,8 @@ impl Model {
     pub fn default_stage(&self, engine: EngineKind) -> Result<usize> {
         let s = self.preprocess.input_size;
         let shapes = super::classifier::stage_shapes(self.network.as_ref(), s, s, engine)?;
-        Ok(super::classifier::default_stage(&shapes.iter().map(|g| g.grid).collect::<Vec<_>>()))
+        let grids: Vec<[usize; 3]> = shapes.iter().map(|g| g.grid).collect();
+        Ok(super::classifier::default_stage_of(self.network.as_ref(), &grids))
     }
 
     /// Fails with a clear error for a segmentation model where only classifiers go (`what`:

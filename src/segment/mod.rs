@@ -21,7 +21,8 @@ pub use scores::RegionScores;
 
 use std::sync::Arc;
 
-use crate::contract::{EngineKind, ImageClassifier, Mode, Taps};
+use crate::contract::{EngineKind, ImageClassifier, Mode, Model, Taps, Task};
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::ModelInput;
 
@@ -50,6 +51,32 @@ pub fn prepare(
     let masks = TargetMasks::new(target, &prediction, input).map_err(Error::Usage)?;
     let scores = RegionScores::new(network.clone(), masks.tensor(device)?);
     Ok(Prepared { network: Arc::new(scores), prediction, masks })
+}
+
+/// The engine of `network` (`model`'s, maybe retapped) on `input`; for a segmentation model,
+/// the engine of its region scores for `target`, with its prediction. What every front end
+/// opens an image with.
+pub fn engine_for(
+    model: &Model,
+    network: Arc<dyn ImageClassifier>,
+    input: &ModelInput,
+    device: &candle_core::Device,
+    kind: EngineKind,
+    target: &RegionTarget,
+) -> Result<(Engine, Option<Prepared>)> {
+    let segmentation = match model.task {
+        Task::Segmentation => Some(prepare(&network, input, device, kind, target)?),
+        Task::Classification if *target != RegionTarget::Predicted => {
+            return Err(Error::Usage(format!(
+                "--region applies to segmentation models; {} is a classifier",
+                model.name
+            )))
+        }
+        Task::Classification => None,
+    };
+    let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
+    let engine = Engine::new(network, input.tensor.to_device(device)?, kind)?;
+    Ok((engine, segmentation))
 }
 
 /// One class of the prediction, for reports.

@@ -53,6 +53,15 @@ impl ImageClassifier for RegionScores {
         self.inner.capabilities()
     }
 
+    /// The last stage of the backbone, where torchvision's segmentation models have one (the
+    /// tutorial explains `backbone.layer4`): past it, the head's stages sit at the score map.
+    fn preferred_stage(&self) -> Option<usize> {
+        self.inner.preferred_stage().or_else(|| {
+            let stages = self.inner.stages();
+            stages.iter().rposition(|s| s.name == "backbone" || s.name.starts_with("backbone."))
+        })
+    }
+
     fn forward_from(&self, stage: usize, activation: &Tensor, taps: &mut Taps) -> Option<CResult<Tensor>> {
         let out = self.inner.forward_from(stage, activation, taps)?;
         Some(out.and_then(|o| self.reduce(&o)))

@@ -30,8 +30,8 @@ use ratatui_image::picker::cap_parser::QueryStdioOptions;
 use ratatui_image::picker::{Picker, ProtocolType};
 
 use crate::cam::{Method, Smoothing};
+use crate::contract::Model;
 use crate::contract::{with_stage, EngineKind, ImageClassifier};
-use crate::contract::{Model, Task};
 use crate::engine::Engine;
 use crate::explain::StageChoice;
 use crate::preprocess;
@@ -124,14 +124,9 @@ impl OpenedImage {
         kind: EngineKind,
     ) -> Result<Self> {
         let input = preprocess::load_input(image, &model.preprocess)?;
-        let segmentation = match model.task {
-            Task::Segmentation => {
-                Some(segment::prepare(&network, &input, device, kind, &segment::RegionTarget::Predicted)?)
-            }
-            Task::Classification => None,
-        };
-        let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
-        let engine = Engine::new(network.clone(), input.tensor.to_device(device)?, kind)?;
+        let target = segment::RegionTarget::Predicted;
+        let (engine, segmentation) = segment::engine_for(model, network, &input, device, kind, &target)?;
+        let network = engine.network();
         let trace = engine.trace();
         let (w, h) = input.view.dimensions();
         let info = ModelInfo {

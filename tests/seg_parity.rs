@@ -1,0 +1,123 @@
+//! Segmentation models against pytorch-grad-cam 1.5.7's `SemanticSegmentationTarget`: torchvision
+//! FCN and LR-ASPP exported with both exporters (`scripts/make_seg_fixtures.py`), their output
+//! and every reference map (the arg-max region of two classes, a box, the whole image) on both
+//! engines. The small cases live in `tests/fixtures/seg`; the full-size FCN-ResNet50 and
+//! LR-ASPP-MobileNetV3-Large in `$CAMSCOPE_SEG_FIXTURES` (default `../shared/fixtures/seg`), and
+//! their test prints one `skipped:` line where they are absent.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use camscope::cam::Method;
+use camscope::contract::{EngineKind, Mode, Taps, Task};
+use camscope::dataset::region::PixelBox;
+use camscope::explain::{explain_input, ExplainOptions, StageChoice, Timings};
+use camscope::segment::RegionTarget;
+use common::{max_abs_diff, npy_vec, pearson, skip};
+
+#[derive(serde::Deserialize)]
+struct Case {
+    name: String,
+    exports: Vec<Export>,
+    cams: Vec<Cam>,
+    classes_present: Vec<(usize, f64)>,
+}
+
+#[derive(serde::Deserialize)]
+struct Export {
+    file: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Cam {
+    file: String,
+    method: String,
+    layer: String,
+    class_index: usize,
+    region: serde_json::Value,
+}
+
+fn cases(dir: &Path) -> Vec<Case> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn region(v: &serde_json::Value) -> RegionTarget {
+    match v["kind"].as_str().unwrap() {
+        "argmax" => RegionTarget::Predicted,
+        "whole" => RegionTarget::Whole,
+        "box" => {
+            let b: Vec<f64> = v["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            RegionTarget::Box(PixelBox { x0: b[0], y0: b[1], x1: b[2], y1: b[3] })
+        }
+        other => panic!("unknown region kind {other}"),
+    }
+}
+
+/// Every export of every case in `dir`: the output within 1e-3 of the reference's scale, the
+/// classes present as PyTorch's arg-max finds them, every map r ≥ 0.999 and max |Δ| ≤ 0.02.
+fn check_all(dir: &Path, engines: &[EngineKind]) {
+    for case in cases(dir) {
+        let folder = dir.join(&case.name);
+        let input_path = folder.join("input.npy");
+        let want_out = npy_vec(&folder.join("output.npy"));
+        for export in &case.exports {
+            let model = camscope::load::load(folder.join(&export.file).to_str().unwrap(), None)
+                .unwrap_or_else(|e| panic!("{}/{}: {e}", case.name, export.file));
+            assert_eq!(model.task, Task::Segmentation, "{}/{}", case.name, export.file);
+            let input = camscope::preprocess::load_input(Some(&input_path), &model.preprocess).unwrap();
+            for &engine in engines {
+                let what = format!("{}/{} on the {engine:?} engine", case.name, export.file);
+                let mut taps = Taps::new(model.network.stages(), engine, Mode::Plain);
+                let out = model.network.forward(&input.tensor, &mut taps).unwrap();
+                let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+                let scale = want_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = max_abs_diff(&out, &want_out);
+                assert!(worst <= 1e-3 * scale, "{what}: output max |Δ| {worst} (scale {scale})");
+                for cam in &case.cams {
+                    let Some(method) = Method::parse(&cam.method).ok() else {
+                        panic!("unknown method {}", cam.method)
+                    };
+                    let opts = ExplainOptions {
+                        method,
+                        engine,
+                        stages: StageChoice::Named(cam.layer.clone()),
+                        class: Some(cam.class_index.to_string()),
+                        region: region(&cam.region),
+                        ..ExplainOptions::default()
+                    };
+                    let e = explain_input(&model, &input, &opts, Timings::default())
+                        .unwrap_or_else(|e| panic!("{what} {}: {e}", cam.file));
+                    if cam.region["kind"] == "argmax" {
+                        let s = e.segmentation.as_ref().unwrap();
+                        let present: Vec<usize> = s.classes_present.iter().map(|c| c.index).collect();
+                        let want: Vec<usize> = case.classes_present.iter().map(|c| c.0).collect();
+                        assert_eq!(present, want, "{what}: classes present");
+                    }
+                    let want = npy_vec(&folder.join(&cam.file));
+                    let r = pearson(&e.maps[0], &want);
+                    let d = max_abs_diff(&e.maps[0], &want);
+                    assert!(r >= 0.999 && d <= 0.02, "{what} {}: r {r:.5}, max |Δ| {d:.4}", cam.file);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn small_torchvision_segmenters_match_pytorch_grad_cam() {
+    let dir = common::repo_root().join("tests/fixtures/seg");
+    check_all(&dir, &[EngineKind::Fast, EngineKind::Portable]);
+}
+
+#[test]
+fn full_size_fcn_resnet50_and_lraspp_match_pytorch_grad_cam() {
+    let dir = std::env::var_os("CAMSCOPE_SEG_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::repo_root().join("../shared/fixtures/seg"));
+    if !dir.join("manifest.json").is_file() {
+        skip("needs the full-size segmentation fixtures: scripts/make_seg_fixtures.py DIR --big, then CAMSCOPE_SEG_FIXTURES=DIR");
+        return;
+    }
+    check_all(&dir, &[EngineKind::Fast]);
+}
