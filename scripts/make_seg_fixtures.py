@@ -51,7 +51,8 @@ SMALL = [
                  ["scorecam", "backbone.16", "whole"]]},
 ]
 BIG = [
-    {"name": "fcn_resnet50", "build": "fcn_resnet50", "seed": 10, "image": "dogs.png", "size": [224, 224],
+    # seed 14: with seeds 10 and 13 fewer than three classes took >= 5 % of the pixels.
+    {"name": "fcn_resnet50", "build": "fcn_resnet50", "seed": 14, "image": "dogs.png", "size": [224, 224],
      "layers": ["backbone.layer4", "backbone.layer3"],
      # Score-CAM / Ablation-CAM need 2048 (1024) full forward passes of FCN-ResNet50: left out.
      "maps": [["backbone.layer4", GRADIENT + ["eigencam"], 2], ["backbone.layer3", GRADIENT + ["eigencam"], 2]],
@@ -300,7 +301,6 @@ def check_exports(folder, exports, x, reference):
     """Runs each export with onnxruntime (else onnx.reference) and compares every output with
     PyTorch's (in order: the graph's outputs are the dict's values); fails beyond
     1e-4 · max(1, max |y|)."""
-    worst = {}
     for e in exports:
         path = str(folder / e["file"])
         try:
@@ -326,8 +326,28 @@ def check_exports(folder, exports, x, reference):
             if not d <= 1e-4 * scale:
                 raise SystemExit(f"{path}: output {name} ({ref_key}) differs from PyTorch: {d:.2e}")
         e["check"] = {"engine": engine, "outputs": diffs}
-        worst[e["file"]] = diffs
-    return worst
+
+
+def own_gradcam(model, layer, x, cls, mask):
+    """Grad-CAM from its definition (SPEC §2-3), without pytorch-grad-cam, as a check of the
+    reference and of the target: A = the layer's output, G = d sum(out[0, cls] * mask) / dA,
+    M = ReLU(sum_k mean(G_k) A_k), min-max, cv2 bilinear resize to W×H, and BaseCAM's second
+    ReLU + min-max over the resized map (aggregate_multi_layers; it matters here: up to 0.1)."""
+    import cv2
+    import torch
+
+    acts = {}
+    hook = model.get_submodule(layer).register_forward_hook(lambda _m, _i, o: acts.__setitem__("a", o))
+    out = model(x)["out"]
+    hook.remove()
+    a = acts["a"]
+    (g,) = torch.autograd.grad((out[0, cls] * torch.from_numpy(mask)).sum(), a)
+    m = torch.relu((g[0].mean((1, 2))[:, None, None] * a[0]).sum(0)).detach().numpy()
+    m = m - m.min()
+    m = m / (1e-7 + m.max())
+    m = np.maximum(cv2.resize(m, (mask.shape[1], mask.shape[0])), 0)
+    m = m - m.min()
+    return m / (1e-7 + m.max())
 
 
 # ---------------------------------------------------------------- one case
@@ -346,13 +366,19 @@ def compute_case(spec, out, no_perturb=False):
     x_np = load_image(spec["image"], spec["size"])
     x = torch.from_numpy(x_np)
 
-    shapes = {}
+    # The layers' outputs as returned, and whether the rest of the forward pass rewrote them in
+    # place (SPEC §1: pytorch-grad-cam on CPU would then read the rewritten values).
+    seen = {}
     hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, o, n=n: shapes.__setitem__(n, list(o.shape))) for n in spec["layers"]]
+        lambda _m, _i, o, n=n: seen.__setitem__(n, (o, o.clone()))) for n in spec["layers"]]
     with torch.no_grad():
         result = model(x)
     for hk in hooks:
         hk.remove()
+    shapes = {n: list(o.shape) for n, (o, _) in seen.items()}
+    rewritten = [n for n, (o, copy) in seen.items() if not torch.equal(o, copy)]
+    if rewritten:
+        raise SystemExit(f"{spec['name']}: outputs of {rewritten} are rewritten in place later")
     out_keys = list(result.keys())
     logits = result["out"]
     np.save(folder / "input.npy", x_np)
@@ -421,7 +447,13 @@ def compute_case(spec, out, no_perturb=False):
                              "target_score": float((logits[0, cls].numpy() * mask).sum()),
                              "mask_pixels": int(mask.sum()),
                              "max": float(grayscale.max()), "mean": float(grayscale.mean())})
+        if method == "gradcam":
+            d = float(np.abs(own_gradcam(model, layer, x, cls, mask) - grayscale).max())
+            case["cams"][-1]["own_gradcam_max_abs_diff"] = d
+            if d > 1e-5:
+                raise SystemExit(f"{key}: pytorch-grad-cam and the definition differ by {d:.2e}")
         print(f"  {key}: {seconds:.2f} s, max {grayscale.max():.3f}, mean {grayscale.mean():.3f}", flush=True)
+    case["methods"] = list(dict.fromkeys(c["method"] for c in case["cams"]))
     return case
 
 
