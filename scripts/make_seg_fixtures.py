@@ -75,10 +75,11 @@ BIG = [
 # How each model is built, as recorded in the manifest (`builder`).
 BUILDERS = {
     "fcn_tiny": (
-        "torchvision ResNet(Bottleneck, [1, 1, 1, 1], replace_stride_with_dilation=[False, True, True]) "
+        "torchvision ResNet(Bottleneck, [1, 1, 2, 2], replace_stride_with_dilation=[False, True, True]) "
         "narrowed to 1/16 width: inplanes 4, conv1 Conv2d(3, 4, 7, 2, 3, bias=False), bn1 BatchNorm2d(4), "
-        "layer1..4 = ResNet._make_layer(Bottleneck, planes, 1[, stride=2, dilate]) with planes 4, 8, 16, 32 "
-        "(outputs 16, 32, 64, 128 channels; layer3/layer4 dilated 2/4, output stride 8), ResNet's own "
+        "layer1..4 = ResNet._make_layer(Bottleneck, planes, blocks[, stride=2, dilate]) with planes 4, 8, 16, "
+        "32 and blocks 1, 1, 2, 2 (outputs 16, 32, 64, 128 channels; output stride 8; 3x3 convolutions "
+        "dilated 1 in layer3.0, 2 in layer3.1 and layer4.0, 4 in layer4.1, as torchvision does), ResNet's own "
         "weight init; FCN(IntermediateLayerGetter(resnet, {'layer4': 'out', 'layer3': 'aux'}), "
         "FCNHead(128, 21), FCNHead(64, 21)) - torchvision's _fcn_resnet with aux_loss=True at this width"),
     "lraspp_tiny": (
@@ -106,7 +107,7 @@ def build(kind):
         from torchvision.models.resnet import Bottleneck, ResNet
         from torchvision.models.segmentation.fcn import FCN, FCNHead
 
-        net = ResNet(Bottleneck, [1, 1, 1, 1], replace_stride_with_dilation=[False, True, True])
+        net = ResNet(Bottleneck, [1, 1, 2, 2], replace_stride_with_dilation=[False, True, True])
         # The same network at 1/16 of the width, rebuilt with ResNet's own _make_layer (which also
         # does the stride -> dilation replacement: it reads self.dilation as it goes).
         net.inplanes, net.dilation = 4, 1
@@ -114,9 +115,8 @@ def build(kind):
         net.bn1 = torch.nn.BatchNorm2d(4)
         net.layer1 = net._make_layer(Bottleneck, 4, 1)
         net.layer2 = net._make_layer(Bottleneck, 8, 1, stride=2, dilate=False)
-        net.layer3 = net._make_layer(Bottleneck, 16, 1, stride=2, dilate=True)
-        net.layer4 = net._make_layer(Bottleneck, 32, 1, stride=2, dilate=True)
-        net.fc = torch.nn.Linear(128, 1000)
+        net.layer3 = net._make_layer(Bottleneck, 16, 2, stride=2, dilate=True)
+        net.layer4 = net._make_layer(Bottleneck, 32, 2, stride=2, dilate=True)
         for m in net.modules():  # ResNet.__init__'s initialisation, on the new modules
             if isinstance(m, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
