@@ -350,6 +350,42 @@ def own_gradcam(model, layer, x, cls, mask):
     return m / (1e-7 + m.max())
 
 
+def own_ablationcam(model, layer, x, cls, mask, batch=32):
+    """Ablation-CAM as pytorch-grad-cam 1.5.7 computes it (AblationCAM + AblationLayer, all channels,
+    batch 32), one channel at a time without it. y0 = the target on the model's output; y_k = the
+    target with channel k of the layer's output A replaced: by 0 when min(A) = 0, else by
+    min(A) - 1e7 * (k % batch + 1). (AblationLayer.__call__ re-reads torch.min of the batch it is
+    filling after each channel it writes, so the value steps down by 1e7 per position in the batch of
+    32; SPEC §3's "min(A) - 1e7" is the first of them.) w_k = (y0 - y_k) / y0, M = sum_k w_k A_k,
+    then BaseCAM's post-processing as in own_gradcam."""
+    import cv2
+    import torch
+
+    store = {}
+    target = model.get_submodule(layer)
+    hook = target.register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+    m = torch.from_numpy(mask)
+    with torch.no_grad():
+        y0 = float((model(x)["out"][0, cls] * m).sum())
+        hook.remove()
+        a = store["a"][0]
+        low = float(a.min())
+        ys = []
+        for k in range(a.shape[0]):
+            ablated = a.clone()
+            ablated[k] = 0.0 if low == 0 else low - 1e7 * (k % batch + 1)
+            hook = target.register_forward_hook(lambda _m, _i, o, t=ablated: t[None])
+            ys.append(float((model(x)["out"][0, cls] * m).sum()))
+            hook.remove()
+    w = (np.float32(y0) - np.float32(ys)) / np.float32(y0)
+    cam = np.maximum((w[:, None, None] * a.numpy()).sum(0), 0)
+    cam = cam - cam.min()
+    cam = cam / (1e-7 + cam.max())
+    cam = np.maximum(cv2.resize(cam, (mask.shape[1], mask.shape[0])), 0)
+    cam = cam - cam.min()
+    return cam / (1e-7 + cam.max())
+
+
 # ---------------------------------------------------------------- one case
 
 def compute_case(spec, out, no_perturb=False):
@@ -452,6 +488,11 @@ def compute_case(spec, out, no_perturb=False):
             case["cams"][-1]["own_gradcam_max_abs_diff"] = d
             if d > 1e-5:
                 raise SystemExit(f"{key}: pytorch-grad-cam and the definition differ by {d:.2e}")
+        if method == "ablationcam":
+            d = float(np.abs(own_ablationcam(model, layer, x, cls, mask) - grayscale).max())
+            case["cams"][-1]["own_ablationcam_max_abs_diff"] = d
+            if d > 1e-4:
+                raise SystemExit(f"{key}: pytorch-grad-cam and own_ablationcam differ by {d:.2e}")
         print(f"  {key}: {seconds:.2f} s, max {grayscale.max():.3f}, mean {grayscale.mean():.3f}", flush=True)
     case["methods"] = list(dict.fromkeys(c["method"] for c in case["cams"]))
     return case
