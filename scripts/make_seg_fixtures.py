@@ -36,14 +36,14 @@ PERTURB = ["scorecam", "ablationcam"]
 # maps [method, layer, region] for the class that takes the most pixels, region "box" or "whole".
 ALL = GRADIENT + ["eigencam"] + PERTURB
 SMALL = [
-    {"name": "fcn_tiny", "build": "fcn_tiny", "seed": 0, "image": "chelsea.png", "size": [96, 128],
+    {"name": "fcn_tiny", "build": "fcn_tiny", "seed": 0, "image": "chelsea.png", "size": [112, 112],
      "dynamo_names": False,
      "layers": ["backbone.layer4", "backbone.layer3"],
      "maps": [["backbone.layer4", ALL, 2], ["backbone.layer3", ALL, 1]],
      "box": [8, 40, 64, 88],
      "regions": [["gradcam", "backbone.layer4", "box"], ["gradcam", "backbone.layer4", "whole"],
                  ["ablationcam", "backbone.layer4", "box"]]},
-    {"name": "lraspp_tiny", "build": "lraspp_tiny", "seed": 1, "image": "dogs.png", "size": [128, 96],
+    {"name": "lraspp_tiny", "build": "lraspp_tiny", "seed": 1, "image": "dogs.png", "size": [128, 128],
      "layers": ["backbone.16", "backbone.12"],
      "maps": [["backbone.16", ALL, 2], ["backbone.12", ALL, 1]],
      "box": [24, 16, 80, 72],
@@ -65,7 +65,7 @@ BIG = [
      "box": [100, 30, 200, 130],
      "regions": [["gradcam", "backbone.16", "box"], ["gradcam", "backbone.16", "whole"]]},
     {"name": "deeplabv3_mobilenet_v3_large", "build": "deeplabv3_mobilenet_v3_large", "seed": 12,
-     "image": "coffee.png", "size": [192, 256], "dynamo_names": False,
+     "image": "coffee.png", "size": [224, 224], "dynamo_names": False,
      "layers": ["backbone.16", "backbone.12"],
      "maps": [["backbone.16", GRADIENT + ["eigencam"], 2], ["backbone.12", GRADIENT + ["eigencam"], 2]],
      "box": [60, 40, 200, 150],
