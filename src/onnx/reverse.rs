@@ -445,6 +445,11 @@ fn vjp(
             first(dy.permute(inverse)?)
         }
         Op::Expand if only(&[0]) => first(reduce_to(dy, x()?.dims())?),
+        // Linear in X: the transposed interpolation matrices.
+        Op::Resize(resize) if only(&[0]) => {
+            let fast = x()?.device().is_cpu() && dy.dtype() == DType::F32;
+            first(resize.backward(inputs, dy, fast)?)
+        }
         Op::Cast { .. } if only(&[0]) => first(dy.to_dtype(x()?.dtype())?),
         _ => autograd_vjp(op, inputs, dys, wanted),
     }
