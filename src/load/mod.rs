@@ -147,6 +147,13 @@ pub fn onnx_model(
         name.unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
     let classes = match network.output_shape() {
         [1, n] => *n,
+        d @ [1, _, _, _] => {
+            return Err(Error::Model(format!(
+                "{}: the graph returns a score map of shape {d:?} (a segmentation model), not (1, classes); \
+                 camscope explains classifiers only so far",
+                path.display()
+            )))
+        }
         d => {
             return Err(Error::Model(format!(
                 "{}: the graph returns logits of shape {d:?}, not (1, classes)",

@@ -73,6 +73,8 @@ impl OnnxModel {
     }
 
     fn new(name: String, graph: Graph) -> Result<Self> {
+        let output = &graph.values[graph.output];
+        super::graph::check_output_shape(&output.name, &output.shape).map_err(Error::Model)?;
         let modules = stages::modules(&graph);
         let defaults = stages::default_stages(&modules);
         if defaults.is_empty() {
@@ -179,9 +181,16 @@ impl OnnxModel {
     }
 
     /// The shape of the graph's output for one image (known from the probe at load): (1,
-    /// classes) for a classifier.
+    /// classes) for a classifier, (1, classes, height, width) for a segmentation model's score
+    /// map (nothing else loads).
     pub fn output_shape(&self) -> &[usize] {
         &self.graph.values[self.graph.output].shape
+    }
+
+    /// Where the graph has several outputs, which one camscope explains ("graph has outputs
+    /// out, aux: using out"): for `camscope layers` to print.
+    pub fn output_note(&self) -> Option<&str> {
+        self.graph.output_note.as_deref()
     }
 
     /// How many nodes run at each forward pass (after folding).
