@@ -125,16 +125,34 @@ impl Recording for OnnxRecording {
         self.logits.clone()
     }
 
+    /// The one-hot seed: logit `class`, or for a score map (1, classes, H, W) the sum of class
+    /// `class`'s scores over the whole image.
     fn stage_gradients(&self, class: usize) -> Result<Vec<Option<Tensor>>> {
-        let g = &self.graph;
-        let classes = self.logits.elem_count();
+        let classes = self.logits.dim(1)?;
         if class >= classes {
-            candle_core::bail!("class {class} is out of range for {classes} logits")
+            candle_core::bail!("class {class} is out of range for {classes} classes")
         }
-        let mut seed = vec![0f32; classes];
-        seed[class] = 1.0;
+        let mut shape = vec![1; self.logits.rank()];
+        shape[1] = classes;
+        let mut one_hot = vec![0f32; classes];
+        one_hot[class] = 1.0;
+        let seed =
+            Tensor::from_vec(one_hot, shape, self.logits.device())?.broadcast_as(self.logits.shape())?;
+        self.output_gradients(&seed.contiguous()?)
+    }
+
+    fn output_gradients(&self, seed: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let g = &self.graph;
+        if seed.dims() != self.logits.dims() {
+            candle_core::bail!(
+                "a seed of shape {:?} for an output of shape {:?}",
+                seed.dims(),
+                self.logits.dims()
+            )
+        }
+        let seed = seed.to_device(self.logits.device())?.to_dtype(self.logits.dtype())?;
         let mut grads: Vec<Option<Tensor>> = vec![None; g.values.len()];
-        grads[g.output] = Some(Tensor::from_vec(seed, self.logits.shape(), self.logits.device())?);
+        grads[g.output] = Some(seed);
         let mut is_stage = vec![false; g.values.len()];
         self.stage_values.iter().for_each(|&v| is_stage[v] = true);
         for &ni in self.plan.nodes.iter().rev() {
