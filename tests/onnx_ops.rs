@@ -148,6 +148,8 @@ fn batches_equal_single_images() {
     for name in ["dilated", "bilinear_corners_scale", "nearest_odd_size"] {
         let dir = fixtures().join(name);
         let model = OnnxModel::load(&dir.join("model.onnx"), None).unwrap();
+        // The sizes the tracer read off the input's shape, (1, C, H, W), do not bind the batch.
+        assert!(model.runs_batches_as_one(), "{name}");
         let x = read_npy(&dir.join("input.npy"));
         let x2 = Tensor::cat(&[&x, &x.affine(-0.5, 0.25).unwrap()], 0).unwrap();
         for engine in [EngineKind::Fast, EngineKind::Portable] {
@@ -277,6 +279,8 @@ fn full_size_segmentation_exports_match_their_outputs() {
             started.elapsed().as_secs_f64()
         );
         assert!(d <= 1e-3, "{}: the output differs from torch's by {d:.2e}", path.display());
+        // Score-CAM and Ablation-CAM run batches: they must not fall back to one image at a time.
+        assert!(model.runs_batches_as_one(), "{}: batches run image by image", path.display());
         checked += 1;
     }
     if checked == 0 {

@@ -193,6 +193,13 @@ impl OnnxModel {
         self.graph.output_note.as_deref()
     }
 
+    /// Whether a batch of images runs as one batch rather than image by image in lockstep (the
+    /// check of [`batch_safe`], run here if no batch has run yet): what batched methods'
+    /// speed depends on, for tests and benchmarks to see.
+    pub fn runs_batches_as_one(&self) -> bool {
+        *self.batched.get_or_init(|| batch_safe(&self.graph, &self.last_use))
+    }
+
     /// How many nodes run at each forward pass (after folding).
     pub fn node_count(&self) -> usize {
         self.graph.nodes.len()
@@ -234,7 +241,7 @@ impl OnnxModel {
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
         // Lockstep entries: the images one by one, or the whole batch as one.
         let items = match x.dim(0)? {
-            n if n > 1 && !*self.batched.get_or_init(|| batch_safe(g, &self.last_use)) => n,
+            n if n > 1 && !self.runs_batches_as_one() => n,
             _ => 1,
         };
         let mut vals: Vec<Option<Vec<Tensor>>> = vec![None; g.values.len()];

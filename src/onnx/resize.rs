@@ -171,7 +171,9 @@ impl Resize {
         let mut plans = Vec::new();
         for (axis, (output, scale)) in self.targets(dims, inputs)?.into_iter().enumerate() {
             let input = dims[axis];
-            if output == input && scale == 1.0 {
+            // A size of 1 for the batch is the batch the graph was folded for (the tracer's
+            // `Shape(x)[0:2]`, read at load on one image): a batch of N keeps its N.
+            if (output == input && scale == 1.0) || (axis == 0 && output == 1) {
                 continue;
             }
             if axis == 0 {
@@ -539,6 +541,47 @@ mod tests {
         for row in &m {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{row:?}");
         }
+    }
+
+    /// Sizes read off one image's shape at load, (1, C, H', W'), resize a batch of two as two
+    /// single images: the batch keeps its size.
+    #[test]
+    fn a_folded_batch_of_one_keeps_the_batch() {
+        use crate::onnx::proto::{AttributeProto, NodeProto};
+        let node = NodeProto {
+            op_type: "Resize".into(),
+            input: vec!["x".into(), String::new(), String::new(), "sizes".into()],
+            attribute: vec![AttributeProto {
+                name: "mode".into(),
+                s: b"linear".to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let resize = Resize::parse(&node).unwrap();
+        let d = &Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 4, 5), d).unwrap();
+        let sizes = Some(Tensor::new(&[1i64, 3, 7, 9], d).unwrap());
+        let run = |x: Tensor| resize.forward(&[Some(x), None, None, sizes.clone()], true).unwrap();
+        let both = run(x.clone());
+        assert_eq!(both.dims(), [2, 3, 7, 9]);
+        for i in 0..2 {
+            let one = run(x.narrow(0, i, 1).unwrap());
+            let d: f32 = both
+                .narrow(0, i, 1)
+                .unwrap()
+                .sub(&one)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-6, "image {i}: {d}");
+        }
+        let channels = Some(Tensor::new(&[1i64, 4, 7, 9], d).unwrap());
+        assert!(resize.forward(&[Some(x), None, None, channels], true).is_ok(), "other axes may resize");
     }
 
     /// On a hand-made 2×3 image: Y = R_h · X · R_wᵀ, the same by the dense product and by the
