@@ -1059,6 +1059,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         }
         Op::HardSwish => {
             let x = x()?;
+            if taps.fast_kernels(x) {
+                if let Some(y) = fused::hard_swish(x)? {
+                    return one(y);
+                }
+            }
             one(x.mul(&clip(&x.affine(1.0 / 6.0, 0.5)?, Some(0.0), Some(1.0))?)?)
         }
         Op::Softmax { axis: a, log } => {

@@ -1,13 +1,13 @@
-//! The fast engine's backward pass through an ONNX graph: the gradient of one logit at every
-//! stage's output, walking the recorded forward pass in reverse with a vector–Jacobian product
-//! per node.
+//! The fast engine's backward pass through an ONNX graph: the gradient of one logit (or of
+//! Σ output · seed, for a score map) at every stage's output, walking the recorded forward pass
+//! in reverse with a vector–Jacobian product per node.
 //!
 //! Why not Candle's autograd: it also computes the gradient of every weight (half the work of
-//! each Conv, MatMul and Gemm), differentiates LayerNorm, Softmax and GELU through their many
-//! composed ops, and cannot use our CPU convolution kernels. Here those ops have hand-written
-//! rules; any other op is differentiated by Candle's autograd on that one node, so every graph
-//! that runs forward also runs backward. Tests hold the result equal to Candle's autograd
-//! through the whole graph.
+//! each Conv, MatMul and Gemm), differentiates LayerNorm, Softmax, GELU and HardSwish through
+//! their many composed ops, and cannot use our CPU convolution kernels. Here those ops (and
+//! Resize) have hand-written rules; any other op is differentiated by Candle's autograd on that
+//! one node, so every graph that runs forward also runs backward. Tests hold the result equal
+//! to Candle's autograd through the whole graph.
 
 use std::sync::Arc;
 
@@ -335,6 +335,10 @@ fn vjp(
                 .affine(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2, 0.0)?;
             first(dy.mul(&cdf.add(&x.mul(&pdf)?)?)?)
         }
+        Op::HardSwish if only(&[0]) => match fused::hard_swish_gradient(dy, x()?)? {
+            Some(dx) => first(dx),
+            None => autograd_vjp(op, inputs, dys, wanted),
+        },
         Op::Relu if only(&[0]) => first(activation_gradient(dy, y, Activation::Relu)?),
         Op::Clip { min, max } if only(&[0]) => {
             let (lo, hi) = ops::clip_bounds(inputs, *min, *max)?;
