@@ -6,7 +6,8 @@ Each case is a module `body` (conv + ReLU: the stage the gradient is taken at), 
 under test, as torchvision's segmentation models use it (`F.interpolate` of a score map to the
 image's size, bilinear with align_corners False and True, by a size taken from the input's shape
 or by a scale factor; bicubic; nearest; an axis long enough for the gather path; dilated and
-dilated depthwise convolutions; a dict output `{"aux", "out"}`). Written to tests/fixtures/onnx_ops/<case>/:
+dilated depthwise convolutions; MobileNetV3's hard-swish and gates; a dict output
+`{"aux", "out"}`). Written to tests/fixtures/onnx_ops/<case>/:
 
 - model.onnx (TorchScript exporter, dynamo=False, opset 17) and model_dynamo.onnx (dynamo=True,
   weights inline); for nearest ×2 also model_opset9.onnx (Upsample) and model_opset10.onnx
@@ -82,21 +83,44 @@ def dilated_mid():
     )
 
 
+class Gates(nn.Module):
+    """MobileNetV3's pieces: hard-swish, squeeze-excitation with a hard-sigmoid gate, and
+    LR-ASPP's sigmoid-gated branch."""
+
+    def __init__(self, c=5):
+        super().__init__()
+        self.conv = nn.Conv2d(4, c, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.fc1, self.fc2 = nn.Conv2d(c, 3, 1), nn.Conv2d(3, c, 1)
+        self.scale = nn.Conv2d(c, c, 1)
+        with torch.no_grad():
+            # Wide enough that hard-swish sees both of its flat tails (|x| > 3).
+            self.conv.weight.mul_(3.0)
+
+    def forward(self, x):
+        x = self.act(self.conv(x))
+        squeeze = F.adaptive_avg_pool2d(x, 1)
+        x = x * F.hardsigmoid(self.fc2(F.relu(self.fc1(squeeze))))
+        return F.relu(x) * torch.sigmoid(self.scale(F.adaptive_avg_pool2d(x, 1)))
+
+
 def cases():
+    """Constructors, so that each module is built after its own seed."""
     return {
-        "bilinear_to_image": Case(to_image("bilinear", False)),
-        "bilinear_corners_to_image": Case(to_image("bilinear", True)),
-        "bilinear_scale": Case(by_scale(2.5, "bilinear", False)),
-        "bilinear_corners_scale": Case(by_scale(3, "bilinear", True)),
-        "bilinear_odd_size": Case(to_size((13, 19), "bilinear", False)),
-        "nearest_scale": Case(by_scale(2, "nearest")),
-        "nearest_odd_size": Case(to_size((11, 21), "nearest")),
-        "dilated": Case(to_image("bilinear", False), mid=dilated_mid()),
-        "two_outputs": Case(to_image("bilinear", False), aux=True),
+        "bilinear_to_image": lambda: Case(to_image("bilinear", False)),
+        "bilinear_corners_to_image": lambda: Case(to_image("bilinear", True)),
+        "bilinear_scale": lambda: Case(by_scale(2.5, "bilinear", False)),
+        "bilinear_corners_scale": lambda: Case(by_scale(3, "bilinear", True)),
+        "bilinear_odd_size": lambda: Case(to_size((13, 19), "bilinear", False)),
+        "nearest_scale": lambda: Case(by_scale(2, "nearest")),
+        "nearest_odd_size": lambda: Case(to_size((11, 21), "nearest")),
+        "dilated": lambda: Case(to_image("bilinear", False), mid=dilated_mid()),
+        "two_outputs": lambda: Case(to_image("bilinear", False), aux=True),
         # Bicubic (ONNX cubic, a = −0.75), and an axis longer than camscope's dense-matrix limit
         # (136 > 128 after the stride-2 body) that takes the gather path.
-        "bicubic": Case(to_image("bicubic", False)),
-        "bilinear_wide": Case(to_image("bilinear", False)),
+        "bicubic": lambda: Case(to_image("bicubic", False)),
+        "bilinear_wide": lambda: Case(to_image("bilinear", False)),
+        "mobilenet_gates": lambda: Case(to_image("bilinear", False), mid=Gates()),
     }
 
 
@@ -135,9 +159,9 @@ def main():
     root = Path(__file__).resolve().parent.parent
     out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "tests/fixtures/onnx_ops"
     manifest = []
-    for i, (name, model) in enumerate(cases().items()):
+    for i, (name, build) in enumerate(cases().items()):
         torch.manual_seed(1000 + i)
-        model = model.eval()
+        model = build().eval()
         for p in model.parameters():
             # Larger than the default init, so that every gradient is far from rounding noise.
             p.data.mul_(2.0)
