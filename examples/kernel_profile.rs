@@ -19,6 +19,7 @@ fn geom(cin: usize, h: usize, cout: usize, k: usize, s: usize, groups: usize) ->
         kernel_h: k,
         kernel_w: k,
         stride: s,
+        dilation: 1,
         pad_top: total / 2,
         pad_left: total / 2,
         out_h: out,

@@ -21,12 +21,24 @@ pub trait Recording: Send + Sync {
     /// Every stage's output (batch 1, the stage's own layout), in stage order.
     fn stage_outputs(&self) -> Vec<Tensor>;
 
-    /// The logits, (1, classes).
+    /// The output: logits (1, classes), or a segmentation model's score map (1, classes, H, W).
     fn logits(&self) -> Tensor;
 
     /// The gradient of logit `class` at every stage's output, in the stage's layout; `None`
     /// where the score does not depend on the stage.
     fn stage_gradients(&self, class: usize) -> CResult<Vec<Option<Tensor>>>;
+
+    /// The gradient of Σ output · `seed` (a tensor of the output's shape) at every stage's
+    /// output, as [`Self::stage_gradients`] gives it. A score that is not one logit needs it:
+    /// a segmentation target, Σ over a region of one class's scores, is the seed that holds the
+    /// region's mask in that class's channel and zeros elsewhere. A model whose reverse pass
+    /// only knows single logits says so.
+    fn output_gradients(&self, seed: &Tensor) -> CResult<Vec<Option<Tensor>>> {
+        candle_core::bail!(
+            "this model's reverse pass takes one class at a time, not a seed of shape {:?} over its output",
+            seed.dims()
+        )
+    }
 }
 
 /// A model's own batch-1 CPU forward and backward, stage by stage: the fast path of the trace.

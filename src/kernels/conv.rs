@@ -33,12 +33,14 @@ fn valid_columns(
 }
 
 /// Unfolds the input channels of one group of one image into a (col_rows × out_plane) matrix.
+/// A dilated kernel's tap k reads the input k·dilation past the window's start: the taps'
+/// offsets are all the unfolding needs to know of the dilation.
 fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
-    let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
+    let (kh, kw, plane, s, d) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride, g.dilation);
     parallel::for_each_chunk(col, plane, planes_per_task(plane), |row, out| {
         let ci = row / (kh * kw);
-        let ky = (row / kw) % kh;
-        let kx = row % kw;
+        let ky = ((row / kw) % kh) * d;
+        let kx = (row % kw) * d;
         let src = &x_group[ci * g.in_plane()..(ci + 1) * g.in_plane()];
         let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
         for (oy, dst) in out.chunks_exact_mut(g.out_w).enumerate() {
@@ -61,15 +63,15 @@ fn im2col(g: &ConvGeometry, x_group: &[f32], col: &mut [f32]) {
 
 /// Adds a (col_rows × out_plane) matrix back onto the input channels it was unfolded from.
 fn col2im(g: &ConvGeometry, col: &[f32], dx_group: &mut [f32]) {
-    let (kh, kw, plane, s) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride);
+    let (kh, kw, plane, s, d) = (g.kernel_h, g.kernel_w, g.out_plane(), g.stride, g.dilation);
     parallel::for_each_chunk(dx_group, g.in_plane(), planes_per_task(g.in_plane()), |ci, dst| {
         for ky in 0..kh {
             for kx in 0..kw {
                 let row = (ci * kh + ky) * kw + kx;
                 let src = &col[row * plane..(row + 1) * plane];
-                let (columns, ix0) = valid_columns(kx, s, g.pad_left, g.in_w, g.out_w);
+                let (columns, ix0) = valid_columns(kx * d, s, g.pad_left, g.in_w, g.out_w);
                 for (oy, grad) in src.chunks_exact(g.out_w).enumerate() {
-                    let Some(iy) = source_index(oy, ky, s, g.pad_top, g.in_h) else { continue };
+                    let Some(iy) = source_index(oy, ky * d, s, g.pad_top, g.in_h) else { continue };
                     let line = &mut dst[iy * g.in_w + ix0..(iy + 1) * g.in_w];
                     let grad = &grad[columns.clone()];
                     if s == 1 {
@@ -243,8 +245,8 @@ mod tests {
                             for ky in 0..g.kernel_h {
                                 for kx in 0..g.kernel_w {
                                     let (Some(iy), Some(ix)) = (
-                                        source_index(oy, ky, g.stride, g.pad_top, g.in_h),
-                                        source_index(ox, kx, g.stride, g.pad_left, g.in_w),
+                                        source_index(oy, ky * g.dilation, g.stride, g.pad_top, g.in_h),
+                                        source_index(ox, kx * g.dilation, g.stride, g.pad_left, g.in_w),
                                     ) else {
                                         continue;
                                     };
@@ -288,6 +290,7 @@ mod tests {
                 kernel_h: k,
                 kernel_w: k,
                 stride: s,
+                dilation: 1,
                 pad_top: pt,
                 pad_left: pl,
                 out_h,
@@ -333,25 +336,28 @@ mod tests {
         }
     }
 
-    /// Many random geometries (sizes 1–17, kernels 1–7, strides 1–3, any padding up to the
-    /// kernel, depthwise or grouped or dense), forward against the definition and backward by
+    /// Many random geometries (sizes 1–17, kernels 1–7, strides 1–3, dilations 1–4, any padding
+    /// up to the kernel's extent, depthwise or grouped or dense), forward against the definition and backward by
     /// the adjoint identity <conv(x), dy> = <x, convᵀ(dy)> on random x and dy. The depthwise
     /// kernel's phase and block bookkeeping has many edge cases (planes smaller than the kernel,
     /// padding on one side only, runs ending mid-block); this is where they would show.
     #[test]
     fn random_geometries_forward_and_adjoint() {
         let mut next = crate::test_support::random_below(0x2545F4914F6CDD1Du64);
-        for case in 0..300 {
+        for case in 0..400 {
             let k = 1 + next(7);
             let stride = 1 + next(3);
+            // Dilated in a third of the cases (segmentation backbones, ASPP).
+            let dilation = if next(3) == 0 { 2 + next(3) } else { 1 };
+            let extent = (k - 1) * dilation + 1;
             let (h, w) = (1 + next(17), 1 + next(17));
-            let (pad_top, pad_left) = (next(k), next(k));
-            let (pad_bottom, pad_right) = (next(k), next(k));
-            if h + pad_top + pad_bottom < k || w + pad_left + pad_right < k {
+            let (pad_top, pad_left) = (next(extent), next(extent));
+            let (pad_bottom, pad_right) = (next(extent), next(extent));
+            if h + pad_top + pad_bottom < extent || w + pad_left + pad_right < extent {
                 continue;
             }
-            let out_h = (h + pad_top + pad_bottom - k) / stride + 1;
-            let out_w = (w + pad_left + pad_right - k) / stride + 1;
+            let out_h = (h + pad_top + pad_bottom - extent) / stride + 1;
+            let out_w = (w + pad_left + pad_right - extent) / stride + 1;
             let (cin, cout, groups) = match next(3) {
                 0 => {
                     let c = 1 + next(5);
@@ -369,6 +375,7 @@ mod tests {
                 kernel_h: k,
                 kernel_w: k,
                 stride,
+                dilation,
                 pad_top,
                 pad_left,
                 out_h,

@@ -49,16 +49,18 @@ struct DepthwiseScratch {
 const BLOCK: usize = 64;
 
 impl DepthwisePlan {
+    /// A dilated kernel changes only where each tap sits in the padded plane, (ky, kx)·dilation,
+    /// and how far the windows reach.
     fn new(g: &ConvGeometry) -> Self {
-        let s = g.stride;
-        let rows = (g.out_h - 1) * s + g.kernel_h;
-        let cols = (g.out_w - 1) * s + g.kernel_w;
+        let (s, d) = (g.stride, g.dilation);
+        let rows = (g.out_h - 1) * s + g.extent_h();
+        let cols = (g.out_w - 1) * s + g.extent_w();
         // One spare row: the wide run of the last output row reads past its phase row's end.
         let (phase_rows, phase_cols) = (rows.div_ceil(s) + 1, cols.div_ceil(s));
         let phase_stride = (phase_rows * phase_cols).next_multiple_of(BLOCK);
         let taps: Vec<(usize, usize)> = (0..g.kernel_h)
-            .flat_map(|ky| (0..g.kernel_w).map(move |kx| (ky, kx)))
-            .map(|(ky, kx)| ((ky % s) * s + kx % s, (ky / s) * phase_cols + kx / s))
+            .flat_map(|ky| (0..g.kernel_w).map(move |kx| (ky * d, kx * d)))
+            .map(|(py, px)| ((py % s) * s + px % s, (py / s) * phase_cols + px / s))
             .collect();
         let tap_offsets = taps.iter().map(|&(phase, offset)| phase * phase_stride + offset).collect();
         let margin = taps.iter().map(|t| t.1).max().unwrap_or(0);

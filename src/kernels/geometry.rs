@@ -38,7 +38,8 @@ fn checked_len(what: &str, factors: &[usize]) -> Result<usize, GeometryError> {
         .ok_or_else(|| GeometryError(format!("{what} of {factors:?} values is too large")))
 }
 
-/// Shape of one 2-D convolution. Padding may be asymmetric (TensorFlow "SAME").
+/// Shape of one 2-D convolution. Padding may be asymmetric (TensorFlow "SAME"); the kernel may
+/// be dilated (its taps `dilation` apart, as in segmentation backbones and ASPP heads).
 ///
 /// The fields are public so that a geometry is easy to read and to write down, but the kernels
 /// never trust them: every entry point runs [`ConvGeometry::validate`] before touching memory,
@@ -56,6 +57,8 @@ pub struct ConvGeometry {
     pub kernel_h: usize,
     pub kernel_w: usize,
     pub stride: usize,
+    /// Distance between neighbouring kernel taps (1: a plain convolution).
+    pub dilation: usize,
     pub pad_top: usize,
     pub pad_left: usize,
     pub out_h: usize,
@@ -75,20 +78,37 @@ impl ConvGeometry {
         pads: [usize; 4],
         groups: usize,
     ) -> Result<Self, GeometryError> {
+        Self::dilated(input, out_channels, kernel, stride, 1, pads, groups)
+    }
+
+    /// [`ConvGeometry::new`] with the kernel's taps `dilation` apart: the output size is
+    /// floor((n + before + after − extent) / stride) + 1 with extent (k − 1)·dilation + 1.
+    pub fn dilated(
+        input: [usize; 4],
+        out_channels: usize,
+        kernel: [usize; 2],
+        stride: usize,
+        dilation: usize,
+        pads: [usize; 4],
+        groups: usize,
+    ) -> Result<Self, GeometryError> {
         let [batch, in_channels, in_h, in_w] = input;
         let [kernel_h, kernel_w] = kernel;
         let [pad_top, pad_bottom, pad_left, pad_right] = pads;
         reject_if!(stride == 0, "convolution stride must be at least 1");
+        reject_if!(dilation == 0 || dilation > 1 << 16, "convolution dilation {dilation} is out of range");
         let out = |size: usize, before: usize, after: usize, k: usize| -> Result<usize, GeometryError> {
             let padded = size
                 .checked_add(before)
                 .and_then(|n| n.checked_add(after))
                 .ok_or_else(|| GeometryError("convolution padding overflows".into()))?;
+            reject_if!(k == 0 || k > 1 << 16, "a kernel of {k} taps is out of range");
+            let extent = (k - 1) * dilation + 1;
             reject_if!(
-                k == 0 || padded < k,
-                "a {k}-wide kernel does not fit an input of {size} padded by {before} and {after}"
+                padded < extent,
+                "a kernel spanning {extent} does not fit an input of {size} padded by {before} and {after}"
             );
-            Ok((padded - k) / stride + 1)
+            Ok((padded - extent) / stride + 1)
         };
         let g = ConvGeometry {
             batch,
@@ -99,6 +119,7 @@ impl ConvGeometry {
             kernel_h,
             kernel_w,
             stride,
+            dilation,
             pad_top,
             pad_left,
             out_h: out(in_h, pad_top, pad_bottom, kernel_h)?,
@@ -118,12 +139,21 @@ impl ConvGeometry {
     pub fn validate(&self) -> Result<(), GeometryError> {
         let g = self;
         reject_if!(
-            g.kernel_h == 0 || g.kernel_w == 0 || g.stride == 0 || g.groups == 0,
-            "kernel {}×{}, stride {} and groups {} must all be at least 1",
+            g.kernel_h == 0 || g.kernel_w == 0 || g.stride == 0 || g.groups == 0 || g.dilation == 0,
+            "kernel {}×{}, stride {}, dilation {} and groups {} must all be at least 1",
             g.kernel_h,
             g.kernel_w,
             g.stride,
+            g.dilation,
             g.groups
+        );
+        // Bounds the extents (k − 1)·dilation + 1 the kernels use, so they cannot overflow.
+        reject_if!(
+            g.kernel_h > 1 << 16 || g.kernel_w > 1 << 16 || g.dilation > 1 << 16,
+            "kernel {}×{} with dilation {} is out of range",
+            g.kernel_h,
+            g.kernel_w,
+            g.dilation
         );
         reject_if!(
             g.in_channels == 0 || g.out_channels == 0,
@@ -162,22 +192,24 @@ impl ConvGeometry {
                 .filter(|&n| n <= MAX_VALUES && pad <= MAX_VALUES && size <= MAX_VALUES)
                 .ok_or_else(|| GeometryError("the padded extent is too large".into()))
         };
-        let reach_h = reach(g.out_h, g.kernel_h, g.pad_top, g.in_h)?;
-        let reach_w = reach(g.out_w, g.kernel_w, g.pad_left, g.in_w)?;
+        let reach_h = reach(g.out_h, g.extent_h(), g.pad_top, g.in_h)?;
+        let reach_w = reach(g.out_w, g.extent_w(), g.pad_left, g.in_w)?;
         // The depthwise buffers: stride² phases of at most (reach_h/s)·(reach_w/s) values, each
         // rounded up to a whole register block (64 values), plus one wide output.
         checked_len("the depthwise phases", &[reach_h, reach_w, 128])?;
         // Every term is at most MAX_VALUES (an eighth of usize::MAX) here: the sums cannot wrap.
         reject_if!(
-            g.in_h + g.pad_top >= g.out_h * g.stride + g.kernel_h
-                || g.in_w + g.pad_left >= g.out_w * g.stride + g.kernel_w,
-            "output {}×{} is too small for input {}×{} with kernel {}×{}, stride {}, padding {}/{}",
+            g.in_h + g.pad_top >= g.out_h * g.stride + g.extent_h()
+                || g.in_w + g.pad_left >= g.out_w * g.stride + g.extent_w(),
+            "output {}×{} is too small for input {}×{} with kernel {}×{} (dilation {}), stride {}, padding \
+             {}/{}",
             g.out_h,
             g.out_w,
             g.in_h,
             g.in_w,
             g.kernel_h,
             g.kernel_w,
+            g.dilation,
             g.stride,
             g.pad_top,
             g.pad_left
@@ -192,6 +224,14 @@ impl ConvGeometry {
         }
     }
 
+    /// Rows of the input one window spans: (kernel_h − 1)·dilation + 1.
+    pub(crate) fn extent_h(&self) -> usize {
+        (self.kernel_h - 1) * self.dilation + 1
+    }
+    /// Columns of the input one window spans.
+    pub(crate) fn extent_w(&self) -> usize {
+        (self.kernel_w - 1) * self.dilation + 1
+    }
     pub(crate) fn group_in(&self) -> usize {
         self.in_channels / self.groups
     }

@@ -45,12 +45,19 @@ struct ConvParams {
     kernel_h: usize,
     kernel_w: usize,
     stride: usize,
+    /// Distance between kernel taps (1: plain).
+    dilation: usize,
     padding: Padding,
     groups: usize,
     activation: Activation,
 }
 
 impl ConvParams {
+    /// The input rows and columns one window spans.
+    fn extent(&self) -> (usize, usize) {
+        ((self.kernel_h - 1) * self.dilation + 1, (self.kernel_w - 1) * self.dilation + 1)
+    }
+
     fn geometry(&self, input: &Shape) -> Result<ConvGeometry> {
         let (batch, in_channels, in_h, in_w) = input.dims4()?;
         if in_channels != self.group_in * self.groups {
@@ -59,13 +66,15 @@ impl ConvParams {
                 self.group_in * self.groups
             )
         }
-        let (pad_top, _, out_h) = self.padding.resolve(in_h, self.kernel_h, self.stride);
-        let (pad_left, _, out_w) = self.padding.resolve(in_w, self.kernel_w, self.stride);
-        if in_h + 2 * pad_top + 1 < self.kernel_h || in_w + 2 * pad_left + 1 < self.kernel_w {
+        let (extent_h, extent_w) = self.extent();
+        let (pad_top, _, out_h) = self.padding.resolve(in_h, extent_h, self.stride);
+        let (pad_left, _, out_w) = self.padding.resolve(in_w, extent_w, self.stride);
+        if in_h + 2 * pad_top + 1 < extent_h || in_w + 2 * pad_left + 1 < extent_w {
             candle_core::bail!(
-                "input {in_h}×{in_w} is smaller than the {}×{} kernel",
+                "input {in_h}×{in_w} is smaller than the {}×{} kernel (dilation {})",
                 self.kernel_h,
-                self.kernel_w
+                self.kernel_w,
+                self.dilation
             )
         }
         let g = ConvGeometry {
@@ -77,6 +86,7 @@ impl ConvParams {
             kernel_h: self.kernel_h,
             kernel_w: self.kernel_w,
             stride: self.stride,
+            dilation: self.dilation,
             pad_top,
             pad_left,
             out_h,
@@ -188,11 +198,26 @@ impl Conv2d {
         groups: usize,
         activation: Activation,
     ) -> Result<Self> {
+        Self::dilated(weight, bias, stride, 1, padding, groups, activation)
+    }
+
+    /// [`Conv2d::new`] with the kernel's taps `dilation` apart (PyTorch's `dilation`): the
+    /// segmentation backbones' and ASPP heads' convolutions.
+    pub fn dilated(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+        groups: usize,
+        activation: Activation,
+    ) -> Result<Self> {
         let (out_channels, group_in, kernel_h, kernel_w) = weight.dims4()?;
         // Our kernels index with these numbers: refuse any that do not describe a convolution.
-        if groups == 0 || stride == 0 || group_in == 0 || kernel_h == 0 || kernel_w == 0 {
+        if groups == 0 || stride == 0 || dilation == 0 || group_in == 0 || kernel_h == 0 || kernel_w == 0 {
             candle_core::bail!(
-                "convolution with a zero size: weight {:?}, stride {stride}, {groups} groups",
+                "convolution with a zero size: weight {:?}, stride {stride}, dilation {dilation}, {groups} \
+                 groups",
                 weight.dims()
             )
         }
@@ -219,6 +244,7 @@ impl Conv2d {
             kernel_h,
             kernel_w,
             stride,
+            dilation,
             padding,
             groups,
             activation,
@@ -348,11 +374,28 @@ impl Conv2d {
     fn linear_candle(&self, x: &Tensor) -> Result<Tensor> {
         let p = &self.params;
         let (_, _, h, w) = x.dims4()?;
-        let (top, bottom, _) = p.padding.resolve(h, p.kernel_h, p.stride);
-        let (left, right, _) = p.padding.resolve(w, p.kernel_w, p.stride);
+        let (extent_h, extent_w) = p.extent();
+        let (top, bottom, out_h) = p.padding.resolve(h, extent_h, p.stride);
+        let (left, right, out_w) = p.padding.resolve(w, extent_w, p.stride);
         let constants: Vec<&Tensor> = std::iter::once(&self.weight).chain(&self.bias).collect();
         let on_device = self.on_device.get(&constants, x.device())?;
-        portable::conv2d(x, &on_device[0], on_device.get(1), p.stride, (top, bottom, left, right), p.groups)
+        let (weight, bias) = (&on_device[0], on_device.get(1));
+        if p.dilation == 1 {
+            return portable::conv2d(x, weight, bias, p.stride, (top, bottom, left, right), p.groups);
+        }
+        // Dilated: Candle's convolution on the padded input, cut to what the windows read (its
+        // backward needs (padded − extent) to be a multiple of the stride).
+        let x = x
+            .pad_with_zeros(2, top, bottom)?
+            .pad_with_zeros(3, left, right)?
+            .narrow(2, 0, (out_h - 1) * p.stride + extent_h)?
+            .narrow(3, 0, (out_w - 1) * p.stride + extent_w)?
+            .contiguous()?;
+        let y = x.conv2d(weight, 0, p.stride, p.dilation, p.groups)?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, p.out_channels, 1, 1))?),
+            None => Ok(y),
+        }
     }
 }
 

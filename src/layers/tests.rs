@@ -44,19 +44,29 @@ fn conv_op_matches_candle_forward_and_backward() {
         (3, 15, 15, 5, 7, 2, 1, Padding::Symmetric(3), Activation::Identity),
     ];
     for (i, &(cin, h, w, cout, k, stride, groups, padding, act)) in cases.iter().enumerate() {
-        check_against_candle(i as u64, [cin, h, w, cout, k, stride, groups], padding, act);
+        check_against_candle(i as u64, [cin, h, w, cout, k, stride, 1, groups], padding, act);
+    }
+    // Dilated as segmentation networks use them: stride 1, padding = dilation (ResNet's layer4
+    // at 2 and 4, an ASPP rate wider than the plane, MobileNetV3's depthwise at 2).
+    let dilated =
+        [(8, 13, 13, 6, 2, 1, 2), (6, 9, 9, 4, 4, 1, 4), (4, 7, 7, 4, 12, 1, 12), (6, 11, 9, 6, 2, 6, 2)];
+    for (i, &(cin, h, w, cout, d, groups, pad)) in dilated.iter().enumerate() {
+        let dims = [cin, h, w, cout, 3, 1, d, groups];
+        check_against_candle(50 + i as u64, dims, Padding::Symmetric(pad), Activation::Relu);
     }
 }
 
-/// Random shapes, odd sizes, strides 1–3, both paddings, every activation, dense, grouped and
-/// depthwise: our op (batched, through Candle's autograd) and our batch-1 CPU path, forward
-/// and input gradient, against Candle's own convolution.
+/// Random shapes, odd sizes, strides 1–3, dilations 1–3, both paddings, every activation,
+/// dense, grouped and depthwise: our op (batched, through Candle's autograd) and our batch-1
+/// CPU path, forward and input gradient, against Candle's own convolution.
 #[test]
 fn conv_matches_candle_on_random_shapes() {
     let mut next = crate::test_support::random_below(0x9E3779B97F4A7C15u64);
-    for case in 0..60 {
+    for case in 0..80 {
         let k = 1 + next(6);
-        let (h, w) = (k + next(12), k + next(12));
+        let dilation = if next(4) == 0 { 2 + next(2) } else { 1 };
+        let extent = (k - 1) * dilation + 1;
+        let (h, w) = (extent + next(12), extent + next(12));
         let (cin, cout, groups) = match next(3) {
             0 => {
                 let c = 1 + next(8);
@@ -67,17 +77,18 @@ fn conv_matches_candle_on_random_shapes() {
         };
         let padding = if next(2) == 0 { Padding::TfSame } else { Padding::Symmetric(next(k)) };
         let act = [Activation::Identity, Activation::Relu, Activation::Relu6][next(3)];
-        check_against_candle(100 + case, [cin, h, w, cout, k, 1 + next(3), groups], padding, act);
+        let stride = 1 + next(3);
+        check_against_candle(100 + case, [cin, h, w, cout, k, stride, dilation, groups], padding, act);
     }
 }
 
-fn check_against_candle(seed: u64, dims: [usize; 7], padding: Padding, act: Activation) {
-    let [cin, h, w, cout, k, stride, groups] = dims;
+fn check_against_candle(seed: u64, dims: [usize; 8], padding: Padding, act: Activation) {
+    let [cin, h, w, cout, k, stride, dilation, groups] = dims;
     let what = format!("seed {seed}: {dims:?} {padding:?} {act:?}");
     let x = rand(&[2, cin, h, w], seed).affine(4.0, 0.0).unwrap();
     let weight = rand(&[cout, cin / groups, k, k], seed + 1).affine(2.0, 0.0).unwrap();
     let bias = rand(&[cout], seed + 2);
-    let conv = Conv2d::new(weight, Some(bias), stride, padding, groups, act).unwrap();
+    let conv = Conv2d::dilated(weight, Some(bias), stride, dilation, padding, groups, act).unwrap();
 
     let xv = Var::from_tensor(&x).unwrap();
     let ours = conv.forward(xv.as_tensor(), &mut taps(EngineKind::Fast)).unwrap();

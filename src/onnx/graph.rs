@@ -50,6 +50,8 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     pub input: usize,
     pub output: usize,
+    /// Which output was chosen, where the graph has several (see [`chosen_output`]).
+    pub output_note: Option<String>,
     /// Height and width of the graph's input.
     pub input_size: [usize; 2],
     pub input_name: String,
@@ -280,6 +282,30 @@ fn image_input(
     Ok((input.name.clone(), [side(2, "height")?, side(3, "width")?]))
 }
 
+/// The output camscope explains, of the graph's outputs (named `names`): the one named `out` if
+/// there is one — torchvision's segmentation models return `{"out": …, "aux": …}`, and an
+/// export that keeps the dict's keys as names keeps `out` — else the first. With several, a
+/// note saying which (what `camscope layers` prints); the others are never computed.
+pub fn chosen_output(names: &[&str]) -> (usize, Option<String>) {
+    let chosen = names.iter().position(|&n| n == "out").unwrap_or(0);
+    let note =
+        (names.len() > 1).then(|| format!("graph has outputs {}: using {}", names.join(", "), names[chosen]));
+    (chosen, note)
+}
+
+/// Refuses outputs camscope cannot explain: it takes a classifier's logits (1, classes) or a
+/// segmentation model's score map (1, classes, height, width). (A [`Graph`] itself loads any
+/// output; the model built on it checks.)
+pub fn check_output_shape(name: &str, shape: &[usize]) -> LoadResult<()> {
+    match shape {
+        [1, c] | [1, c, _, _] if *c > 0 => Ok(()),
+        _ => Err(format!(
+            "the graph's output '{name}' has shape {shape:?}; camscope explains logits (1, classes) or a \
+             segmentation score map (1, classes, height, width)"
+        )),
+    }
+}
+
 impl Graph {
     /// Decodes, loads and folds the graph of the model file at `path`; `size` fixes a dynamic
     /// input height/width. The file is memory-mapped: initializers are converted from the mapped
@@ -476,14 +502,16 @@ impl Graph {
                 outputs: out_ids,
             });
         }
-        let output_name = &graph.output[0].name;
+        let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let (chosen, output_note) = chosen_output(&names);
+        let output_name = names[chosen];
         let output = *ids
-            .get(output_name.as_str())
+            .get(output_name)
             .ok_or_else(|| format!("the graph's output '{output_name}' is never computed"))?;
         if consts[output].is_some() {
             return Err("the graph's output does not depend on its input".into());
         }
-        let mut g = Graph { values, consts, nodes, input, output, input_size, input_name };
+        let mut g = Graph { values, consts, nodes, input, output, output_note, input_size, input_name };
         g.prune();
         if rewrite::fuse_gelu(&mut g) + rewrite::fuse_linear_bias(&mut g) > 0 {
             g.prune();
@@ -554,6 +582,25 @@ mod tests {
         assert_eq!(scope_path("/GlobalAveragePool"), "");
         assert_eq!(scope_path("Identity_12"), "");
         assert_eq!(scope_path("/layer1/layer1.0/conv1/Conv"), "layer1.0.conv1");
+    }
+
+    #[test]
+    fn the_output_named_out_wins_else_the_first() {
+        assert_eq!(chosen_output(&["logits"]), (0, None));
+        let (i, note) = chosen_output(&["aux", "out"]);
+        assert_eq!((i, note.as_deref()), (1, Some("graph has outputs aux, out: using out")));
+        let (i, note) = chosen_output(&["519", "520"]);
+        assert_eq!((i, note.as_deref()), (0, Some("graph has outputs 519, 520: using 519")));
+    }
+
+    #[test]
+    fn outputs_are_logits_or_score_maps() {
+        assert!(check_output_shape("y", &[1, 1000]).is_ok());
+        assert!(check_output_shape("y", &[1, 21, 520, 520]).is_ok());
+        for bad in [&[1, 197, 192][..], &[1000], &[2, 10], &[1, 0], &[1, 3, 4, 5, 6]] {
+            let e = check_output_shape("y", bad).unwrap_err();
+            assert!(e.contains("'y'") && e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! One job per file: [`mapped`] memory-maps the model and external data files, [`proto`] decodes
 //! the protobuf (prost messages, no `protoc`; tensor bytes stay slices of the map), [`tensor`]
 //! reads initializers (inline or external), [`graph`] orders, folds and probes the graph,
-//! [`ops`] maps each operator to Candle, [`stages`] finds modules, their outputs and layouts,
+//! [`ops`] maps each operator to Candle ([`resize`] the interpolations), [`stages`] finds modules, their outputs and layouts,
 //! [`rewrite`] merges exported op chains into single ops, [`model`] is the classifier, and
 //! [`reverse`] its backward pass on the fast engine.
 //!
@@ -17,6 +17,7 @@ mod mapped;
 pub mod model;
 pub mod ops;
 pub mod proto;
+pub mod resize;
 mod reverse;
 mod rewrite;
 pub mod stages;

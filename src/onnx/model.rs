@@ -73,6 +73,8 @@ impl OnnxModel {
     }
 
     fn new(name: String, graph: Graph) -> Result<Self> {
+        let output = &graph.values[graph.output];
+        super::graph::check_output_shape(&output.name, &output.shape).map_err(Error::Model)?;
         let modules = stages::modules(&graph);
         let defaults = stages::default_stages(&modules);
         if defaults.is_empty() {
@@ -179,9 +181,23 @@ impl OnnxModel {
     }
 
     /// The shape of the graph's output for one image (known from the probe at load): (1,
-    /// classes) for a classifier.
+    /// classes) for a classifier, (1, classes, height, width) for a segmentation model's score
+    /// map (nothing else loads).
     pub fn output_shape(&self) -> &[usize] {
         &self.graph.values[self.graph.output].shape
+    }
+
+    /// Where the graph has several outputs, which one camscope explains ("graph has outputs
+    /// out, aux: using out"): for `camscope layers` to print.
+    pub fn output_note(&self) -> Option<&str> {
+        self.graph.output_note.as_deref()
+    }
+
+    /// Whether a batch of images runs as one batch rather than image by image in lockstep (the
+    /// check of [`batch_safe`], run here if no batch has run yet): what batched methods'
+    /// speed depends on, for tests and benchmarks to see.
+    pub fn runs_batches_as_one(&self) -> bool {
+        *self.batched.get_or_init(|| batch_safe(&self.graph, &self.last_use))
     }
 
     /// How many nodes run at each forward pass (after folding).
@@ -225,7 +241,7 @@ impl OnnxModel {
         let x = if x.dtype() == DType::F32 { x.clone() } else { x.to_dtype(DType::F32)? };
         // Lockstep entries: the images one by one, or the whole batch as one.
         let items = match x.dim(0)? {
-            n if n > 1 && !*self.batched.get_or_init(|| batch_safe(g, &self.last_use)) => n,
+            n if n > 1 && !self.runs_batches_as_one() => n,
             _ => 1,
         };
         let mut vals: Vec<Option<Vec<Tensor>>> = vec![None; g.values.len()];

@@ -9,6 +9,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::proto::{AttributeProto, NodeProto};
+use super::resize::Resize;
 use crate::contract::Taps;
 use crate::kernels::{fused, portable, Activation};
 use crate::layers::{Conv2d, MaxPool2d, Padding};
@@ -31,6 +32,10 @@ impl Attrs<'_> {
 
     pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
         self.get(name).map(|a| a.ints.clone())
+    }
+
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.get(name).map(|a| a.floats.clone())
     }
 
     pub fn string(&self, name: &str) -> Option<String> {
@@ -209,6 +214,7 @@ pub enum Op {
     Size,
     Range,
     Tile,
+    Resize(Box<Resize>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,6 +417,7 @@ impl Op {
             "Size" => Ok(Op::Size),
             "Range" => Ok(Op::Range),
             "Tile" => Ok(Op::Tile),
+            "Resize" | "Upsample" => Ok(Op::Resize(Box::new(Resize::parse(node).map_err(Invalid)?))),
             _ => Err(ParseError::Unsupported),
         }
     }
@@ -422,7 +429,7 @@ impl Op {
 }
 
 /// Refuses shapes too large to allocate (a corrupt size in a graph must not exhaust memory).
-fn check_size(shape: &[usize]) -> Result<()> {
+pub(crate) fn check_size(shape: &[usize]) -> Result<()> {
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     match n {
         Some(n) if n <= 1 << 28 => Ok(()),
@@ -435,7 +442,7 @@ pub fn ints(t: &Tensor) -> Result<Vec<i64>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::I64)?.flatten_all()?.to_vec1()
 }
 
-fn floats(t: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn floats(t: &Tensor) -> Result<Vec<f32>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
 }
 
@@ -666,18 +673,22 @@ pub fn conv2d(
 }
 
 /// Our CPU convolution kernel for a convolution with constant weights, where it covers the
-/// geometry (same stride and padding on every side, no dilation), given the padding the graph's
-/// fixed input resolves to.
+/// geometry (the same stride, dilation and padding along both axes and on every side), given
+/// the padding the graph's fixed input resolves to. Dilated convolutions (segmentation
+/// backbones: ResNet's dilated layer3/layer4, ASPP at rates 12–36, MobileNetV3's last stage)
+/// need it most: without it their backward is Candle's, a direct-loop transposed convolution
+/// plus a weight gradient nobody reads.
 pub fn fast_conv(weight: &Tensor, bias: Option<&Tensor>, conv: &Conv, pads: [usize; 4]) -> Option<Conv2d> {
     let w = &conv.window;
     let symmetric = pads.iter().all(|&p| p == pads[0]);
-    if !symmetric || w.strides[0] != w.strides[1] || w.dilations != [1, 1] {
+    if !symmetric || w.strides[0] != w.strides[1] || w.dilations[0] != w.dilations[1] {
         return None;
     }
-    Conv2d::new(
+    Conv2d::dilated(
         weight.clone(),
         bias.cloned(),
         w.strides[0],
+        w.dilations[0],
         Padding::Symmetric(pads[0]),
         conv.groups,
         Activation::Identity,
@@ -1048,6 +1059,11 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
         }
         Op::HardSwish => {
             let x = x()?;
+            if taps.fast_kernels(x) {
+                if let Some(y) = fused::hard_swish(x)? {
+                    return one(y);
+                }
+            }
             one(x.mul(&clip(&x.affine(1.0 / 6.0, 0.5)?, Some(0.0), Some(1.0))?)?)
         }
         Op::Softmax { axis: a, log } => {
@@ -1360,6 +1376,7 @@ pub fn eval(op: &Op, inputs: &[Option<Tensor>], taps: &mut Taps) -> Result<Vec<T
             check_size(&out)?;
             one(x.repeat(reps)?)
         }
+        Op::Resize(resize) => one(resize.forward(inputs, taps.fast_kernels(x()?))?),
     }
 }
 

@@ -1,13 +1,13 @@
-//! The fast engine's backward pass through an ONNX graph: the gradient of one logit at every
-//! stage's output, walking the recorded forward pass in reverse with a vector–Jacobian product
-//! per node.
+//! The fast engine's backward pass through an ONNX graph: the gradient of one logit (or of
+//! Σ output · seed, for a score map) at every stage's output, walking the recorded forward pass
+//! in reverse with a vector–Jacobian product per node.
 //!
 //! Why not Candle's autograd: it also computes the gradient of every weight (half the work of
-//! each Conv, MatMul and Gemm), differentiates LayerNorm, Softmax and GELU through their many
-//! composed ops, and cannot use our CPU convolution kernels. Here those ops have hand-written
-//! rules; any other op is differentiated by Candle's autograd on that one node, so every graph
-//! that runs forward also runs backward. Tests hold the result equal to Candle's autograd
-//! through the whole graph.
+//! each Conv, MatMul and Gemm), differentiates LayerNorm, Softmax, GELU and HardSwish through
+//! their many composed ops, and cannot use our CPU convolution kernels. Here those ops (and
+//! Resize) have hand-written rules; any other op is differentiated by Candle's autograd on that
+//! one node, so every graph that runs forward also runs backward. Tests hold the result equal
+//! to Candle's autograd through the whole graph.
 
 use std::sync::Arc;
 
@@ -125,16 +125,34 @@ impl Recording for OnnxRecording {
         self.logits.clone()
     }
 
+    /// The one-hot seed: logit `class`, or for a score map (1, classes, H, W) the sum of class
+    /// `class`'s scores over the whole image.
     fn stage_gradients(&self, class: usize) -> Result<Vec<Option<Tensor>>> {
-        let g = &self.graph;
-        let classes = self.logits.elem_count();
+        let classes = self.logits.dim(1)?;
         if class >= classes {
-            candle_core::bail!("class {class} is out of range for {classes} logits")
+            candle_core::bail!("class {class} is out of range for {classes} classes")
         }
-        let mut seed = vec![0f32; classes];
-        seed[class] = 1.0;
+        let mut shape = vec![1; self.logits.rank()];
+        shape[1] = classes;
+        let mut one_hot = vec![0f32; classes];
+        one_hot[class] = 1.0;
+        let seed =
+            Tensor::from_vec(one_hot, shape, self.logits.device())?.broadcast_as(self.logits.shape())?;
+        self.output_gradients(&seed.contiguous()?)
+    }
+
+    fn output_gradients(&self, seed: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let g = &self.graph;
+        if seed.dims() != self.logits.dims() {
+            candle_core::bail!(
+                "a seed of shape {:?} for an output of shape {:?}",
+                seed.dims(),
+                self.logits.dims()
+            )
+        }
+        let seed = seed.to_device(self.logits.device())?.to_dtype(self.logits.dtype())?;
         let mut grads: Vec<Option<Tensor>> = vec![None; g.values.len()];
-        grads[g.output] = Some(Tensor::from_vec(seed, self.logits.shape(), self.logits.device())?);
+        grads[g.output] = Some(seed);
         let mut is_stage = vec![false; g.values.len()];
         self.stage_values.iter().for_each(|&v| is_stage[v] = true);
         for &ni in self.plan.nodes.iter().rev() {
@@ -317,6 +335,10 @@ fn vjp(
                 .affine(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2, 0.0)?;
             first(dy.mul(&cdf.add(&x.mul(&pdf)?)?)?)
         }
+        Op::HardSwish if only(&[0]) => match fused::hard_swish_gradient(dy, x()?)? {
+            Some(dx) => first(dx),
+            None => autograd_vjp(op, inputs, dys, wanted),
+        },
         Op::Relu if only(&[0]) => first(activation_gradient(dy, y, Activation::Relu)?),
         Op::Clip { min, max } if only(&[0]) => {
             let (lo, hi) = ops::clip_bounds(inputs, *min, *max)?;
@@ -445,6 +467,11 @@ fn vjp(
             first(dy.permute(inverse)?)
         }
         Op::Expand if only(&[0]) => first(reduce_to(dy, x()?.dims())?),
+        // Linear in X: the transposed interpolation matrices.
+        Op::Resize(resize) if only(&[0]) => {
+            let fast = x()?.device().is_cpu() && dy.dtype() == DType::F32;
+            first(resize.backward(inputs, dy, fast)?)
+        }
         Op::Cast { .. } if only(&[0]) => first(dy.to_dtype(x()?.dtype())?),
         _ => autograd_vjp(op, inputs, dys, wanted),
     }

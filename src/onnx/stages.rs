@@ -88,6 +88,7 @@ fn channel_tags(g: &Graph) -> Vec<Option<Layout>> {
             | Op::Identity
             | Op::LayerNorm { .. }
             | Op::Softmax { .. }
+            | Op::Resize(_)
             | Op::Where => inherited,
             _ => None,
         };

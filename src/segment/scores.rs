@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{Result as CResult, Tensor};
 
-use crate::contract::{Capabilities, ImageClassifier, StageSpec, Taps};
+use crate::contract::{Capabilities, ImageClassifier, Recording, ReversePass, StageSpec, Taps};
 
 /// `score[n, c] = Σ_{h,w} out[n, c, h, w] · mask[c, h, w]` of the wrapped network's output `out`
 /// (pytorch-grad-cam's `SemanticSegmentationTarget`). The masks are constants, so a gradient
@@ -67,6 +67,10 @@ impl ImageClassifier for RegionScores {
         Some(out.and_then(|o| self.reduce(&o)))
     }
 
+    fn reverse_pass(&self) -> Option<&dyn ReversePass> {
+        self.inner.reverse_pass().map(|_| self as &dyn ReversePass)
+    }
+
     fn with_stages(&self, names: &[&str]) -> Option<crate::Result<Arc<dyn ImageClassifier>>> {
         let inner = self.inner.with_stages(names)?;
         Some(
@@ -74,5 +78,52 @@ impl ImageClassifier for RegionScores {
                 Arc::new(RegionScores::new(inner, self.masks.clone())) as Arc<dyn ImageClassifier>
             }),
         )
+    }
+}
+
+/// The fast engine's way: the wrapped network's own reverse pass, seeded with class `c`'s mask
+/// in channel `c` of its score map (the gradient of that one region sum).
+impl ReversePass for RegionScores {
+    fn record(&self, x: &Tensor) -> CResult<Box<dyn Recording>> {
+        let Some(pass) = self.inner.reverse_pass() else {
+            candle_core::bail!("{} has no reverse pass of its own", self.inner.name())
+        };
+        let inner = pass.record(x)?;
+        let logits = self.reduce(&inner.logits())?;
+        Ok(Box::new(RegionRecording { inner, masks: self.masks.clone(), logits }))
+    }
+}
+
+struct RegionRecording {
+    inner: Box<dyn Recording>,
+    masks: Tensor,
+    /// The region sums, (1, classes).
+    logits: Tensor,
+}
+
+impl Recording for RegionRecording {
+    fn stage_outputs(&self) -> Vec<Tensor> {
+        self.inner.stage_outputs()
+    }
+
+    fn logits(&self) -> Tensor {
+        self.logits.clone()
+    }
+
+    fn stage_gradients(&self, class: usize) -> CResult<Vec<Option<Tensor>>> {
+        let out = self.inner.logits();
+        let (_, classes, _, _) = out.dims4()?;
+        if class >= classes {
+            candle_core::bail!("class {class} is out of range for {classes} score maps")
+        }
+        let mask = match self.masks.dim(1)? {
+            1 => self.masks.clone(),
+            _ => self.masks.narrow(1, class, 1)?,
+        };
+        let mut one_hot = vec![0f32; classes];
+        one_hot[class] = 1.0;
+        let channel = Tensor::from_vec(one_hot, (1, classes, 1, 1), out.device())?;
+        let seed = channel.broadcast_mul(&mask.to_device(out.device())?)?.to_dtype(out.dtype())?;
+        self.inner.output_gradients(&seed.contiguous()?)
     }
 }
