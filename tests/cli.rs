@@ -391,3 +391,54 @@ fn smoothing_options_change_the_map() {
         assert!(pearson(m, &p0) > 0.5, "r = {}", pearson(m, &p0));
     }
 }
+
+/// `explain` on a segmentation graph: the classes present in the JSON, the segmentation picture,
+/// a box region; and the errors of regions a model cannot take.
+#[test]
+fn explain_a_segmentation_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::repo_root().join("tests/fixtures/seg/lraspp_tiny/model.onnx");
+    let (model, image) = (model.to_str().unwrap(), common::image("dogs.png"));
+    let image = image.to_str().unwrap();
+    let seg = dir.path().join("seg.png");
+    let o =
+        common::camscope(&["explain", image, "-m", model, "--json", "--segmentation", seg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let present = v["segmentation"]["classes_present"].as_array().unwrap();
+    assert!(present.len() >= 3);
+    assert_eq!(v["class"], present[0]["index"], "the largest class (no background among them)");
+    assert_eq!(v["layers"][0], "backbone.16", "the backbone's last stage");
+    assert_eq!(image::open(&seg).unwrap().width(), 128);
+    let o = common::camscope(&[
+        "explain",
+        image,
+        "-m",
+        model,
+        "--json",
+        "-c",
+        "dog",
+        "--region",
+        "10,10,200,200",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["segmentation"]["region"].as_str().unwrap().starts_with("the box"));
+    // Errors: a box outside the image, a class with no predicted pixel, a region for a classifier.
+    let o = common::camscope(&["explain", image, "-m", model, "--region", "0,0,5000,20"]);
+    assert!(!o.status.success() && common::stderr(&o).contains("outside"), "{}", common::stderr(&o));
+    let absent = (0..21).find(|c| !present.iter().any(|p| p["index"] == *c)).unwrap().to_string();
+    let o = common::camscope(&["explain", image, "-m", model, "-c", &absent]);
+    assert!(common::stderr(&o).contains("--region whole"), "{}", common::stderr(&o));
+    let o = common::camscope(&["explain", image, "--region", "whole"]);
+    assert!(common::stderr(&o).contains("segmentation models"), "{}", common::stderr(&o));
+    let o = common::camscope(&[
+        "sweep",
+        "tests/fixtures/dataset/folder",
+        "-m",
+        model,
+        "-o",
+        dir.path().join("r.csv").to_str().unwrap(),
+    ]);
+    assert!(common::stderr(&o).contains("takes classifiers"), "{}", common::stderr(&o));
+}

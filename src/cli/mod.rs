@@ -477,9 +477,15 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
     let net = model.network.as_ref();
     let size = model.preprocess.input_size;
     let shapes = crate::contract::stage_shapes(net, size, size, engine)?;
-    let grids: Vec<[usize; 3]> = shapes.iter().map(|s| s.grid).collect();
-    let default = crate::contract::default_stage(&grids);
+    let default = model.default_stage(engine)?;
     let specs = net.stages();
+    let task = match model.task {
+        crate::contract::Task::Classification => format!("classifier of {} classes", model.labels.len()),
+        crate::contract::Task::Segmentation => format!(
+            "segmentation model of {} classes (score maps; explained for a region, see --region)",
+            model.labels.len()
+        ),
+    };
     if json {
         let stages: Vec<serde_json::Value> = specs
             .iter()
@@ -493,11 +499,20 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
             "arch": net.name(),
             "input": [1, 3, size, size],
             "default": specs[default].name,
+            "task": match model.task {
+                crate::contract::Task::Classification => "classification",
+                crate::contract::Task::Segmentation => "segmentation",
+            },
+            "classes": model.labels.len(),
+            "note": model.note,
             "stages": stages,
         });
         println!("{report}");
     } else {
-        println!("{} ({}), input 3×{size}×{size}", model.name, net.name());
+        println!("{} ({}), input 3×{size}×{size}, {task}", model.name, net.name());
+        if let Some(note) = &model.note {
+            println!("note: {note}");
+        }
         for (i, (spec, s)) in specs.iter().zip(&shapes).enumerate() {
             let mark = if i == default { "  (default)" } else { "" };
             let [c, h, w] = s.grid;

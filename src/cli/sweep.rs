@@ -59,6 +59,7 @@ pub fn run(args: &SweepArgs, source: Source) -> Result<()> {
         smoothing: smoothing(map),
     };
     let model = source.load(&args.model)?;
+    model.require_classifier("sweep")?;
     let annotations =
         Annotations { boxes: args.boxes.clone(), masks: args.masks.clone(), unlabelled: args.unlabelled };
     let set = DataSet::open(&args.input, &model.labels, &annotations)?;

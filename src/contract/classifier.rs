@@ -164,6 +164,13 @@ pub fn default_stage_of(model: &dyn ImageClassifier, grids: &[[usize; 3]]) -> us
     model.preferred_stage().filter(|&s| s < grids.len()).unwrap_or_else(|| default_stage(grids))
 }
 
+/// A segmentation model's default stage: the last stage of its backbone, where it has one named
+/// so (torchvision's models; the tutorial explains `backbone.layer4`) — past it, the head's
+/// stages sit at the score map itself.
+pub fn backbone_stage(stages: &[StageSpec]) -> Option<usize> {
+    stages.iter().rposition(|s| s.name == "backbone" || s.name.starts_with("backbone."))
+}
+
 /// The default stage to explain: the last one whose grid is still spatial (H·W > 1).
 pub fn default_stage(grids: &[[usize; 3]]) -> usize {
     grids.iter().rposition(|s| s[1] * s[2] > 1).unwrap_or(grids.len().saturating_sub(1))

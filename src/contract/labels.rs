@@ -61,3 +61,28 @@ pub fn default_labels(classes: usize) -> Vec<String> {
         (0..classes).map(|i| format!("class {i}")).collect()
     }
 }
+
+/// Pascal VOC's classes, in the order of torchvision's 21-output segmentation models.
+pub const VOC_CLASSES: [&str; 21] = [
+    "__background__",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+];

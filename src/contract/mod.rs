@@ -23,10 +23,10 @@ mod taps;
 
 pub use chw::Chw;
 pub use classifier::{
-    check_all_stages_tapped, default_stage, default_stage_of, logits, stage_index, stage_shapes, with_stage,
-    Capabilities, ImageClassifier, StageShape,
+    backbone_stage, check_all_stages_tapped, default_stage, default_stage_of, logits, stage_index,
+    stage_shapes, with_stage, Capabilities, ImageClassifier, StageShape,
 };
-pub use labels::{class_named, default_labels, imagenet_labels, labels_matching, parse_labels};
+pub use labels::{class_named, default_labels, imagenet_labels, labels_matching, parse_labels, VOC_CLASSES};
 pub use model::{default_labels_for, Model, Task};
 pub use stage::{Layout, StageSpec};
 pub use tape::{Backward, BiasGradient, CpuTape, Recording, ReversePass};

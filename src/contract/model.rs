@@ -16,6 +16,9 @@ pub struct Model {
     pub preprocess: Preprocess,
     pub labels: Vec<String>,
     pub task: Task,
+    /// What the loader chose for the user that `layers` should say (e.g. which of a graph's
+    /// outputs it reads).
+    pub note: Option<String>,
 }
 
 /// What a network's output is, read off its shape.
@@ -42,7 +45,7 @@ impl Task {
 /// segmentation models), else what [`default_labels`] gives.
 pub fn default_labels_for(task: Task, classes: usize) -> Vec<String> {
     match (task, classes) {
-        (Task::Segmentation, 21) => crate::segment::VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
+        (Task::Segmentation, 21) => super::labels::VOC_CLASSES.iter().map(|s| s.to_string()).collect(),
         _ => default_labels(classes),
     }
 }
@@ -100,7 +103,7 @@ impl Model {
                 labels.len()
             )));
         }
-        Ok(Model { name, network, preprocess, labels, task })
+        Ok(Model { name, network, preprocess, labels, task, note: None })
     }
 
     /// The ImageNet class names: the labels of any 1000-class model without its own.
@@ -111,7 +114,11 @@ impl Model {
         let s = self.preprocess.input_size;
         let shapes = super::classifier::stage_shapes(self.network.as_ref(), s, s, engine)?;
         let grids: Vec<[usize; 3]> = shapes.iter().map(|g| g.grid).collect();
-        Ok(super::classifier::default_stage_of(self.network.as_ref(), &grids))
+        let backbone = match self.task {
+            Task::Segmentation => super::classifier::backbone_stage(self.network.stages()),
+            Task::Classification => None,
+        };
+        Ok(backbone.unwrap_or_else(|| super::classifier::default_stage_of(self.network.as_ref(), &grids)))
     }
 
     /// Fails with a clear error for a segmentation model where only classifiers go (`what`:

@@ -153,7 +153,10 @@ pub fn onnx_model(
         )));
     };
     let labels = labels.unwrap_or_else(|| default_labels_for(task, classes));
-    Model::checked(name, Arc::new(network), preprocess, labels, classes, task)
+    let note = network.output_note().map(str::to_string);
+    let mut model = Model::checked(name, Arc::new(network), preprocess, labels, classes, task)?;
+    model.note = note;
+    Ok(model)
 }
 
 /// A model with made-up weights: benchmarks and tests of architectures with no shipped weights.

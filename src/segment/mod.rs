@@ -15,7 +15,8 @@ mod prediction;
 mod region;
 mod scores;
 
-pub use prediction::{palette_colour, SegmentPrediction, VOC_CLASSES};
+pub use crate::contract::VOC_CLASSES;
+pub use prediction::{palette_colour, SegmentPrediction};
 pub use region::{RegionTarget, TargetMasks};
 pub use scores::RegionScores;
 

@@ -4,30 +4,8 @@
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-/// Pascal VOC's classes, in the order of torchvision's 21-output segmentation models.
-pub const VOC_CLASSES: [&str; 21] = [
-    "__background__",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
+#[cfg(test)]
+use crate::contract::VOC_CLASSES;
 
 /// One class the prediction labels some pixels with.
 #[derive(Debug, Clone, PartialEq, Serialize)]

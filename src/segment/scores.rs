@@ -53,13 +53,9 @@ impl ImageClassifier for RegionScores {
         self.inner.capabilities()
     }
 
-    /// The last stage of the backbone, where torchvision's segmentation models have one (the
-    /// tutorial explains `backbone.layer4`): past it, the head's stages sit at the score map.
+    /// The last stage of the backbone, where the model names one ([`crate::contract::backbone_stage`]).
     fn preferred_stage(&self) -> Option<usize> {
-        self.inner.preferred_stage().or_else(|| {
-            let stages = self.inner.stages();
-            stages.iter().rposition(|s| s.name == "backbone" || s.name.starts_with("backbone."))
-        })
+        self.inner.preferred_stage().or_else(|| crate::contract::backbone_stage(self.inner.stages()))
     }
 
     fn forward_from(&self, stage: usize, activation: &Tensor, taps: &mut Taps) -> Option<CResult<Tensor>> {
