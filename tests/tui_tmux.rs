@@ -17,7 +17,9 @@ fn tmux(args: &[&str]) -> String {
 
 impl Session {
     fn start(name: &str, width: u16, height: u16, extra: &str) -> Self {
-        let _ = Command::new("tmux").args(["kill-session", "-t", name]).output();
+        // `=name`: this session exactly (a bare name also matches sessions it is a prefix of,
+        // which tests running beside each other would kill).
+        let _ = Command::new("tmux").args(["kill-session", "-t", &format!("={name}")]).output();
         let bin = env!("CARGO_BIN_EXE_camscope");
         // The exit status is printed after the program ends, and the pane kept for reading it.
         let cmd = format!("{bin} --protocol halfblocks {extra}; echo CAMSCOPE-EXIT=$?; sleep 60");
@@ -75,7 +77,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).output();
+        let _ = Command::new("tmux").args(["kill-session", "-t", &format!("={}", self.name)]).output();
     }
 }
 
@@ -208,7 +210,7 @@ fn data_set_of_two_models_in_tmux() {
     let b = dir.path().join("r18.safetensors");
     common::write_random_resnet18(&b, 11);
     let args = format!("tests/fixtures/dataset/folder --vs {}", b.display());
-    let s = Session::start("camscope-set-vs", 170, 44, &args);
+    let s = Session::start("camscope-pairs", 170, 44, &args);
     let screen = s.wait_for_all(&["swept 5 images", "A → B", "maps r", "vs r18 at layer4.1"]);
     assert!(
         screen.contains("broken") || screen.contains("both wrong") || screen.contains("fixed"),
