@@ -44,17 +44,6 @@ fn tolerance(method: Method) -> (f64, f32) {
     }
 }
 
-/// The eigen method's map with the projection's sign reversed.
-fn flipped_eigen_map(trace: &Trace, method: Method, stage: usize, class: usize, size: usize) -> Vec<f32> {
-    let a = trace.activation(stage);
-    let x = match method {
-        Method::EigenCam => (**a).clone(),
-        _ => trace.gradients(class).unwrap()[stage].mul(a),
-    };
-    let negated: Vec<f32> = camscope::cam::eigen_projection(&x).iter().map(|v| -v).collect();
-    camscope::cam::finish(&negated, a.height, a.width, size)
-}
-
 /// Logits, top-5 and stage shapes of `case`, then every map for which `wanted` holds, on `kind` of
 /// engine; returns how many maps were compared.
 fn check_case(case: &Case, weights_ext: &str, kind: EngineKind, wanted: impl Fn(Method) -> bool) -> usize {

@@ -104,7 +104,7 @@ fn check_all(dir: &Path, engines: &[EngineKind], full_size: bool) {
                     if cam.method.starts_with("eigen") {
                         // The singular vector's sign is arbitrary (SPEC §3): our map must be the
                         // reference's projection or its negation, each post-processed.
-                        let other = flipped_eigen_map(&model, &input, &opts, &cam.layer);
+                        let other = flipped_eigen_map_at(&model, &input, &opts, &cam.layer);
                         let (r2, d2) = stats(&other);
                         if r2 > r {
                             (r, d) = (r2, d2);
@@ -135,20 +135,13 @@ fn bounds(method: &str, full_size: bool) -> (f64, f32) {
     }
 }
 
-/// The eigen method's map of `opts` with the projection's sign reversed.
-fn flipped_eigen_map(model: &Model, input: &ModelInput, opts: &ExplainOptions, layer: &str) -> Vec<f32> {
+/// The eigen method's map of `opts` at `layer` with the projection's sign reversed.
+fn flipped_eigen_map_at(model: &Model, input: &ModelInput, opts: &ExplainOptions, layer: &str) -> Vec<f32> {
     let (network, stage) = with_stage(&model.network, layer).unwrap();
     let (engine, _) =
         segment::engine_for(model, network, input, &opts.device, opts.engine, &opts.region).unwrap();
-    let trace = engine.trace();
     let class: usize = opts.class.as_deref().unwrap().parse().unwrap();
-    let a = trace.activation(stage);
-    let x = match opts.method {
-        Method::EigenCam => (**a).clone(),
-        _ => trace.gradients(class).unwrap()[stage].mul(a),
-    };
-    let negated: Vec<f32> = camscope::cam::eigen_projection(&x).iter().map(|v| -v).collect();
-    camscope::cam::finish(&negated, a.height, a.width, engine.size())
+    common::flipped_eigen_map(engine.trace(), opts.method, stage, class, engine.size())
 }
 
 #[test]

@@ -259,3 +259,20 @@ pub fn camscope(args: &[&str]) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The eigen method's map with the projection's sign reversed.
+pub fn flipped_eigen_map(
+    trace: &camscope::trace::Trace,
+    method: camscope::cam::Method,
+    stage: usize,
+    class: usize,
+    size: usize,
+) -> Vec<f32> {
+    let a = trace.activation(stage);
+    let x = match method {
+        camscope::cam::Method::EigenCam => (**a).clone(),
+        _ => trace.gradients(class).unwrap()[stage].mul(a),
+    };
+    let negated: Vec<f32> = camscope::cam::eigen_projection(&x).iter().map(|v| -v).collect();
+    camscope::cam::finish(&negated, a.height, a.width, size)
+}
