@@ -129,19 +129,25 @@ impl Prepared {
         }))
     }
 
+    /// The classes of the prediction, most pixels first, with their labels: what every front end
+    /// lists.
+    pub fn present_classes(&self, labels: &[String]) -> Vec<PresentClass> {
+        self.prediction
+            .present
+            .iter()
+            .map(|c| PresentClass {
+                index: c.index,
+                label: labels.get(c.index).cloned().unwrap_or_else(|| format!("class {}", c.index)),
+                share: c.share,
+                pixels: c.pixels,
+            })
+            .collect()
+    }
+
     pub fn summary(&self, class: usize, labels: &[String]) -> Summary {
         let p = &self.prediction;
         Summary {
-            classes_present: p
-                .present
-                .iter()
-                .map(|c| PresentClass {
-                    index: c.index,
-                    label: labels.get(c.index).cloned().unwrap_or_else(|| format!("class {}", c.index)),
-                    share: c.share,
-                    pixels: c.pixels,
-                })
-                .collect(),
+            classes_present: self.present_classes(labels),
             region: self.masks.target.describe(),
             target_pixels: self.masks.pixels(class),
             output_size: [p.height, p.width],

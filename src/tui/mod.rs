@@ -143,16 +143,11 @@ impl OpenedImage {
             }),
         };
         let predictions = match &segmentation {
+            // The list's "probability" is the class's share of the pixels.
             Some(s) => s
-                .prediction
-                .present
-                .iter()
-                .map(|c| Prediction {
-                    index: c.index,
-                    label: model.label(c.index).to_string(),
-                    logit: c.pixels as f32,
-                    prob: c.share,
-                })
+                .present_classes(&model.labels)
+                .into_iter()
+                .map(|c| Prediction { index: c.index, label: c.label, logit: c.pixels as f32, prob: c.share })
                 .collect(),
             None => trace.top_k(TOP_K, &model.labels),
         };
