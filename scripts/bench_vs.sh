@@ -26,15 +26,7 @@ bin=target/release/camscope
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 data=$work/val
-declare -A class=([chelsea.png]=tabby [coffee.png]=espresso [dogs.png]="golden retriever"
-    [grace_hopper.jpg]="military uniform")
-for photo in "${!class[@]}"; do
-    [ -f "$images/$photo" ] || continue
-    mkdir -p "$data/${class[$photo]}"
-    for i in $(seq 1 "$copies"); do
-        ln -s "$(realpath "$images/$photo")" "$data/${class[$photo]}/$i-$photo"
-    done
-done
+class_folders "$data" "$images" "$copies"
 n=$(find "$data" -type l | wc -l)
 echo "sweep of $n images, A = efficientnet-lite0, B = $b, $threads threads, $rounds rounds, alternating"
 uptime
