@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use crate::cam::{self, Chw, Control, Kind, Method, Smoothing};
 use crate::contract::{self, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
+use crate::preprocess::InputSize;
 use crate::trace::Trace;
 
 pub struct Engine {
@@ -20,7 +21,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Runs the forward pass of `input` (1×3×S×S) on `kind` of engine.
+    /// Runs the forward pass of `input` (1×3×H×W) on `kind` of engine.
     pub fn new(model: Arc<dyn ImageClassifier>, input: Tensor, kind: EngineKind) -> Result<Self> {
         let trace = Trace::new(&model, &input, kind)?;
         Ok(Self { model, kind, input, trace })
@@ -39,7 +40,7 @@ impl Engine {
         contract::default_stage_of(self.model.as_ref(), &self.trace.shapes())
     }
 
-    /// The normalised input tensor (1×3×S×S).
+    /// The normalised input tensor (1×3×H×W).
     pub fn input(&self) -> &Tensor {
         &self.input
     }
@@ -58,9 +59,12 @@ impl Engine {
         check_supported(self.model.as_ref(), method)
     }
 
-    /// Side of the (square) input, which is the side of every finished map.
-    pub fn size(&self) -> usize {
-        self.input.dims().last().copied().unwrap_or(0)
+    /// The input's height and width, which is the frame of every finished map.
+    pub fn size(&self) -> InputSize {
+        match self.input.dims() {
+            [.., h, w] => InputSize::new(*h, *w),
+            _ => InputSize::square(0),
+        }
     }
 
     /// The map of `method` at `stage` for `class` at stage resolution (whole-network methods: the
@@ -124,7 +128,7 @@ impl Engine {
         }
     }
 
-    /// The finished map (SPEC §2): size×size in [0, 1].
+    /// The finished map (SPEC §2): on the input's frame, row-major, in [0, 1].
     pub fn cam(&self, method: Method, stage: usize, class: usize, ctl: &Control) -> Result<Vec<f32>> {
         self.cam_smoothed(method, stage, class, Smoothing::default(), ctl)
     }
@@ -183,8 +187,8 @@ impl Engine {
         eigen: bool,
         ctl: &Control,
     ) -> Result<Vec<f32>> {
-        let s = self.size();
-        let mut sum = vec![0f32; s * s];
+        let InputSize { width, .. } = self.size();
+        let mut sum = vec![0f32; self.size().area()];
         let smoothing = Smoothing { aug: false, eigen };
         for flip in [false, true] {
             for factor in [0.9, 1.0, 1.1] {
@@ -195,8 +199,8 @@ impl Engine {
                 let engine = Engine::new(self.model.clone(), x, self.kind)?;
                 let map = engine.cam_smoothed(method, stage, class, smoothing, ctl)?;
                 for (i, v) in map.iter().enumerate() {
-                    let (y, col) = (i / s, i % s);
-                    let target = if flip { y * s + (s - 1 - col) } else { i };
+                    let (y, col) = (i / width, i % width);
+                    let target = if flip { y * width + (width - 1 - col) } else { i };
                     sum[target] += v / 6.0;
                 }
             }

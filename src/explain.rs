@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::families::Arch;
 use crate::load;
 use crate::metrics::{self, Scores};
-use crate::preprocess::{self, ModelInput};
+use crate::preprocess::{self, InputSize, ModelInput};
 use crate::render::{self, Colormap};
 use crate::segment::{self, RegionTarget};
 use crate::trace::Prediction;
@@ -111,9 +111,10 @@ pub struct Explanation {
     pub class_label: String,
     pub method: Method,
     pub stages: Vec<String>,
-    /// One S×S map in [0, 1] per stage, in stage order.
+    /// One map in [0, 1] per stage, in stage order, on the input's frame (row-major).
     pub maps: Vec<Vec<f32>>,
-    pub size: usize,
+    /// The frame the maps live on: the input's height and width.
+    pub size: InputSize,
     pub view: RgbImage,
     pub timings_ms: Timings,
     pub metrics: Option<Scores>,
@@ -216,7 +217,7 @@ pub(crate) fn explain_at(
     }
     timings.backward = ms(t);
 
-    let size = input.view.width() as usize;
+    let size = input.frame();
     let t = Instant::now();
     let ctl = Control { batch_size: opts.batch_size, progress: opts.progress, cancelled: opts.cancelled };
     let maps = engine.cams(opts.method, &stages, class, opts.smoothing, &ctl)?;
@@ -289,24 +290,24 @@ impl Explanation {
         }
         let cols = (tiles.len() as f64).sqrt().ceil() as u32;
         let rows = (tiles.len() as u32).div_ceil(cols);
-        let s = self.size as u32;
-        let mut sheet = RgbImage::new(cols * s, rows * s);
+        let (w, h) = (self.size.width as u32, self.size.height as u32);
+        let mut sheet = RgbImage::new(cols * w, rows * h);
         for (i, tile) in tiles.iter().enumerate() {
             let (c, r) = (i as u32 % cols, i as u32 / cols);
-            image::imageops::replace(&mut sheet, tile, (c * s) as i64, (r * s) as i64);
+            image::imageops::replace(&mut sheet, tile, (c * w) as i64, (r * h) as i64);
         }
         sheet
     }
 
-    /// The maps as f32 `.npy`: S×S for one stage, L×S×S for several.
+    /// The maps as f32 `.npy`: H×W for one stage, L×H×W for several.
     pub fn write_npy(&self, path: &Path) -> Result<()> {
         check_output_path(path)?;
-        let s = self.size;
+        let InputSize { height: h, width: w } = self.size;
         let data: Vec<f32> = self.maps.iter().flatten().copied().collect();
         let t = if self.maps.len() == 1 {
-            candle_core::Tensor::from_vec(data, (s, s), &candle_core::Device::Cpu)?
+            candle_core::Tensor::from_vec(data, (h, w), &candle_core::Device::Cpu)?
         } else {
-            candle_core::Tensor::from_vec(data, (self.maps.len(), s, s), &candle_core::Device::Cpu)?
+            candle_core::Tensor::from_vec(data, (self.maps.len(), h, w), &candle_core::Device::Cpu)?
         };
         t.write_npy(path).map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::cam::{batch_error, Control};
 use crate::contract::{logits, EngineKind, ImageClassifier};
 use crate::error::{Error, Result};
+use crate::preprocess::InputSize;
 
 /// ROAD's percentiles of removed pixels.
 pub const ROAD_PERCENTILES: [f32; 4] = [20.0, 40.0, 60.0, 80.0];
@@ -40,13 +41,13 @@ fn probabilities(
     done: &mut usize,
     total: usize,
 ) -> Result<Vec<f32>> {
-    let (_, c, s, _) = input.dims4()?;
+    let (_, c, h, w) = input.dims4()?;
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(ctl.batch_size.max(1)) {
         ctl.check(*done, total)?;
         let data: Vec<f32> = chunk.iter().flatten().copied().collect();
         let n = chunk.len();
-        let x = Tensor::from_vec(data, (n, c, s, s), input.device()).map_err(|e| batch_error(e, n))?;
+        let x = Tensor::from_vec(data, (n, c, h, w), input.device()).map_err(|e| batch_error(e, n))?;
         let logits: Vec<Vec<f32>> = logits(model, &x, engine)
             .map_err(|e| batch_error(e, n))?
             .to_dtype(candle_core::DType::F32)?
@@ -79,32 +80,33 @@ fn auc(curve: &[f32]) -> f32 {
 
 /// Separable Gaussian blur of each channel plane, clamped at the borders (the insertion
 /// baseline of RISE: kernel 11, σ = 5).
-pub fn gaussian_blur(x: &[f32], channels: usize, s: usize) -> Vec<f32> {
+pub fn gaussian_blur(x: &[f32], channels: usize, frame: InputSize) -> Vec<f32> {
+    let InputSize { height: h, width: w } = frame;
     const RADIUS: isize = 5;
     const SIGMA: f32 = 5.0;
     let k: Vec<f32> = (-RADIUS..=RADIUS).map(|i| (-(i * i) as f32 / (2.0 * SIGMA * SIGMA)).exp()).collect();
     let norm: f32 = k.iter().sum();
     let k: Vec<f32> = k.iter().map(|v| v / norm).collect();
-    let clamp = |i: isize| i.clamp(0, s as isize - 1) as usize;
+    let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
     let mut out = vec![0f32; x.len()];
-    let mut tmp = vec![0f32; s * s];
+    let mut tmp = vec![0f32; h * w];
     for c in 0..channels {
-        let plane = &x[c * s * s..(c + 1) * s * s];
-        for y in 0..s {
-            for xx in 0..s {
-                tmp[y * s + xx] = k
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for y in 0..h {
+            for xx in 0..w {
+                tmp[y * w + xx] = k
                     .iter()
                     .enumerate()
-                    .map(|(t, w)| w * plane[y * s + clamp(xx as isize + t as isize - RADIUS)])
+                    .map(|(t, kt)| kt * plane[y * w + clamp(xx as isize + t as isize - RADIUS, w)])
                     .sum();
             }
         }
-        for y in 0..s {
-            for xx in 0..s {
-                out[c * s * s + y * s + xx] = k
+        for y in 0..h {
+            for xx in 0..w {
+                out[c * h * w + y * w + xx] = k
                     .iter()
                     .enumerate()
-                    .map(|(t, w)| w * tmp[clamp(y as isize + t as isize - RADIUS) * s + xx])
+                    .map(|(t, kt)| kt * tmp[clamp(y as isize + t as isize - RADIUS, h) * w + xx])
                     .sum();
             }
         }
@@ -115,7 +117,15 @@ pub fn gaussian_blur(x: &[f32], channels: usize, s: usize) -> Vec<f32> {
 /// ROAD's noisy linear imputer: every removed pixel becomes the weighted mean of its neighbours
 /// (edge neighbours 1/6, diagonal ones 1/12), all removed pixels solved jointly as one sparse
 /// symmetric system per channel (conjugate gradients), plus N(0, noise²).
-pub fn impute(x: &[f32], channels: usize, s: usize, removed: &[bool], noise: f32, seed: u64) -> Vec<f32> {
+pub fn impute(
+    x: &[f32],
+    channels: usize,
+    frame: InputSize,
+    removed: &[bool],
+    noise: f32,
+    seed: u64,
+) -> Vec<f32> {
+    let InputSize { height: h, width: w } = frame;
     const NEIGHBOURS: [(isize, isize, f32); 8] = [
         (-1, 0, 1.0 / 6.0),
         (1, 0, 1.0 / 6.0),
@@ -126,8 +136,8 @@ pub fn impute(x: &[f32], channels: usize, s: usize, removed: &[bool], noise: f32
         (1, -1, 1.0 / 12.0),
         (1, 1, 1.0 / 12.0),
     ];
-    let unknown: Vec<usize> = (0..s * s).filter(|&i| removed[i]).collect();
-    let mut slot = vec![usize::MAX; s * s];
+    let unknown: Vec<usize> = (0..h * w).filter(|&i| removed[i]).collect();
+    let mut slot = vec![usize::MAX; h * w];
     for (k, &i) in unknown.iter().enumerate() {
         slot[i] = k;
     }
@@ -135,20 +145,20 @@ pub fn impute(x: &[f32], channels: usize, s: usize, removed: &[bool], noise: f32
     let rows: Vec<ImputeRow> = unknown
         .iter()
         .map(|&i| {
-            let (y, xx) = ((i / s) as isize, (i % s) as isize);
+            let (y, xx) = ((i / w) as isize, (i % w) as isize);
             let mut diag = 0.0;
             let (mut coupled, mut known) = (Vec::new(), Vec::new());
-            for (dy, dx, w) in NEIGHBOURS {
+            for (dy, dx, weight) in NEIGHBOURS {
                 let (ny, nx) = (y + dy, xx + dx);
-                if ny < 0 || nx < 0 || ny >= s as isize || nx >= s as isize {
+                if ny < 0 || nx < 0 || ny >= h as isize || nx >= w as isize {
                     continue;
                 }
-                let j = ny as usize * s + nx as usize;
-                diag += w;
+                let j = ny as usize * w + nx as usize;
+                diag += weight;
                 if removed[j] {
-                    coupled.push((slot[j], w));
+                    coupled.push((slot[j], weight));
                 } else {
-                    known.push((j, w));
+                    known.push((j, weight));
                 }
             }
             ImputeRow { diag, coupled, known }
@@ -176,12 +186,12 @@ pub fn impute(x: &[f32], channels: usize, s: usize, removed: &[bool], noise: f32
         ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
     };
     for c in 0..channels {
-        let plane = &x[c * s * s..(c + 1) * s * s];
+        let plane = &x[c * h * w..(c + 1) * h * w];
         let b: Vec<f64> =
-            rows.iter().map(|row| row.known.iter().map(|&(j, w)| (w * plane[j]) as f64).sum()).collect();
+            rows.iter().map(|row| row.known.iter().map(|&(j, kw)| (kw * plane[j]) as f64).sum()).collect();
         let solution = conjugate_gradient(&apply, &b);
         for (k, &i) in unknown.iter().enumerate() {
-            out[c * s * s + i] = solution[k] as f32 + noise * gauss();
+            out[c * h * w + i] = solution[k] as f32 + noise * gauss();
         }
     }
     out
@@ -221,8 +231,9 @@ fn conjugate_gradient(apply: &dyn Fn(&[f64]) -> Vec<f64>, b: &[f64]) -> Vec<f64>
     x
 }
 
-/// All four scores of `map` (S×S in [0, 1]) for `class`, on `input` (1×3×S×S, normalised).
-/// `steps` is the number of deletion / insertion steps (RISE uses S: one row of pixels a step).
+/// All four scores of `map` (H×W in [0, 1]) for `class`, on `input` (1×3×H×W, normalised).
+/// `steps` is the number of deletion / insertion steps (RISE uses the side: one row of pixels a
+/// step).
 pub fn evaluate(
     model: (&dyn ImageClassifier, EngineKind),
     input: &Tensor,
@@ -231,16 +242,16 @@ pub fn evaluate(
     steps: usize,
     ctl: &Control,
 ) -> Result<Scores> {
-    let (_, c, s, w) = input.dims4()?;
-    if s != w || map.len() != s * s {
+    let (_, c, h, w) = input.dims4()?;
+    if map.len() != h * w {
         return Err(Error::Model(format!(
-            "metrics need a square input and an S×S map, got {:?} and {}",
+            "metrics need a map on the input's frame, got input {:?} and a map of {} values",
             input.dims(),
             map.len()
         )));
     }
     let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
-    let plane = s * s;
+    let plane = h * w;
     let order = relevance_order(map);
     let steps = steps.clamp(1, plane);
     let mut images: Vec<Vec<f32>> = Vec::new();
@@ -260,12 +271,12 @@ pub fn evaluate(
                 Box::new(order.iter().rev().take(count))
             };
             chosen.for_each(|&i| removed[i] = true);
-            images.push(impute(&x, c, s, &removed, ROAD_NOISE, seed));
+            images.push(impute(&x, c, InputSize::new(h, w), &removed, ROAD_NOISE, seed));
         }
     }
 
     // Deletion from x to all-zero and insertion from the blurred x to x, most relevant first.
-    let blurred = gaussian_blur(&x, c, s);
+    let blurred = gaussian_blur(&x, c, InputSize::new(h, w));
     let (mut deleted, mut inserted) = (x.clone(), blurred.clone());
     let per_step = plane.div_ceil(steps);
     let curve_start = images.len();
@@ -307,13 +318,14 @@ mod tests {
 
     #[test]
     fn imputer_reproduces_a_linear_image_exactly() {
-        let s = 12;
-        let x: Vec<f32> = (0..s * s).map(|i| 0.3 * (i / s) as f32 - 0.2 * (i % s) as f32 + 1.0).collect();
+        // A wide frame, so that rows and columns cannot be confused.
+        let (h, w) = (10, 13);
+        let x: Vec<f32> = (0..h * w).map(|i| 0.3 * (i / w) as f32 - 0.2 * (i % w) as f32 + 1.0).collect();
         // Remove a blob and a scatter of interior pixels; the border stays known.
-        let removed: Vec<bool> = (0..s * s)
+        let removed: Vec<bool> = (0..h * w)
             .map(|i| {
-                let (y, xx) = (i / s, i % s);
-                y > 0 && xx > 0 && y < s - 1 && xx < s - 1 && ((3..8).contains(&y) || (y * 7 + xx) % 3 == 0)
+                let (y, xx) = (i / w, i % w);
+                y > 0 && xx > 0 && y < h - 1 && xx < w - 1 && ((3..8).contains(&y) || (y * 7 + xx) % 3 == 0)
             })
             .collect();
         let mut scrambled = x.clone();
@@ -322,7 +334,7 @@ mod tests {
                 scrambled[i] = 100.0;
             }
         }
-        let out = impute(&scrambled, 1, s, &removed, 0.0, 0);
+        let out = impute(&scrambled, 1, InputSize::new(h, w), &removed, 0.0, 0);
         for (a, b) in out.iter().zip(&x) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
@@ -355,18 +367,18 @@ mod tests {
 
     #[test]
     fn a_map_of_the_object_beats_its_inverse() {
-        let s = 16;
+        let (h, w) = (12, 16);
         let network = LeftHalf(vec![StageSpec::nchw("left")]);
         let model = (&network as &dyn ImageClassifier, EngineKind::Portable);
         // The object (left half) is bright, the background dark.
-        let pixels: Vec<f32> = (0..3 * s * s).map(|i| if i % s < s / 2 { 1.0 } else { 0.0 }).collect();
-        let input = Tensor::from_vec(pixels, (1, 3, s, s), &Device::Cpu).unwrap();
+        let pixels: Vec<f32> = (0..3 * h * w).map(|i| if i % w < w / 2 { 1.0 } else { 0.0 }).collect();
+        let input = Tensor::from_vec(pixels, (1, 3, h, w), &Device::Cpu).unwrap();
         let object: Vec<f32> =
-            (0..s * s).map(|i| if i % s < s / 2 { 1.0 - 0.01 * (i / s) as f32 } else { 0.0 }).collect();
+            (0..h * w).map(|i| if i % w < w / 2 { 1.0 - 0.01 * (i / w) as f32 } else { 0.0 }).collect();
         let inverse: Vec<f32> = object.iter().map(|v| 1.0 - v).collect();
         let ctl = Control::default();
-        let good = evaluate(model, &input, &object, 0, s, &ctl).unwrap();
-        let bad = evaluate(model, &input, &inverse, 0, s, &ctl).unwrap();
+        let good = evaluate(model, &input, &object, 0, h, &ctl).unwrap();
+        let bad = evaluate(model, &input, &inverse, 0, h, &ctl).unwrap();
         assert!(good.deletion_auc < bad.deletion_auc, "{good:?} vs {bad:?}");
         assert!(good.insertion_auc > bad.insertion_auc, "{good:?} vs {bad:?}");
         assert!(good.confidence_change > bad.confidence_change, "{good:?} vs {bad:?}");

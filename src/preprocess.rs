@@ -1,6 +1,6 @@
 //! From a file on disk to the tensor the network sees, plus the RGB "input view" the heat map is
 //! drawn over. Images follow the model card exactly (decode, alpha on white, antialiased bilinear
-//! resize of the shorter side like PIL's `BILINEAR`, centre crop, normalise); `.npy` tensors are
+//! resize like PIL's `BILINEAR` until the image covers the frame, centre crop, normalise); `.npy` tensors are
 //! taken as they are.
 
 use std::path::Path;
@@ -18,14 +18,85 @@ const MAX_DECODE_BYTES: u64 = 1 << 30;
 pub const SAMPLE_PNG: &[u8] = include_bytes!("../assets/both.png");
 pub const SAMPLE_NAME: &str = "(built-in sample both.png)";
 
+/// Height and width of the frame the network sees, which is also the frame every finished map
+/// lives on. A card writes a square as one number (`input_size = 224`), any other as
+/// `[height, width]` (PyTorch's order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "SizeSpec", into = "SizeSpec")]
+pub struct InputSize {
+    pub height: usize,
+    pub width: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Square(usize),
+    HeightWidth([usize; 2]),
+}
+
+impl From<SizeSpec> for InputSize {
+    fn from(s: SizeSpec) -> Self {
+        match s {
+            SizeSpec::Square(side) => InputSize::square(side),
+            SizeSpec::HeightWidth([height, width]) => InputSize { height, width },
+        }
+    }
+}
+
+impl From<InputSize> for SizeSpec {
+    fn from(s: InputSize) -> Self {
+        if s.height == s.width {
+            SizeSpec::Square(s.height)
+        } else {
+            SizeSpec::HeightWidth([s.height, s.width])
+        }
+    }
+}
+
+/// A square of this side.
+impl From<usize> for InputSize {
+    fn from(side: usize) -> Self {
+        InputSize::square(side)
+    }
+}
+
+impl InputSize {
+    pub const fn square(side: usize) -> Self {
+        InputSize { height: side, width: side }
+    }
+
+    pub const fn new(height: usize, width: usize) -> Self {
+        InputSize { height, width }
+    }
+
+    /// Pixels of the frame: the length of a map on it.
+    pub const fn area(&self) -> usize {
+        self.height * self.width
+    }
+
+    pub fn shorter(&self) -> usize {
+        self.height.min(self.width)
+    }
+}
+
+impl std::fmt::Display for InputSize {
+    /// Width × height, as image sizes are written everywhere else in camscope's messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}", self.width, self.height)
+    }
+}
+
 /// How a model wants its images: what a model card's `[preprocess]` says, and what a source
 /// assumes without a card.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
-    /// Side of the square the network sees.
-    pub input_size: usize,
-    /// The shorter image side is resized to this before the centre crop.
+    /// The frame the network sees.
+    pub input_size: InputSize,
+    /// The image is scaled so that it covers the frame grown by `resize / min(height, width)`,
+    /// then centre-cropped to the frame. For a square frame that is torchvision's
+    /// `Resize(resize)` (the shorter side) + `CenterCrop(input_size)`.
     pub resize: usize,
     /// Per-channel mean and std, in pixel units (0..255).
     pub mean: [f32; 3],
@@ -35,26 +106,65 @@ pub struct Preprocess {
 impl Preprocess {
     /// ImageNet's mean and std at `size` (resize to size/0.875, centre crop): what torchvision
     /// and timm classifiers expect unless told otherwise.
-    pub fn imagenet(size: usize) -> Self {
+    pub fn imagenet(size: impl Into<InputSize>) -> Self {
+        let size = size.into();
         Preprocess {
             input_size: size,
-            resize: (size as f64 / 0.875).round() as usize,
+            resize: (size.shorter() as f64 / 0.875).round() as usize,
+            ..Self::whole(size)
+        }
+    }
+
+    /// ImageNet's mean and std, the image scaled to just cover the frame (no margin cropped):
+    /// what a segmentation model is evaluated on.
+    pub fn whole(size: impl Into<InputSize>) -> Self {
+        let size = size.into();
+        Preprocess {
+            input_size: size,
+            resize: size.shorter(),
             mean: [123.675, 116.28, 103.53],
             std: [58.395, 57.12, 57.375],
+        }
+    }
+
+    /// Why these settings cannot preprocess an image, if they cannot (a card's mistake).
+    pub fn problem(&self) -> Option<String> {
+        let InputSize { height, width } = self.input_size;
+        if height < 1 || width < 1 {
+            Some(format!("input_size {height}×{width} is empty"))
+        } else if self.resize < self.input_size.shorter() {
+            Some(format!(
+                "resize {} is smaller than the input's shorter side {}: the crop would not be covered",
+                self.resize,
+                self.input_size.shorter()
+            ))
+        } else if self.std.iter().any(|s| *s == 0.0 || !s.is_finite())
+            || self.mean.iter().any(|m| !m.is_finite())
+        {
+            Some("mean and std must be finite and std non-zero".into())
+        } else {
+            None
         }
     }
 }
 
 /// What the network is run on, and what a person is shown.
 pub struct ModelInput {
-    /// (1, 3, S, S) f32.
+    /// (1, 3, H, W) f32.
     pub tensor: Tensor,
-    /// The S×S crop the tensor was made from (for `.npy`, the tensor de-normalised).
+    /// The H×W crop the tensor was made from (for `.npy`, the tensor de-normalised).
     pub view: RgbImage,
     /// Where it came from, for messages and reports.
     pub source: String,
     /// How the original image's pixels map onto `view` (an `.npy` input maps one to one).
     pub geometry: CropGeometry,
+}
+
+impl ModelInput {
+    /// The frame the network sees and the maps live on.
+    pub fn frame(&self) -> InputSize {
+        InputSize::new(self.view.height() as usize, self.view.width() as usize)
+    }
 }
 
 /// Loads an image or `.npy` file, or the built-in sample when `path` is `None`.
@@ -126,8 +236,8 @@ fn py_round(x: f64) -> usize {
     x.round_ties_even().max(0.0) as usize
 }
 
-/// Where the pixels of a w×h image land in the network's input: resized so the shorter side is
-/// `resize`, then centre-cropped to a square. Boxes and masks go through the very same steps
+/// Where the pixels of a w×h image land in the network's input: scaled as [`Preprocess::resize`]
+/// says, then centre-cropped to the frame. Boxes and masks go through the very same steps
 /// (SPEC §10), so this is computed in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CropGeometry {
@@ -138,36 +248,47 @@ pub struct CropGeometry {
     /// The crop's offset in the resized image.
     pub left: usize,
     pub top: usize,
-    /// Side of the square crop: the S of the S×S frame the maps live on.
-    pub size: usize,
+    /// The crop: the frame the maps live on.
+    pub frame: InputSize,
 }
 
 impl CropGeometry {
     pub fn new(width: usize, height: usize, pp: &Preprocess) -> Self {
-        let short = width.min(height) as f64;
-        let (nw, nh) = if width <= height {
-            (pp.resize, py_round(height as f64 * pp.resize as f64 / short).max(1))
+        let frame = pp.input_size;
+        // The frame grown by resize / shorter side; the image's side that binds (the one whose
+        // ratio to the grown frame is smaller) gets exactly that length, the other follows the
+        // aspect ratio. A square frame makes this "the shorter side becomes `resize`".
+        let grow = pp.resize as f64 / frame.shorter().max(1) as f64;
+        let (gw, gh) = (frame.width as f64 * grow, frame.height as f64 * grow);
+        let (w, h) = (width as f64, height as f64);
+        let (nw, nh) = if frame.width * height >= frame.height * width {
+            let nw = py_round(gw).max(1);
+            (nw, py_round(h * nw as f64 / w).max(1))
         } else {
-            (py_round(width as f64 * pp.resize as f64 / short).max(1), pp.resize)
+            let nh = py_round(gh).max(1);
+            (py_round(w * nh as f64 / h).max(1), nh)
         };
-        let size = pp.input_size.min(nw).min(nh);
+        // With `resize` ≥ the shorter side (`Preprocess::problem`) the resized image covers the
+        // frame; the clamp keeps a bad card from underflowing.
+        let frame = InputSize::new(frame.height.min(nh), frame.width.min(nw));
         CropGeometry {
             original: (width, height),
             resized: (nw, nh),
-            left: py_round((nw - size) as f64 / 2.0),
-            top: py_round((nh - size) as f64 / 2.0),
-            size,
+            left: py_round((nw - frame.width) as f64 / 2.0),
+            top: py_round((nh - frame.height) as f64 / 2.0),
+            frame,
         }
     }
 }
 
-/// Resize so the shorter side is `pp.resize` (antialiased bilinear), then centre-crop.
+/// Scale as `pp.resize` says (antialiased bilinear), then centre-crop to the frame.
 pub fn resize_and_crop(img: &RgbImage, pp: &Preprocess) -> Result<RgbImage> {
     let g = CropGeometry::new(img.width() as usize, img.height() as usize, pp);
     let (nw, nh) = g.resized;
     let resized = if g.resized == g.original { img.clone() } else { resize_bilinear_like_pil(img, nw, nh) };
-    let s = g.size as u32;
-    Ok(image::imageops::crop_imm(&resized, g.left as u32, g.top as u32, s, s).to_image())
+    let InputSize { height, width } = g.frame;
+    Ok(image::imageops::crop_imm(&resized, g.left as u32, g.top as u32, width as u32, height as u32)
+        .to_image())
 }
 
 /// One output pixel's taps: the first input index and 22-bit fixed-point weights.
@@ -254,7 +375,7 @@ pub fn resize_bilinear_like_pil(img: &RgbImage, out_w: usize, out_h: usize) -> R
     RgbImage::from_raw(out_w as u32, out_h as u32, out).expect("buffer matches its size")
 }
 
-/// (1, 3, S, S) tensor of (pixel − mean) / std.
+/// (1, 3, H, W) tensor of (pixel − mean) / std.
 pub fn normalise(view: &RgbImage, pp: &Preprocess) -> Result<Tensor> {
     let (w, h) = (view.width() as usize, view.height() as usize);
     let mut data = vec![0f32; 3 * w * h];
@@ -280,11 +401,11 @@ fn load_npy(path: &Path, pp: &Preprocess) -> Result<ModelInput> {
     let t = match t.dims() {
         [3, h, w] => t.reshape((1, 3, *h, *w))?,
         [1, 3, _, _] => t,
-        d => return Err(err(format!("shape {d:?}; expected 1×3×S×S or 3×S×S"))),
+        d => return Err(err(format!("shape {d:?}; expected 1×3×H×W or 3×H×W"))),
     };
     let (_, _, h, w) = t.dims4()?;
-    if h != w || h < 32 {
-        return Err(err(format!("shape {:?}; expected a square input of at least 32×32", t.dims())));
+    if h.min(w) < 32 {
+        return Err(err(format!("shape {:?}; expected an input of at least 32×32", t.dims())));
     }
     let values: Vec<f32> = t.flatten_all()?.to_vec1()?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -296,7 +417,8 @@ fn load_npy(path: &Path, pp: &Preprocess) -> Result<ModelInput> {
         let px = |c: usize| (values[c * plane + i] * pp.std[c] + pp.mean[c]).round().clamp(0.0, 255.0) as u8;
         image::Rgb([px(0), px(1), px(2)])
     });
-    let geometry = CropGeometry { original: (w, h), resized: (w, h), left: 0, top: 0, size: w };
+    let geometry =
+        CropGeometry { original: (w, h), resized: (w, h), left: 0, top: 0, frame: InputSize::new(h, w) };
     Ok(ModelInput { tensor: t, view, source: path.display().to_string(), geometry })
 }
 
@@ -305,7 +427,7 @@ mod tests {
     use super::*;
 
     fn pp() -> Preprocess {
-        Preprocess { input_size: 8, resize: 10, mean: [127.0; 3], std: [128.0; 3] }
+        Preprocess { input_size: InputSize::square(8), resize: 10, mean: [127.0; 3], std: [128.0; 3] }
     }
 
     #[test]
@@ -324,6 +446,58 @@ mod tests {
             // A flat colour stays flat through an antialiased resize.
             assert!(view.pixels().all(|p| p.0 == [200, 10, 30]));
         }
+    }
+
+    #[test]
+    fn a_square_frame_resizes_the_shorter_side_as_torchvision_does() {
+        let pp = Preprocess { input_size: InputSize::square(224), resize: 256, ..pp() };
+        let g = CropGeometry::new(500, 375, &pp);
+        // Resize(256): 375 → 256, 500 → round(500 · 256 / 375) = 341; CenterCrop(224).
+        assert_eq!((g.resized, g.left, g.top, g.frame), ((341, 256), 58, 16, InputSize::square(224)));
+        let g = CropGeometry::new(375, 500, &pp);
+        assert_eq!((g.resized, g.left, g.top), ((256, 341), 16, 58));
+    }
+
+    #[test]
+    fn a_wide_frame_is_covered_by_the_binding_side() {
+        // 96 high × 160 wide, no margin: a 4:3 photo binds by its width (160 / 640 < 96 / 480).
+        let pp = Preprocess { input_size: InputSize::new(96, 160), resize: 96, ..pp() };
+        let g = CropGeometry::new(640, 480, &pp);
+        assert_eq!((g.resized, g.left, g.top, g.frame), ((160, 120), 0, 12, InputSize::new(96, 160)));
+        // A panorama binds by its height.
+        let g = CropGeometry::new(1000, 100, &pp);
+        assert_eq!((g.resized, g.left, g.top), ((960, 96), 400, 0));
+        // The same aspect ratio maps exactly, and a margin grows both sides of the frame.
+        assert_eq!(CropGeometry::new(320, 192, &pp).resized, (160, 96));
+        let g = CropGeometry::new(320, 192, &Preprocess { resize: 120, ..pp.clone() });
+        assert_eq!((g.resized, g.left, g.top), ((200, 120), 20, 12));
+        for (w, h) in [(1, 1), (300, 4), (4, 300), (161, 95), (13, 11)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([200, 10, 30]));
+            let view = resize_and_crop(&img, &pp).unwrap();
+            assert_eq!(view.dimensions(), (160, 96), "{w}×{h}");
+        }
+    }
+
+    #[test]
+    fn a_card_writes_a_square_as_one_number_and_other_frames_as_height_width() {
+        #[derive(Deserialize, Serialize)]
+        struct Card {
+            input_size: InputSize,
+        }
+        let square: Card = toml::from_str("input_size = 224").unwrap();
+        assert_eq!(square.input_size, InputSize::square(224));
+        let wide: Card = toml::from_str("input_size = [96, 160]").unwrap();
+        assert_eq!(wide.input_size, InputSize::new(96, 160));
+        assert_eq!(wide.input_size.to_string(), "160×96");
+        assert_eq!(toml::to_string(&wide).unwrap().trim(), "input_size = [96, 160]");
+        assert_eq!(toml::to_string(&square).unwrap().trim(), "input_size = 224");
+    }
+
+    #[test]
+    fn a_resize_that_cannot_cover_the_frame_is_a_problem() {
+        let pp = Preprocess { input_size: InputSize::new(96, 160), resize: 90, ..pp() };
+        assert!(pp.problem().unwrap().contains("smaller than the input's shorter side 96"));
+        assert_eq!(Preprocess { resize: 96, ..pp }.problem(), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn worst_and_scale(got: &[f32], want: &[f32]) -> (f32, f32) {
 /// A segmentation model small enough to reason about: `body` = relu(W1 · x) over 4 channels,
 /// `head` = W2 · body, 3 score maps at the input's resolution ("background", "cat", "dog"). On
 /// a photo, dark pixels go to one class and bright ones to another.
-pub fn toy_segmenter(size: usize) -> crate::contract::Model {
+pub fn toy_segmenter(size: impl Into<crate::preprocess::InputSize>) -> crate::contract::Model {
     use candle_core::{Device, Tensor};
 
     use crate::contract::{ImageClassifier, Layout, StageSpec, Taps};

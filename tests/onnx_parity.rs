@@ -790,8 +790,8 @@ fn bad_graphs_fail_with_clear_errors() {
         handmade::value_info("input", data_type::FLOAT, &[None, Some(3), None, None]);
     assert!(load_error(&m).contains("dynamic height"), "{}", load_error(&m));
     use prost::Message;
-    let fixed =
-        OnnxModel::from_bytes("tiny", &m.encode_to_vec(), std::path::Path::new("."), Some(16)).unwrap();
+    let fixed = OnnxModel::from_bytes("tiny", &m.encode_to_vec(), std::path::Path::new("."), Some(16.into()))
+        .unwrap();
     assert_eq!(fixed.input_size(), [16, 16]);
     // A node that reads a value nothing defines.
     let mut m = handmade::model();
@@ -1019,7 +1019,10 @@ fn mutated_inputs_never_panic() {
     let path = dir.path().join("card.toml");
     std::fs::write(&path, card).unwrap();
     let model = camscope::load::load(path.to_str().unwrap(), None).unwrap();
-    assert_eq!((model.name.as_str(), model.labels.len(), model.preprocess.input_size), ("tiny", 5, 16));
+    assert_eq!(
+        (model.name.as_str(), model.labels.len(), model.preprocess.input_size),
+        ("tiny", 5, 16.into())
+    );
     for i in 0..1000 {
         let bytes = mutate(card.as_bytes(), &mut rng);
         std::fs::write(&path, &bytes).unwrap();

@@ -87,7 +87,7 @@ fn check_case(case: &Case, weights_ext: &str, kind: EngineKind, wanted: impl Fn(
         let (r, d) = if entry.method.starts_with("eigen") {
             // The singular vector's sign is arbitrary (SPEC §3): our map must be the reference's
             // projection or its negation, each post-processed.
-            let other = flipped_eigen_map(trace, method, stage, entry.class_index, size);
+            let other = flipped_eigen_map(trace, method, stage, entry.class_index, engine.size());
             assert_ne!(ours, other);
             let (a, b) = (stats(&ours), stats(&other));
             if a.0 >= b.0 {

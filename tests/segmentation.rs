@@ -1,18 +1,20 @@
 //! Segmentation models through the contract, as a Rust user's own Candle model meets them: a
 //! network whose output is a score map is explained for a region target, `Σ out[c] · mask_c`
 //! (pytorch-grad-cam's `SemanticSegmentationTarget`), and the maps equal what that target's
-//! gradients give by hand.
+//! gradients give by hand. The frame is wide (10 × 6), so rows and columns cannot be confused.
 
 use std::sync::Arc;
 
 use camscope::cam::Method;
 use camscope::contract::{EngineKind, ImageClassifier, Layout, Model, StageSpec, Taps, Task};
 use camscope::explain::{explain_input, ExplainOptions, StageChoice, Timings};
-use camscope::preprocess::{load_input, ModelInput, Preprocess};
+use camscope::preprocess::{load_input, InputSize, ModelInput, Preprocess};
 use camscope::segment::RegionTarget;
 use candle_core::{Device, Tensor};
 
-const SIZE: usize = 8;
+/// The input frame: height and width.
+const H: usize = 6;
+const W: usize = 10;
 const CHANNELS: usize = 4;
 const CLASSES: usize = 3;
 
@@ -62,17 +64,17 @@ impl ImageClassifier for ToySegmenter {
 }
 
 fn preprocess() -> Preprocess {
-    Preprocess { input_size: SIZE, resize: SIZE, mean: [0.5; 3], std: [0.25; 3] }
+    Preprocess { input_size: InputSize::new(H, W), resize: H, mean: [0.5; 3], std: [0.25; 3] }
 }
 
 fn model() -> Model {
     Model::new("toy-segmenter", Arc::new(ToySegmenter::new()), preprocess(), None).unwrap()
 }
 
-/// An 8×8 image, bright on the right half and dark on the left, with a gradient down.
+/// A 10×6 image, bright on the right half and dark on the left, with a gradient down.
 fn input(dir: &std::path::Path) -> ModelInput {
-    let img = image::RgbImage::from_fn(SIZE as u32, SIZE as u32, |x, y| {
-        let v = if x >= 4 { 200 + 5 * y as u8 } else { 20 + 3 * y as u8 };
+    let img = image::RgbImage::from_fn(W as u32, H as u32, |x, y| {
+        let v = if x >= 5 { 200 + 5 * y as u8 } else { 20 + 3 * y as u8 };
         image::Rgb([v, v / 2 + 40, 255 - v])
     });
     let path = dir.join("half.png");
@@ -84,7 +86,7 @@ fn input(dir: &std::path::Path) -> ModelInput {
 fn grad_cam_by_hand(net: &ToySegmenter, x: &Tensor, class: usize, mask: &[f32]) -> Vec<f32> {
     let a: Vec<f32> = net.body(x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let w2: Vec<f32> = net.w2.flatten_all().unwrap().to_vec1().unwrap();
-    let plane = SIZE * SIZE;
+    let plane = H * W;
     let inside: f32 = mask.iter().sum();
     let mut cam = vec![0f32; plane];
     for k in 0..CHANNELS {
@@ -93,7 +95,7 @@ fn grad_cam_by_hand(net: &ToySegmenter, x: &Tensor, class: usize, mask: &[f32]) 
             cam[p] += alpha * a[k * plane + p];
         }
     }
-    camscope::cam::finish(&cam, SIZE, SIZE, SIZE)
+    camscope::cam::finish(&cam, H, W, InputSize::new(H, W))
 }
 
 fn explain(
@@ -143,7 +145,7 @@ fn grad_cam_of_the_predicted_region_equals_the_hand_computation() {
         assert_eq!(e.class, s.classes_present[0].index);
         let out: Vec<f32> =
             net.head(&net.body(&x.tensor).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let plane = SIZE * SIZE;
+        let plane = H * W;
         let mask: Vec<f32> = (0..plane)
             .map(|p| {
                 // The first of equal scores, as torch.argmax (the dark half is all zeros).
@@ -165,10 +167,10 @@ fn a_box_and_the_whole_image_are_regions_of_every_class() {
     let net = ToySegmenter::new();
     // A box of the original image's pixels: columns 2..6, rows 0..4 (no resize, no crop here).
     let boxed = RegionTarget::parse("2,0,6,4").unwrap();
-    let mut mask = vec![0f32; SIZE * SIZE];
+    let mut mask = vec![0f32; H * W];
     for i in 0..4 {
         for j in 2..6 {
-            mask[i * SIZE + j] = 1.0;
+            mask[i * W + j] = 1.0;
         }
     }
     // Class 1 is absent from the prediction, yet a box makes it a region.
@@ -176,7 +178,7 @@ fn a_box_and_the_whole_image_are_regions_of_every_class() {
     assert_eq!(e.segmentation.as_ref().unwrap().target_pixels, 16);
     assert_close(&e.maps[0], &grad_cam_by_hand(&net, &x.tensor, 1, &mask));
     let whole = explain(&m, &x, Some("0"), RegionTarget::Whole, EngineKind::Portable).unwrap();
-    assert_close(&whole.maps[0], &grad_cam_by_hand(&net, &x.tensor, 0, &vec![1.0; SIZE * SIZE]));
+    assert_close(&whole.maps[0], &grad_cam_by_hand(&net, &x.tensor, 0, &vec![1.0; H * W]));
 }
 
 #[test]
@@ -205,7 +207,7 @@ fn ablation_cam_of_a_region_equals_the_hand_computation() {
     let dir = tempfile::tempdir().unwrap();
     let (m, x) = (model(), input(dir.path()));
     let net = ToySegmenter::new();
-    let boxed = RegionTarget::parse("3,1,8,7").unwrap();
+    let boxed = RegionTarget::parse("3,1,8,5").unwrap();
     let opts = ExplainOptions {
         method: Method::AblationCam,
         stages: StageChoice::Named("body".into()),
@@ -216,8 +218,8 @@ fn ablation_cam_of_a_region_equals_the_hand_computation() {
     let e = explain_input(&m, &x, &opts, Timings::default()).unwrap();
     let a: Vec<f32> = net.body(&x.tensor).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let w2: Vec<f32> = net.w2.flatten_all().unwrap().to_vec1().unwrap();
-    let plane = SIZE * SIZE;
-    let inside = |p: usize| (1..7).contains(&(p / SIZE)) && (3..8).contains(&(p % SIZE));
+    let plane = H * W;
+    let inside = |p: usize| (1..5).contains(&(p / W)) && (3..8).contains(&(p % W));
     let summed: Vec<f32> =
         (0..CHANNELS).map(|k| (0..plane).filter(|&p| inside(p)).map(|p| a[k * plane + p]).sum()).collect();
     let score: f32 = (0..CHANNELS).map(|k| w2[k] * summed[k]).sum();
@@ -228,7 +230,7 @@ fn ablation_cam_of_a_region_equals_the_hand_computation() {
             cam[p] += weight * a[k * plane + p];
         }
     }
-    assert_close(&e.maps[0], &camscope::cam::finish(&cam, SIZE, SIZE, SIZE));
+    assert_close(&e.maps[0], &camscope::cam::finish(&cam, H, W, InputSize::new(H, W)));
 }
 
 /// The other methods run on a segmentation model like on any other.

@@ -45,12 +45,12 @@ pub fn map(
         }
         None => autograd_gradients(model, engine, input, class)?,
     };
-    let (_, _, s, _) = input.dims4()?;
-    Ok(combine(&gradients, s))
+    Ok(combine(&gradients))
 }
 
-/// Σ over the input term and every layer of its summed saliency, resized to s×s.
-fn combine((input_term, layers): &Gradients, s: usize) -> Vec<f32> {
+/// Σ over the input term and every layer of its summed saliency, resized to the input's frame.
+fn combine((input_term, layers): &Gradients) -> Vec<f32> {
+    let (height, width) = (input_term.height, input_term.width);
     let mut total = summed_saliency(input_term);
     for (g, bias) in layers {
         let scaled = Chw::new(
@@ -59,7 +59,7 @@ fn combine((input_term, layers): &Gradients, s: usize) -> Vec<f32> {
             g.width,
             g.channels_iter().zip(bias.iter()).flat_map(|(gc, b)| gc.iter().map(move |v| v * b)).collect(),
         );
-        let term = resize_bilinear(&summed_saliency(&scaled), g.height, g.width, s, s);
+        let term = resize_bilinear(&summed_saliency(&scaled), g.height, g.width, height, width);
         total.iter_mut().zip(&term).for_each(|(a, b)| *a += b);
     }
     total
@@ -103,7 +103,7 @@ mod tests {
             let cpu = map(model.network.as_ref(), EngineKind::Fast, &input, &trace, class).unwrap();
             for engine in [EngineKind::Fast, EngineKind::Portable] {
                 let gradients = autograd_gradients(model.network.as_ref(), engine, &input, class).unwrap();
-                let reference = combine(&gradients, 64);
+                let reference = combine(&gradients);
                 let (worst, scale) = worst_and_scale(&cpu, &reference);
                 assert!(worst <= 1e-3 * scale, "{arch} ({engine}): differs by {worst} (scale {scale})");
             }

@@ -29,6 +29,7 @@ pub use scorecam::weights as scorecam_weights;
 pub use crate::contract::Chw;
 use crate::contract::{check_all_stages_tapped, EngineKind, ImageClassifier, Mode, Taps};
 use crate::error::{Error, Result};
+use crate::preprocess::InputSize;
 use candle_core::backprop::GradStore;
 use candle_core::{IndexOp, Tensor, Var};
 
@@ -314,13 +315,13 @@ pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usi
     out
 }
 
-/// A stage map brought to the input: ReLU, min-max at stage resolution, resize to size×size,
-/// then min-max once more. The last step is the reference's layer aggregation, which runs even
+/// A stage map brought to the input: ReLU, min-max at stage resolution, resize to the input's
+/// frame, then min-max once more. The last step is the reference's layer aggregation, which runs even
 /// for a single stage: it lifts a peak that falls between stage pixels back to exactly 1.
-pub fn finish(stage_map: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
+pub fn finish(stage_map: &[f32], h: usize, w: usize, frame: InputSize) -> Vec<f32> {
     let mut m = stage_map.to_vec();
     relu_min_max(&mut m);
-    let mut out = resize_bilinear(&m, h, w, size, size);
+    let mut out = resize_bilinear(&m, h, w, frame.height, frame.width);
     min_max(&mut out);
     out
 }

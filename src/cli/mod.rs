@@ -238,7 +238,8 @@ fn run_explain(args: ExplainArgs, source: Source) -> Result<()> {
     if let Some(path) = &args.npy {
         result.write_npy(path)?;
         let shape = if result.maps.len() == 1 { String::new() } else { format!("{}×", result.maps.len()) };
-        eprintln!("camscope: wrote {} ({shape}{s}×{s} f32: {written})", path.display(), s = result.size);
+        let (h, w) = (result.size.height, result.size.width);
+        eprintln!("camscope: wrote {} ({shape}{h}×{w} f32: {written})", path.display());
     }
     if let Some(path) = &args.out {
         result.write_image(path, colormap)?;
@@ -476,7 +477,7 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
     let engine = EngineKind::parse(&args.engine)?;
     let net = model.network.as_ref();
     let size = model.preprocess.input_size;
-    let shapes = crate::contract::stage_shapes(net, size, size, engine)?;
+    let shapes = crate::contract::stage_shapes(net, size.height, size.width, engine)?;
     let default = model.default_stage(engine)?;
     let specs = net.stages();
     let task = match model.task {
@@ -497,7 +498,7 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
         let report = serde_json::json!({
             "model": model.name,
             "arch": net.name(),
-            "input": [1, 3, size, size],
+            "input": [1, 3, size.height, size.width],
             "default": specs[default].name,
             "task": match model.task {
                 crate::contract::Task::Classification => "classification",
@@ -509,7 +510,7 @@ fn run_layers(args: &ModelArgs, json: bool, source: Source) -> Result<()> {
         });
         println!("{report}");
     } else {
-        println!("{} ({}), input 3×{size}×{size}, {task}", model.name, net.name());
+        println!("{} ({}), input 3×{}×{}, {task}", model.name, net.name(), size.height, size.width);
         if let Some(note) = &model.note {
             println!("note: {note}");
         }

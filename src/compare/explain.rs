@@ -175,9 +175,9 @@ impl Comparison {
     /// One row per stage: A's overlay | B's overlay | B − A (diverging, to that row's max |Δ|),
     /// all on A's frame.
     pub fn picture(&self, colormap: Colormap) -> RgbImage {
-        let s = self.a.size as u32;
-        let view_b = stats::view_on_frame(&self.b.view, s, s);
-        let mut sheet = RgbImage::new(3 * s, s * self.stages.len() as u32);
+        let (w, h) = (self.a.size.width as u32, self.a.size.height as u32);
+        let view_b = stats::view_on_frame(&self.b.view, w, h);
+        let mut sheet = RgbImage::new(3 * w, h * self.stages.len() as u32);
         for (row, (stage, map_a)) in self.stages.iter().zip(&self.a.maps).enumerate() {
             let tiles = [
                 render::overlay(&self.a.view, map_a, colormap, 0.5),
@@ -185,7 +185,7 @@ impl Comparison {
                 render::diverging_overlay(&self.a.view, &stage.difference, stage.scale),
             ];
             for (col, tile) in tiles.iter().enumerate() {
-                image::imageops::replace(&mut sheet, tile, (col as u32 * s) as i64, (row as u32 * s) as i64);
+                image::imageops::replace(&mut sheet, tile, (col as u32 * w) as i64, (row as u32 * h) as i64);
             }
         }
         sheet
@@ -199,11 +199,11 @@ impl Comparison {
             .map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }
 
-    /// Both maps as f32 `.npy` on A's frame: 2×S×S for one stage, 2×L×S×S for several (index 0
+    /// Both maps as f32 `.npy` on A's frame: 2×H×W for one stage, 2×L×H×W for several (index 0
     /// is A).
     pub fn write_npy(&self, path: &Path) -> Result<()> {
         explain::check_output_path(path)?;
-        let s = self.a.size;
+        let (h, w) = (self.a.size.height, self.a.size.width);
         let l = self.stages.len();
         let data: Vec<f32> = self
             .a
@@ -215,9 +215,9 @@ impl Comparison {
             .collect();
         let cpu = &candle_core::Device::Cpu;
         let t = if l == 1 {
-            candle_core::Tensor::from_vec(data, (2, s, s), cpu)?
+            candle_core::Tensor::from_vec(data, (2, h, w), cpu)?
         } else {
-            candle_core::Tensor::from_vec(data, (2, l, s, s), cpu)?
+            candle_core::Tensor::from_vec(data, (2, l, h, w), cpu)?
         };
         t.write_npy(path).map_err(|e| Error::Output { path: path.into(), message: e.to_string() })
     }

@@ -1,5 +1,7 @@
-//! What two maps of one image say about each other. Maps are S×S in [0, 1] (SPEC §2), on the same
+//! What two maps of one image say about each other. Maps are in [0, 1] (SPEC §2), on the same
 //! frame; a model whose input is another size has its map resampled onto the other's first.
+
+use crate::preprocess::InputSize;
 
 /// Pearson's r of two maps, `None` where either is constant (an all-zero map after the ReLU is a
 /// legitimate map, and its correlation with anything is undefined, not 0 or 1).
@@ -38,14 +40,14 @@ pub fn max_abs(d: &[f32]) -> f32 {
     d.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
-/// `map` (side×side) on a `to`×`to` frame. Both models' frames are centre crops of the same
-/// image scaled alike when their cards keep resize / size equal (ImageNet's 0.875), so resampling
-/// aligns them; with other crop ratios the frames cover different parts of the image.
-pub fn on_frame(map: &[f32], side: usize, to: usize) -> Vec<f32> {
-    if side == to {
+/// `map` (on frame `from`) on frame `to`. Both models' frames are centre crops of the same
+/// image scaled alike when their cards keep the same aspect ratio and resize / size (ImageNet's
+/// 0.875), so resampling aligns them; otherwise the frames cover different parts of the image.
+pub fn on_frame(map: &[f32], from: InputSize, to: InputSize) -> Vec<f32> {
+    if from == to {
         return map.to_vec();
     }
-    crate::cam::resize_bilinear(map, side, side, to, to)
+    crate::cam::resize_bilinear(map, from.height, from.width, to.height, to.width)
 }
 
 /// A picture on a `width`×`height` frame, the way [`on_frame`] puts a map there: what B's view
@@ -87,9 +89,9 @@ mod tests {
     #[test]
     fn a_map_of_another_size_is_resampled_onto_the_frame() {
         let flat = vec![0.25; 4];
-        assert_eq!(on_frame(&flat, 2, 2), flat);
-        let up = on_frame(&flat, 2, 4);
-        assert_eq!(up.len(), 16);
+        assert_eq!(on_frame(&flat, 2.into(), 2.into()), flat);
+        let up = on_frame(&flat, 2.into(), InputSize::new(3, 4));
+        assert_eq!(up.len(), 12);
         assert!(up.iter().all(|v| (v - 0.25).abs() < 1e-6));
     }
 }

@@ -62,9 +62,12 @@ impl Model {
         labels: Option<Vec<String>>,
     ) -> Result<Self> {
         let name = name.into();
+        if let Some(problem) = preprocess.problem() {
+            return Err(Error::Model(format!("model {name}: {problem}")));
+        }
         let size = preprocess.input_size;
         let x = candle_core::Tensor::zeros(
-            (1, 3, size, size),
+            (1, 3, size.height, size.width),
             candle_core::DType::F32,
             &candle_core::Device::Cpu,
         )?;
@@ -72,7 +75,7 @@ impl Model {
         let mut taps = Taps::new(stages, EngineKind::Portable, Mode::Plain);
         let logits = network
             .forward(&x, &mut taps)
-            .map_err(|e| Error::Model(format!("model {name} failed on a {size}×{size} input: {e}")))?;
+            .map_err(|e| Error::Model(format!("model {name} failed on a {size} input: {e}")))?;
         check_all_stages_tapped(network.as_ref(), taps.stages_seen())?;
         let Some((task, classes)) = Task::of_output(logits.dims()) else {
             return Err(Error::Model(format!(
@@ -97,6 +100,9 @@ impl Model {
         classes: usize,
         task: Task,
     ) -> Result<Self> {
+        if let Some(problem) = preprocess.problem() {
+            return Err(Error::Model(format!("model {name}: {problem}")));
+        }
         if labels.len() != classes {
             return Err(Error::Model(format!(
                 "{} labels for a network with {classes} classes",
@@ -112,7 +118,7 @@ impl Model {
     /// a comparison can resolve it before reading any).
     pub fn default_stage(&self, engine: EngineKind) -> Result<usize> {
         let s = self.preprocess.input_size;
-        let shapes = super::classifier::stage_shapes(self.network.as_ref(), s, s, engine)?;
+        let shapes = super::classifier::stage_shapes(self.network.as_ref(), s.height, s.width, engine)?;
         let grids: Vec<[usize; 3]> = shapes.iter().map(|g| g.grid).collect();
         let backbone = match self.task {
             Task::Segmentation => super::classifier::backbone_stage(self.network.stages()),

@@ -1,6 +1,6 @@
 //! Is the map on the object? The energy-based pointing game (Score-CAM, Wang et al. 2020) and
 //! the pointing game (Zhang et al., TorchRay's tolerance), on a post-processed map M ≥ 0 of the
-//! S×S frame and the object's [`Region`] there (SPEC §10).
+//! frame and the object's [`Region`] there (SPEC §10).
 
 use super::region::Region;
 
@@ -24,23 +24,23 @@ pub fn energy_inside(map: &[f32], region: &Region) -> f32 {
 /// Whether the map's maximum (the first in row-major order) lies within `tolerance` pixels of
 /// the object: with 0, strictly inside; TorchRay's pointing game uses 15.
 pub fn pointing_hit(map: &[f32], region: &Region, tolerance: f64) -> bool {
-    let s = region.size;
+    let (h, w) = (region.frame.height, region.frame.width);
     let Some(peak) = map.iter().enumerate().fold(None, |best: Option<(usize, f32)>, (i, &v)| match best {
         Some((_, b)) if b >= v => best,
         _ => Some((i, v)),
     }) else {
         return false;
     };
-    let (pi, pj) = (peak.0 / s, peak.0 % s);
+    let (pi, pj) = (peak.0 / w, peak.0 % w);
     if region.inside[peak.0] {
         return true;
     }
     let reach = tolerance.max(0.0);
     let r = reach.floor() as usize;
-    let rows = pi.saturating_sub(r)..(pi + r + 1).min(s);
-    rows.flat_map(|i| (pj.saturating_sub(r)..(pj + r + 1).min(s)).map(move |j| (i, j))).any(|(i, j)| {
+    let rows = pi.saturating_sub(r)..(pi + r + 1).min(h);
+    rows.flat_map(|i| (pj.saturating_sub(r)..(pj + r + 1).min(w)).map(move |j| (i, j))).any(|(i, j)| {
         let (di, dj) = (i as f64 - pi as f64, j as f64 - pj as f64);
-        region.inside[i * s + j] && (di * di + dj * dj).sqrt() <= reach
+        region.inside[i * w + j] && (di * di + dj * dj).sqrt() <= reach
     })
 }
 
@@ -53,7 +53,7 @@ mod tests {
         for &(i, j) in cells {
             inside[i * s + j] = true;
         }
-        Region { size: s, inside }
+        Region { frame: crate::preprocess::InputSize::square(s), inside }
     }
 
     #[test]
@@ -85,5 +85,20 @@ mod tests {
         let map = [1.0, 0.0, 0.0, 1.0];
         assert!(pointing_hit(&map, &region(2, &[(0, 0)]), 0.0));
         assert!(!pointing_hit(&map, &region(2, &[(1, 1)]), 0.0));
+    }
+
+    /// On a frame 4 wide and 2 high, index 5 is row 1, column 1.
+    #[test]
+    fn a_wide_frame_reads_rows_of_its_width() {
+        let mut map = [0.0f32; 8];
+        map[5] = 1.0;
+        let at = |i: usize, j: usize| {
+            let mut inside = vec![false; 8];
+            inside[i * 4 + j] = true;
+            Region { frame: crate::preprocess::InputSize::new(2, 4), inside }
+        };
+        assert!(pointing_hit(&map, &at(1, 1), 0.0));
+        assert!(pointing_hit(&map, &at(0, 1), 1.0));
+        assert!(!pointing_hit(&map, &at(1, 3), 1.0));
     }
 }

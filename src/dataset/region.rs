@@ -1,9 +1,9 @@
-//! Where the object is: boxes and masks carried from the original image's pixels onto the S×S
+//! Where the object is: boxes and masks carried from the original image's pixels onto the
 //! frame the maps live on, by the very steps the image takes (resize, centre crop; SPEC §10).
 
 use image::GrayImage;
 
-use crate::preprocess::CropGeometry;
+use crate::preprocess::{CropGeometry, InputSize};
 
 /// A box in the original image's pixels: x right, y down, covering `[x0, x1) × [y0, y1)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,10 +44,10 @@ impl std::fmt::Display for PixelBox {
     }
 }
 
-/// The pixels of the S×S frame that lie inside the object, row-major.
+/// The pixels of the frame that lie inside the object, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Region {
-    pub size: usize,
+    pub frame: InputSize,
     pub inside: Vec<bool>,
 }
 
@@ -55,25 +55,25 @@ impl Region {
     /// The union of `boxes` on the frame: a pixel is inside when its centre lies in a mapped box
     /// (`x′ = x·W′/w − left`, `y′ = y·H′/h − top`).
     pub fn from_boxes(boxes: &[PixelBox], g: &CropGeometry) -> Self {
-        let s = g.size;
+        let InputSize { height: fh, width: fw } = g.frame;
         let (w, h) = (g.original.0 as f64, g.original.1 as f64);
         let (sx, sy) = (g.resized.0 as f64 / w, g.resized.1 as f64 / h);
-        let mut inside = vec![false; s * s];
+        let mut inside = vec![false; fh * fw];
         for b in boxes {
             let (x0, x1) = (b.x0 * sx - g.left as f64, b.x1 * sx - g.left as f64);
             let (y0, y1) = (b.y0 * sy - g.top as f64, b.y1 * sy - g.top as f64);
             // Centres j + 0.5 in [x0, x1): j from ceil(x0 − 0.5) to ceil(x1 − 0.5) − 1.
-            let span = |lo: f64, hi: f64| {
-                let first = (lo - 0.5).ceil().clamp(0.0, s as f64) as usize;
-                let end = (hi - 0.5).ceil().clamp(0.0, s as f64) as usize;
+            let span = |lo: f64, hi: f64, n: usize| {
+                let first = (lo - 0.5).ceil().clamp(0.0, n as f64) as usize;
+                let end = (hi - 0.5).ceil().clamp(0.0, n as f64) as usize;
                 first..end.max(first)
             };
-            let columns = span(x0, x1);
-            for i in span(y0, y1) {
-                inside[i * s + columns.start..i * s + columns.end].fill(true);
+            let columns = span(x0, x1, fw);
+            for i in span(y0, y1, fh) {
+                inside[i * fw + columns.start..i * fw + columns.end].fill(true);
             }
         }
-        Region { size: s, inside }
+        Region { frame: g.frame, inside }
     }
 
     /// A mask of the original image's size (a pixel > 0 is inside), resized with nearest
@@ -86,21 +86,21 @@ impl Region {
                 g.original.0, g.original.1
             ));
         }
-        let s = g.size;
+        let InputSize { height: fh, width: fw } = g.frame;
         let (nw, nh) = g.resized;
         // PIL's NEAREST: output pixel o samples input floor((o + 0.5) · in / out).
         let source = |o: usize, out: usize, input: usize| {
             (((o as f64 + 0.5) * input as f64 / out as f64) as usize).min(input - 1)
         };
-        let columns: Vec<usize> = (0..s).map(|j| source(j + g.left, nw, w)).collect();
-        let mut inside = vec![false; s * s];
-        for i in 0..s {
+        let columns: Vec<usize> = (0..fw).map(|j| source(j + g.left, nw, w)).collect();
+        let mut inside = vec![false; fh * fw];
+        for i in 0..fh {
             let y = source(i + g.top, nh, h);
             for (j, &x) in columns.iter().enumerate() {
-                inside[i * s + j] = mask.get_pixel(x as u32, y as u32).0[0] > 0;
+                inside[i * fw + j] = mask.get_pixel(x as u32, y as u32).0[0] > 0;
             }
         }
-        Ok(Region { size: s, inside })
+        Ok(Region { frame: g.frame, inside })
     }
 
     /// No pixel of the frame is inside: the object was cropped away.
@@ -119,12 +119,19 @@ mod tests {
     use super::*;
     use crate::preprocess::Preprocess;
 
-    fn geometry(w: usize, h: usize, resize: usize, size: usize) -> CropGeometry {
-        CropGeometry::new(w, h, &Preprocess { input_size: size, resize, mean: [0.0; 3], std: [1.0; 3] })
+    fn geometry(w: usize, h: usize, resize: usize, size: impl Into<InputSize>) -> CropGeometry {
+        CropGeometry::new(
+            w,
+            h,
+            &Preprocess { input_size: size.into(), resize, mean: [0.0; 3], std: [1.0; 3] },
+        )
     }
 
     fn rows(r: &Region) -> Vec<String> {
-        r.inside.chunks(r.size).map(|row| row.iter().map(|&b| if b { '#' } else { '.' }).collect()).collect()
+        r.inside
+            .chunks(r.frame.width)
+            .map(|row| row.iter().map(|&b| if b { '#' } else { '.' }).collect())
+            .collect()
     }
 
     /// No resize, no crop: a box covers exactly the pixels whose centres it contains.
@@ -143,7 +150,7 @@ mod tests {
     #[test]
     fn boxes_follow_the_resize_and_the_centre_crop() {
         let g = geometry(8, 4, 2, 2);
-        assert_eq!((g.resized, g.left, g.top, g.size), ((4, 2), 1, 0, 2));
+        assert_eq!((g.resized, g.left, g.top, g.frame), ((4, 2), 1, 0, InputSize::square(2)));
         let r = Region::from_boxes(&[PixelBox { x0: 4.0, y0: 0.0, x1: 8.0, y1: 4.0 }], &g);
         assert_eq!(rows(&r), [".#", ".#"]);
         // The left quarter of the original is cropped away entirely.
@@ -192,5 +199,17 @@ mod tests {
         assert_eq!(rows(&r), [".#", ".#"]);
         let wrong = GrayImage::new(4, 4);
         assert!(Region::from_mask(&wrong, &g).unwrap_err().contains("the image's size"));
+    }
+
+    /// A frame 3 wide and 2 high over an 8×4 image: the height binds (resized 4×2), the crop
+    /// starts at left round(0.5) = 0, so the original's right half is the frame's last column.
+    #[test]
+    fn boxes_and_masks_land_on_a_wide_frame() {
+        let g = geometry(8, 4, 2, InputSize::new(2, 3));
+        assert_eq!((g.resized, g.left, g.top), ((4, 2), 0, 0));
+        let r = Region::from_boxes(&[PixelBox { x0: 4.0, y0: 0.0, x1: 8.0, y1: 4.0 }], &g);
+        assert_eq!(rows(&r), ["..#", "..#"]);
+        let mask = GrayImage::from_fn(8, 4, |x, _| image::Luma([if x >= 4 { 255 } else { 0 }]));
+        assert_eq!(Region::from_mask(&mask, &g).unwrap(), r);
     }
 }

@@ -273,7 +273,7 @@ impl<'m> Sweeper<'m> {
         let probs = trace.probabilities();
         let top = trace.top_class();
         let map = engine.cams(self.opts.method, &[b.stage], target, self.opts.smoothing, ctl)?.remove(0);
-        let map = compare::stats::on_frame(&map, input_b.view.width() as usize, input.view.width() as usize);
+        let map = compare::stats::on_frame(&map, input_b.frame(), input.frame());
         let truth = item.label;
         let correct = truth.map(|t| t == top);
         let energy = region.map(|r| energy_inside(&map, r));
@@ -335,9 +335,9 @@ fn save_maps(dir: &Path, name: &str, map: &[f32], input: &ModelInput, colormap: 
     if let Some(parent) = base.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let s = input.view.width() as usize;
+    let frame = input.frame();
     let npy = base.with_extension("npy");
-    candle_core::Tensor::from_slice(map, (s, s), &candle_core::Device::Cpu)?
+    candle_core::Tensor::from_slice(map, (frame.height, frame.width), &candle_core::Device::Cpu)?
         .write_npy(&npy)
         .map_err(|e| Error::Output { path: npy.clone(), message: e.to_string() })?;
     let png = base.with_extension("png");

@@ -114,12 +114,7 @@ pub static FAMILY: Family = Family {
     build: |arch, w| build(Variant::named(arch)?, w),
     preprocess: |arch| {
         let size = Variant::named(arch).map_or(224, |v| v.input_size);
-        Preprocess {
-            input_size: size,
-            resize: (size as f64 / 0.875).round() as usize,
-            mean: [127.0; 3],
-            std: [128.0; 3],
-        }
+        Preprocess { mean: [127.0; 3], std: [128.0; 3], ..Preprocess::imagenet(size) }
     },
 };
 

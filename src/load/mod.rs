@@ -16,7 +16,7 @@ use crate::contract::{default_labels, default_labels_for, parse_labels, Model, T
 use crate::error::{Error, Result};
 use crate::families::{Arch, WeightStore};
 use crate::onnx::{self, OnnxModel};
-use crate::preprocess::Preprocess;
+use crate::preprocess::{InputSize, Preprocess};
 
 /// Built into the binary so that it works from any directory with nothing else installed.
 const BUILTIN_CARD: &str = include_str!("../../models/efficientnet-lite0.toml");
@@ -114,8 +114,8 @@ fn assemble(
     Model::checked(name, Arc::new(network), preprocess, labels, classes, Task::Classification)
 }
 
-/// A model from an ONNX file: the graph's input size with ImageNet mean and std unless
-/// `preprocess` says otherwise; `labels` (else ImageNet names for 1000 classes, else numbers).
+/// A model from an ONNX file: the graph's input size (any height and width) with ImageNet mean
+/// and std unless `preprocess` says otherwise; `labels` (else ImageNet names for 1000 classes, else numbers).
 /// The class count comes from the graph (its shapes are known from the load's probe), so no
 /// check pass runs: every op has run in the probe, and the stages are tapped by construction.
 pub fn onnx_model(
@@ -126,25 +126,6 @@ pub fn onnx_model(
 ) -> Result<Model> {
     let network = OnnxModel::load(path, preprocess.as_ref().map(|p| p.input_size))?;
     let [h, w] = network.input_size();
-    if h != w {
-        return Err(Error::Model(format!(
-            "{}: the graph takes {h}×{w} images; camscope feeds square ones",
-            path.display()
-        )));
-    }
-    let preprocess = match preprocess {
-        Some(p) if p.input_size != h => {
-            return Err(Error::Model(format!(
-                "{}: the model card says input_size {}, the graph takes {h}×{w}",
-                path.display(),
-                p.input_size
-            )))
-        }
-        Some(p) => p,
-        None => Preprocess::imagenet(h),
-    };
-    let name =
-        name.unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
     let Some((task, classes)) = Task::of_output(network.output_shape()) else {
         return Err(Error::Model(format!(
             "{}: the graph returns an output of shape {:?}: neither logits (1, classes) nor a segmentation score map (1, classes, H, W)",
@@ -152,6 +133,23 @@ pub fn onnx_model(
             network.output_shape()
         )));
     };
+    let graph_size = InputSize::new(h, w);
+    let preprocess = match preprocess {
+        Some(p) if p.input_size != graph_size => {
+            return Err(Error::Model(format!(
+                "{}: the model card says input_size {}, the graph takes {graph_size} images",
+                path.display(),
+                p.input_size
+            )))
+        }
+        Some(p) => p,
+        // A classifier's crop keeps torchvision's margin; a segmentation model labels the
+        // whole picture, so the image just covers its input.
+        None if task == Task::Segmentation => Preprocess::whole(graph_size),
+        None => Preprocess::imagenet(graph_size),
+    };
+    let name =
+        name.unwrap_or_else(|| path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()));
     let labels = labels.unwrap_or_else(|| default_labels_for(task, classes));
     let note = network.output_note().map(str::to_string);
     let mut model = Model::checked(name, Arc::new(network), preprocess, labels, classes, task)?;

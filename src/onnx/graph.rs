@@ -19,6 +19,7 @@ use super::proto::{self, ModelProto, NodeProto};
 use super::rewrite;
 use super::tensor::{self, ExternalData};
 use crate::contract::{EngineKind, Mode, Taps};
+use crate::preprocess::InputSize;
 
 /// A node that runs at every forward pass (its output depends on the input image).
 #[derive(Debug)]
@@ -212,7 +213,7 @@ fn topological(nodes: &[NodeProto], known: &HashMap<&str, ()>) -> LoadResult<Vec
 fn image_input(
     model: &ModelProto,
     initializers: &HashMap<&str, ()>,
-    size: Option<usize>,
+    size: Option<InputSize>,
 ) -> LoadResult<(String, [usize; 2])> {
     let graph = model.graph.as_ref().expect("checked by the caller");
     let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains_key(i.name.as_str())).collect();
@@ -267,7 +268,8 @@ fn image_input(
         }
     }
     let side = |i: usize, what: &str| -> LoadResult<usize> {
-        match (fixed(i), size) {
+        let given = size.map(|s| if i == 2 { s.height } else { s.width });
+        match (fixed(i), given) {
             (Some(v), _) if v <= 4096 => Ok(v),
             (Some(v), _) => Err(format!("input '{}' has an unusable {what} of {v}", input.name)),
             (None, Some(s)) => Ok(s),
@@ -310,19 +312,24 @@ impl Graph {
     /// Decodes, loads and folds the graph of the model file at `path`; `size` fixes a dynamic
     /// input height/width. The file is memory-mapped: initializers are converted from the mapped
     /// pages, and those pages leave resident memory once every initializer is a tensor.
-    pub fn load(path: &Path, size: Option<usize>) -> LoadResult<Graph> {
+    pub fn load(path: &Path, size: Option<InputSize>) -> LoadResult<Graph> {
         let file = MappedFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Self::decode(file.bytes(), Some(&file), dir, size)
     }
 
     /// [`Self::load`] of a file's bytes (copied once).
-    pub fn from_bytes(bytes: &[u8], dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
+    pub fn from_bytes(bytes: &[u8], dir: &Path, size: Option<InputSize>) -> LoadResult<Graph> {
         Self::decode(Bytes::copy_from_slice(bytes), None, dir, size)
     }
 
     /// `bytes` is `file`'s whole content when there is a file.
-    fn decode(bytes: Bytes, file: Option<&MappedFile>, dir: &Path, size: Option<usize>) -> LoadResult<Graph> {
+    fn decode(
+        bytes: Bytes,
+        file: Option<&MappedFile>,
+        dir: &Path,
+        size: Option<InputSize>,
+    ) -> LoadResult<Graph> {
         let model = proto::decode_model(bytes).map_err(|e| format!("not a readable ONNX model ({e})"))?;
         let Some(graph) = model.graph.as_ref() else {
             return Err("not an ONNX model: no graph (a truncated or foreign file?)".into());

@@ -22,6 +22,7 @@ use crate::contract::{
     Capabilities, EngineKind, ImageClassifier, Mode, Recording, ReversePass, StageSpec, Taps,
 };
 use crate::error::{Error, Result};
+use crate::preprocess::InputSize;
 
 /// The graph's constants (None for the values computed at each pass), on one device.
 type Constants = Arc<Vec<Option<Tensor>>>;
@@ -57,7 +58,7 @@ fn model_error(path: &Path, message: String) -> Error {
 
 impl OnnxModel {
     /// Loads `path`; `size` fixes a dynamic input height/width (from a model card).
-    pub fn load(path: &Path, size: Option<usize>) -> Result<Self> {
+    pub fn load(path: &Path, size: Option<InputSize>) -> Result<Self> {
         let graph = Graph::load(path, size).map_err(|m| model_error(path, m))?;
         let name = path.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
         Self::new(name, graph).map_err(|e| match e {
@@ -67,7 +68,7 @@ impl OnnxModel {
     }
 
     /// A model of an ONNX file's bytes (external data, if any, beside `dir`).
-    pub fn from_bytes(name: &str, bytes: &[u8], dir: &Path, size: Option<usize>) -> Result<Self> {
+    pub fn from_bytes(name: &str, bytes: &[u8], dir: &Path, size: Option<InputSize>) -> Result<Self> {
         let graph = Graph::from_bytes(bytes, dir, size).map_err(Error::Model)?;
         Self::new(name.to_string(), graph)
     }

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 
 use super::prediction::SegmentPrediction;
 use crate::dataset::region::{PixelBox, Region};
-use crate::preprocess::ModelInput;
+use crate::preprocess::{InputSize, ModelInput};
 
 /// Which pixels a class's score is summed over.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -137,19 +137,20 @@ impl TargetMasks {
     }
 }
 
-/// A region of the S×S input frame on the output's H×W frame (nearest neighbour; the same
-/// frame where the model's output has its input's size, as torchvision's models do).
+/// A region of the input frame on the output's H×W frame (nearest neighbour; the same frame
+/// where the model's output has its input's size, as torchvision's models do).
 fn on_output(region: &Region, height: usize, width: usize) -> Vec<bool> {
-    let s = region.size;
-    if (height, width) == (s, s) {
+    let InputSize { height: fh, width: fw } = region.frame;
+    if (height, width) == (fh, fw) {
         return region.inside.clone();
     }
-    let source = |o: usize, out: usize| (((o as f64 + 0.5) * s as f64 / out as f64) as usize).min(s - 1);
+    let source =
+        |o: usize, out: usize, n: usize| (((o as f64 + 0.5) * n as f64 / out as f64) as usize).min(n - 1);
     let mut inside = vec![false; height * width];
     for i in 0..height {
-        let y = source(i, height);
+        let y = source(i, height, fh);
         for j in 0..width {
-            inside[i * width + j] = region.inside[y * s + source(j, width)];
+            inside[i * width + j] = region.inside[y * fw + source(j, width, fw)];
         }
     }
     inside
@@ -175,10 +176,22 @@ mod tests {
     #[test]
     fn a_region_is_carried_onto_a_smaller_output() {
         let region = Region {
-            size: 4,
+            frame: InputSize::square(4),
             inside: [[0, 0, 1, 1], [0, 0, 1, 1], [0; 4], [0; 4]].concat().iter().map(|&b| b == 1).collect(),
         };
         assert_eq!(on_output(&region, 2, 2), [false, true, false, false]);
         assert_eq!(on_output(&region, 4, 4), region.inside);
+    }
+
+    #[test]
+    fn a_wide_region_keeps_its_rows_and_columns_apart() {
+        // 2 high × 4 wide, the right half of the bottom row. A 1×2 output samples (nearest,
+        // centres) row 1 and columns 1 and 3: only its second pixel is in.
+        let region = Region {
+            frame: InputSize::new(2, 4),
+            inside: [0, 0, 0, 0, 0, 0, 1, 1].iter().map(|&b| b == 1).collect(),
+        };
+        assert_eq!(on_output(&region, 1, 2), [false, true]);
+        assert_eq!(on_output(&region, 2, 4), region.inside);
     }
 }

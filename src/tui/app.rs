@@ -15,6 +15,7 @@ pub use super::action::Action;
 use super::theme::Theme;
 use super::worker::{Event, Job, MapKey, Side};
 use crate::metrics::Scores;
+use crate::preprocess::InputSize;
 
 /// What the runtime must do after an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,13 @@ pub struct ModelInfo {
     pub segmentation: Option<Arc<RgbImage>>,
 }
 
+impl ModelInfo {
+    /// The frame the maps live on: the view's.
+    pub fn frame(&self) -> InputSize {
+        InputSize::new(self.view.height() as usize, self.view.width() as usize)
+    }
+}
+
 /// The second model of `--vs`, as the image view needs it.
 pub struct VsInfo {
     pub model: String,
@@ -85,8 +93,8 @@ pub struct VsInfo {
     pub probabilities: Vec<f32>,
     /// B's input crop on A's frame, under B's overlay.
     pub view: Arc<RgbImage>,
-    /// Side of B's maps (its input size).
-    pub size: usize,
+    /// The frame of B's maps (its input size).
+    pub size: InputSize,
 }
 
 /// The current map of both models on A's frame.
@@ -529,7 +537,7 @@ impl App {
         let vs = self.vs.as_ref()?;
         let a = self.maps.get(&self.key())?.clone();
         let b = self.maps.get(&self.b_key()?)?;
-        let b = crate::compare::stats::on_frame(b, vs.size, self.info.view.width() as usize);
+        let b = crate::compare::stats::on_frame(b, vs.size, self.info.frame());
         let difference = crate::compare::stats::difference(&a, &b);
         Some(PairMaps { a, b, difference })
     }

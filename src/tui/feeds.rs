@@ -46,6 +46,8 @@ impl SweepFeed {
         let stop = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(AtomicBool::new(false));
         let (their_stop, their_hold) = (stop.clone(), hold.clone());
+        // An image's map lies on the model's input frame (an `.npy` of another size gets no thumb).
+        let frame = model.preprocess.input_size;
         let handle = std::thread::Builder::new()
             .name("camscope-sweep".into())
             .spawn(move || {
@@ -58,7 +60,7 @@ impl SweepFeed {
                         if let Some(w) = writer.as_mut() {
                             w.write(&row)?;
                         }
-                        let thumb = map.and_then(Thumb::of).map(Arc::new);
+                        let thumb = map.and_then(|m| Thumb::of(m, frame)).map(Arc::new);
                         let _ = tx.send(FeedEvent::Row { row: Box::new(row), thumb });
                         let _ = tx.send(FeedEvent::Progress(*progress));
                         while their_hold.load(Ordering::Relaxed) && !their_stop.load(Ordering::Relaxed) {
@@ -124,9 +126,10 @@ impl PreviewLoader {
                     let view = input.as_ref().map(|i| Arc::new(i.view.clone())).map_err(|e| e.to_string());
                     let thumb = match (&sweeper, request.with_map, input) {
                         (Some(sweeper), true, Ok(input)) => {
+                            let frame = input.frame();
                             let ctl = Control::default();
                             match sweeper.row_and_map(&request.item, Ok(input), &ctl) {
-                                Ok((_, Some(map))) => Thumb::of(&map).map(Arc::new),
+                                Ok((_, Some(map))) => Thumb::of(&map, frame).map(Arc::new),
                                 _ => None,
                             }
                         }

@@ -175,7 +175,7 @@ fn second_side(b: &Model, opened: OpenedImage, app: &App, fallback: Option<usize
     let stage_of =
         app.info.stages.iter().map(|a| names.iter().position(|n| n == a).unwrap_or(default)).collect();
     let (w, h) = app.info.view.dimensions();
-    let size = opened.info.view.width() as usize;
+    let size = opened.engine.size();
     let view = match opened.info.view.dimensions() == (w, h) {
         true => opened.info.view.clone(),
         false => Arc::new(crate::compare::stats::view_on_frame(&opened.info.view, w, h)),

@@ -18,6 +18,7 @@ use super::worker::{Event, Job, MapKey, Side};
 use super::{prepare, TuiOptions};
 use crate::cam::Method;
 use crate::metrics::Scores;
+use crate::preprocess::InputSize;
 
 fn options() -> TuiOptions {
     TuiOptions::default()
@@ -482,4 +483,47 @@ fn a_segmentation_model_shows_its_classes_and_segmentation() {
     f.app.set_class(other);
     f.fill();
     assert!(f.app.picture(&f.app.key()).is_some());
+}
+
+/// Columns and rows of the first picture drawn in true colour between columns `from` and `to`:
+/// the run of coloured cells right of its first coloured column, and down it (the colour
+/// scale beside the picture is a separate run).
+fn picture_extent(buffer: &Buffer, from: u16, to: u16) -> (u16, u16) {
+    let coloured = |x: u16, y: u16| {
+        let c = &buffer[(x, y)];
+        matches!(c.fg, Color::Rgb(..)) && matches!(c.bg, Color::Rgb(..))
+    };
+    let height = buffer.area.height;
+    let Some((x0, y0)) = (from..to).find_map(|x| (0..height).find(|&y| coloured(x, y)).map(|y| (x, y)))
+    else {
+        return (0, 0);
+    };
+    let columns = (x0..to).take_while(|&x| coloured(x, y0)).count();
+    let rows = (y0..height).take_while(|&y| coloured(x0, y)).count();
+    (columns as u16, rows as u16)
+}
+
+/// A model whose input is wide (120 high × 224 wide) is drawn wide: the picture keeps the
+/// frame's aspect ratio (half-block cells are one pixel wide and two high), beside a
+/// segmentation of the same shape.
+#[test]
+fn a_wide_input_is_drawn_undistorted() {
+    let (app, engine, second, _keys) =
+        prepare(&options(), || Ok(crate::test_support::toy_segmenter(InputSize::new(120, 224)))).unwrap();
+    let mut f = Fixture { app, engine, second };
+    assert_eq!(f.app.info.view.dimensions(), (224, 120));
+    f.fill();
+    let map = f.app.picture(&f.app.key()).unwrap();
+    assert_eq!(map.dimensions(), (224, 120));
+    let buffer = f.render(150, 40);
+    // The map: right of the 2/5 sidebar, left of the segmentation (the pane's right 45%).
+    let pane = 150 * 2 / 5;
+    let split = pane + (150 - pane) * 55 / 100;
+    let (columns, rows) = picture_extent(&buffer, pane, split);
+    let aspect = columns as f32 / (2 * rows) as f32;
+    assert!(
+        (aspect - 224.0 / 120.0).abs() < 0.25,
+        "the map is drawn {columns}×{rows} cells: aspect {aspect}"
+    );
+    check_snapshot("wide_input", &buffer);
 }

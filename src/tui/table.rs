@@ -12,6 +12,7 @@ use nucleo_matcher::pattern::{CaseMatching, Normalization, Pattern};
 use nucleo_matcher::{Config, Matcher, Utf32Str};
 
 use crate::dataset::{Change, Progress, Row};
+use crate::preprocess::InputSize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Column {
@@ -64,46 +65,51 @@ impl Column {
     }
 }
 
-/// A map small enough to keep for every row (56×56 bytes) and big enough for the preview.
+/// A map small enough to keep for every row (at most 56×56 bytes) and big enough for the preview.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Thumb {
-    pub size: usize,
+    pub frame: InputSize,
     pub values: Vec<u8>,
 }
 
 impl Thumb {
     pub const SIZE: usize = 56;
 
-    /// Box-averages an S×S map in [0, 1] down to [`Thumb::SIZE`] (or S if smaller).
-    pub fn of(map: &[f32]) -> Option<Thumb> {
-        let s = (map.len() as f64).sqrt() as usize;
-        if s == 0 || s * s != map.len() {
+    /// Box-averages a map in [0, 1] on `frame` down to fit [`Thumb::SIZE`]² with the frame's
+    /// aspect ratio (a smaller frame is kept as it is); `None` if the map is not on `frame`.
+    pub fn of(map: &[f32], frame: InputSize) -> Option<Thumb> {
+        let InputSize { height: h, width: w } = frame;
+        if h == 0 || w == 0 || map.len() != frame.area() {
             return None;
         }
-        let t = Self::SIZE.min(s);
-        let mut values = Vec::with_capacity(t * t);
-        for ty in 0..t {
-            let (y0, y1) = (ty * s / t, ((ty + 1) * s / t).max(ty * s / t + 1));
-            for tx in 0..t {
-                let (x0, x1) = (tx * s / t, ((tx + 1) * s / t).max(tx * s / t + 1));
+        let scale = (Self::SIZE as f64 / h.max(w) as f64).min(1.0);
+        let fit = |n: usize| ((n as f64 * scale).round() as usize).clamp(1, n);
+        let (th, tw) = (fit(h), fit(w));
+        let cells = |t: usize, n: usize, i: usize| (i * n / t, ((i + 1) * n / t).max(i * n / t + 1));
+        let mut values = Vec::with_capacity(th * tw);
+        for ty in 0..th {
+            let (y0, y1) = cells(th, h, ty);
+            for tx in 0..tw {
+                let (x0, x1) = cells(tw, w, tx);
                 let mut sum = 0.0;
                 for y in y0..y1 {
-                    sum += map[y * s + x0..y * s + x1].iter().sum::<f32>();
+                    sum += map[y * w + x0..y * w + x1].iter().sum::<f32>();
                 }
                 let mean = sum / ((y1 - y0) * (x1 - x0)) as f32;
                 values.push((mean.clamp(0.0, 1.0) * 255.0).round() as u8);
             }
         }
-        Some(Thumb { size: t, values })
+        Some(Thumb { frame: InputSize::new(th, tw), values })
     }
 
-    /// Back to an S×S map (nearest neighbour: a preview, not a measurement).
-    pub fn upsample(&self, s: usize) -> Vec<f32> {
-        let t = self.size;
-        let mut out = Vec::with_capacity(s * s);
-        for y in 0..s {
-            let row = &self.values[(y * t / s) * t..][..t];
-            out.extend((0..s).map(|x| row[x * t / s] as f32 / 255.0));
+    /// Back to a map on `frame` (nearest neighbour: a preview, not a measurement).
+    pub fn upsample(&self, frame: InputSize) -> Vec<f32> {
+        let InputSize { height: th, width: tw } = self.frame;
+        let InputSize { height: h, width: w } = frame;
+        let mut out = Vec::with_capacity(h * w);
+        for y in 0..h {
+            let row = &self.values[(y * th / h) * tw..][..tw];
+            out.extend((0..w).map(|x| row[x * tw / w] as f32 / 255.0));
         }
         out
     }
@@ -514,12 +520,24 @@ pub(crate) mod tests {
     fn thumbs_average_down_and_come_back() {
         let s = 112;
         let map: Vec<f32> = (0..s * s).map(|i| if (i % s) < s / 2 { 1.0 } else { 0.0 }).collect();
-        let thumb = Thumb::of(&map).unwrap();
-        assert_eq!(thumb.size, Thumb::SIZE);
+        let thumb = Thumb::of(&map, InputSize::square(s)).unwrap();
+        assert_eq!(thumb.frame, InputSize::square(Thumb::SIZE));
         assert_eq!(thumb.values[0], 255);
         assert_eq!(thumb.values[Thumb::SIZE - 1], 0);
-        let back = thumb.upsample(s);
+        let back = thumb.upsample(InputSize::square(s));
         assert_eq!(back, map);
-        assert!(Thumb::of(&[0.0; 3]).is_none());
+        assert!(Thumb::of(&[0.0; 3], InputSize::square(2)).is_none());
+    }
+
+    #[test]
+    fn a_wide_thumb_keeps_its_aspect_ratio() {
+        // 56 high × 112 wide, the top half lit: 28×56 cells of 2×2 pixels.
+        let (h, w) = (56, 112);
+        let map: Vec<f32> = (0..h * w).map(|i| if i / w < h / 2 { 1.0 } else { 0.0 }).collect();
+        let frame = InputSize::new(h, w);
+        let thumb = Thumb::of(&map, frame).unwrap();
+        assert_eq!(thumb.frame, InputSize::new(28, 56));
+        assert_eq!(thumb.upsample(frame), map);
+        assert!(Thumb::of(&map, InputSize::square(112)).is_none());
     }
 }

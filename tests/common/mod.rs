@@ -266,7 +266,7 @@ pub fn flipped_eigen_map(
     method: camscope::cam::Method,
     stage: usize,
     class: usize,
-    size: usize,
+    size: camscope::preprocess::InputSize,
 ) -> Vec<f32> {
     let a = trace.activation(stage);
     let x = match method {

@@ -141,7 +141,8 @@ impl ImageCache {
     pub fn draw(&mut self, frame: &mut Frame, app: &App, map: MapKey, area: Rect) {
         let shown = Shown::Map { map, view: app.view, opacity: (app.opacity * 100.0).round() as u32 };
         let waiting = if app.is_computing() { "computing…" } else { "waiting…" };
-        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, (1, 1), || app.picture(&map));
+        let aspect = app.info.view.dimensions();
+        self.draw_keyed(frame, shown, app.theme, app.theme(), area, waiting, aspect, || app.picture(&map));
     }
 
     /// Draws the comparison of the current map with the second model's (`--vs`).
@@ -172,14 +173,14 @@ impl ImageCache {
         });
     }
 
-    /// Draws a data set row's preview (`row`: an id of the row), made by `picture` only when it
-    /// is not cached.
+    /// Draws a data set row's preview (`row`: an id of the row) of `aspect` (width, height),
+    /// made by `picture` only when it is not cached.
     pub fn draw_preview(
         &mut self,
         frame: &mut Frame,
         (row, with_map): (u64, bool),
         (theme_index, theme): (usize, &Theme),
-        area: Rect,
+        (area, aspect): (Rect, (u32, u32)),
         picture: impl FnOnce() -> Option<RgbImage>,
     ) {
         self.draw_keyed(
@@ -189,7 +190,7 @@ impl ImageCache {
             theme,
             area,
             "loading…",
-            (1, 1),
+            aspect,
             picture,
         );
     }

@@ -230,10 +230,14 @@ fn preview(frame: &mut Frame, b: &Browser, images: &mut ImageCache, area: Rect) 
     r.path.hash(&mut hasher);
     let id = (hasher.finish(), entry.thumb.is_some());
     let colormap = t.colormap;
-    images.draw_preview(frame, id, (b.theme, t), picture, || {
+    let aspect = view.as_ref().map_or((1, 1), |v| v.dimensions());
+    images.draw_preview(frame, id, (b.theme, t), (picture, aspect), || {
         let view = view?;
         Some(match &entry.thumb {
-            Some(thumb) => render::overlay(&view, &thumb.upsample(view.width() as usize), colormap, 0.5),
+            Some(thumb) => {
+                let frame = crate::preprocess::InputSize::new(view.height() as usize, view.width() as usize);
+                render::overlay(&view, &thumb.upsample(frame), colormap, 0.5)
+            }
             None => (*view).clone(),
         })
     });
