@@ -6,7 +6,7 @@ Setup, once (CPU is enough; the same venv as scripts/make_fixtures.py plus the O
     python3 -m venv /tmp/fixenv && /tmp/fixenv/bin/pip install -r scripts/requirements-fixtures.txt
 
 Run from the repository root:
-    /tmp/fixenv/bin/python scripts/make_seg_fixtures.py tests/fixtures/seg      # in-repo set, 7.4 MB (~1.5 min)
+    /tmp/fixenv/bin/python scripts/make_seg_fixtures.py tests/fixtures/seg      # in-repo set, 12.7 MB (~2 min)
     /tmp/fixenv/bin/python scripts/make_seg_fixtures.py /work/seg-big --big     # full size, 410 MB (~25 min)
 
 `--cases a,b` computes only those cases and merges them into OUT_DIR/manifest.json.
@@ -49,6 +49,13 @@ SMALL = [
      "box": [24, 16, 80, 72],
      "regions": [["gradcam", "backbone.16", "box"], ["gradcam", "backbone.16", "whole"],
                  ["scorecam", "backbone.16", "whole"]]},
+    # Non-square (H 96 < W 160): the lraspp_tiny build at another input size; seed 1 again (at this
+    # size and image the arg-max segmentation has five classes >= 10 %, in regions).
+    {"name": "lraspp_wide", "build": "lraspp_tiny", "seed": 1, "image": "coffee.png", "size": [96, 160],
+     "layers": ["backbone.16", "backbone.12"],
+     "maps": [["backbone.16", ALL, 2], ["backbone.12", ALL, 1]],
+     "box": [40, 56, 104, 92],
+     "regions": [["gradcam", "backbone.16", "box"], ["gradcam", "backbone.16", "whole"]]},
 ]
 BIG = [
     # seed 14: with seeds 10 and 13 fewer than three classes took >= 5 % of the pixels.
@@ -139,6 +146,15 @@ def build(kind):
         return seg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
                                                 aux_loss=False)
     raise SystemExit(f"unknown model {kind}")
+
+
+# How `load_image` makes the input (recorded in the manifest's `preprocess`, for any H, W).
+PREPROCESS = (
+    "tests/fixtures/images/<image> as RGB; the largest centred crop with the aspect ratio W/H: if "
+    "iw * H > ih * W (too wide) crop width cw = round(ih * W / H), ch = ih, else cw = iw, ch = round(iw * H / W); "
+    "left = (iw - cw) // 2, top = (ih - ch) // 2; PIL resize((W, H), Image.BILINEAR) of that crop; "
+    "/ 255; minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225); NCHW float32 "
+    "(input.npy is that tensor: compare on it)")
 
 
 def load_image(name, size):
@@ -431,7 +447,7 @@ def compute_case(spec, out, no_perturb=False):
     classes = order[:2]
 
     case = {"name": spec["name"], "model": "tv:" + spec["build"], "builder": BUILDERS[spec["build"]],
-            "seed": spec["seed"], "image": spec["image"], "input_size": [h, w],
+            "seed": spec["seed"], "image": spec["image"], "input_size": [h, w], "preprocess": PREPROCESS,
             "num_classes": int(logits.shape[1]), "torch_outputs": out_keys,
             "layers": spec["layers"], "layer_shapes": {n: shapes[n] for n in spec["layers"]},
             "classes_present": present, "classes": classes,
