@@ -442,3 +442,63 @@ fn explain_a_segmentation_model() {
     ]);
     assert!(common::stderr(&o).contains("takes classifiers"), "{}", common::stderr(&o));
 }
+
+/// A graph exported at a non-square size (96 high × 160 wide) runs on a photo of another
+/// aspect ratio: the maps, the overlay and the segmentation are 160×96, a box lands through the
+/// scale-and-crop, and `layers` states the input.
+#[test]
+fn explain_a_wide_segmentation_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::repo_root().join("tests/fixtures/seg/lraspp_wide/model.onnx");
+    let (model, image) = (model.to_str().unwrap(), common::image("dogs.png"));
+    let image = image.to_str().unwrap();
+    let (npy, png, seg) = (dir.path().join("m.npy"), dir.path().join("o.png"), dir.path().join("s.png"));
+    let o = common::camscope(&[
+        "explain",
+        image,
+        "-m",
+        model,
+        "--json",
+        "--npy",
+        npy.to_str().unwrap(),
+        "-o",
+        png.to_str().unwrap(),
+        "--segmentation",
+        seg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["input"], serde_json::json!([1, 3, 96, 160]));
+    let map = candle_core::Tensor::read_npy(&npy).unwrap();
+    assert_eq!(map.dims(), [96, 160]);
+    assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (160, 96));
+    assert_eq!(image::open(&seg).unwrap().to_rgb8().dimensions(), (160, 96));
+    let o = common::camscope(&[
+        "explain",
+        image,
+        "-m",
+        model,
+        "--json",
+        "--region",
+        "whole",
+        "-l",
+        "backbone.12",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["segmentation"]["target_pixels"], 96 * 160);
+    // dogs.png is 347×342: its width binds (160 / 347 < 96 / 342), so it is scaled to 160×158
+    // and cropped at top 31. Rows 100..200 of the photo are y′ ∈ [100·158/342 − 31, 200·158/342
+    // − 31) = [15.2, 61.4) on the frame: rows 15..=60, all 160 columns.
+    let o = common::camscope(&["explain", image, "-m", model, "--json", "--region", "0,100,347,200"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["segmentation"]["target_pixels"], 46 * 160);
+    let o = common::camscope(&["layers", "-m", model]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("input 3×96×160"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
