@@ -78,6 +78,11 @@ impl InputSize {
     pub fn shorter(&self) -> usize {
         self.height.min(self.width)
     }
+
+    /// The frame of a picture on it (an input view, a map's overlay).
+    pub fn of_image(image: &RgbImage) -> Self {
+        InputSize::new(image.height() as usize, image.width() as usize)
+    }
 }
 
 impl std::fmt::Display for InputSize {
@@ -163,7 +168,7 @@ pub struct ModelInput {
 impl ModelInput {
     /// The frame the network sees and the maps live on.
     pub fn frame(&self) -> InputSize {
-        InputSize::new(self.view.height() as usize, self.view.width() as usize)
+        InputSize::of_image(&self.view)
     }
 }
 

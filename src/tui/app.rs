@@ -79,7 +79,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// The frame the maps live on: the view's.
     pub fn frame(&self) -> InputSize {
-        InputSize::new(self.view.height() as usize, self.view.width() as usize)
+        InputSize::of_image(&self.view)
     }
 }
 

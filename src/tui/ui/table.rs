@@ -235,7 +235,7 @@ fn preview(frame: &mut Frame, b: &Browser, images: &mut ImageCache, area: Rect) 
         let view = view?;
         Some(match &entry.thumb {
             Some(thumb) => {
-                let frame = crate::preprocess::InputSize::new(view.height() as usize, view.width() as usize);
+                let frame = crate::preprocess::InputSize::of_image(&view);
                 render::overlay(&view, &thumb.upsample(frame), colormap, 0.5)
             }
             None => (*view).clone(),
