@@ -187,8 +187,9 @@ impl Engine {
         eigen: bool,
         ctl: &Control,
     ) -> Result<Vec<f32>> {
-        let InputSize { width, .. } = self.size();
-        let mut sum = vec![0f32; self.size().area()];
+        let frame = self.size();
+        let width = frame.width;
+        let mut sum = vec![0f32; frame.area()];
         let smoothing = Smoothing { aug: false, eigen };
         for flip in [false, true] {
             for factor in [0.9, 1.0, 1.1] {

@@ -251,7 +251,8 @@ pub fn evaluate(
         )));
     }
     let x: Vec<f32> = input.flatten_all()?.to_vec1()?;
-    let plane = h * w;
+    let frame = InputSize::new(h, w);
+    let plane = frame.area();
     let order = relevance_order(map);
     let steps = steps.clamp(1, plane);
     let mut images: Vec<Vec<f32>> = Vec::new();
@@ -271,12 +272,12 @@ pub fn evaluate(
                 Box::new(order.iter().rev().take(count))
             };
             chosen.for_each(|&i| removed[i] = true);
-            images.push(impute(&x, c, InputSize::new(h, w), &removed, ROAD_NOISE, seed));
+            images.push(impute(&x, c, frame, &removed, ROAD_NOISE, seed));
         }
     }
 
     // Deletion from x to all-zero and insertion from the blurred x to x, most relevant first.
-    let blurred = gaussian_blur(&x, c, InputSize::new(h, w));
+    let blurred = gaussian_blur(&x, c, frame);
     let (mut deleted, mut inserted) = (x.clone(), blurred.clone());
     let per_step = plane.div_ceil(steps);
     let curve_start = images.len();
