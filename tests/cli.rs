@@ -401,16 +401,21 @@ fn explain_a_segmentation_model() {
     let (model, image) = (model.to_str().unwrap(), common::image("dogs.png"));
     let image = image.to_str().unwrap();
     let seg = dir.path().join("seg.png");
-    let o =
-        common::camscope(&["explain", image, "-m", model, "--json", "--segmentation", seg.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&common::camscope(&[
+        "explain",
+        image,
+        "-m",
+        model,
+        "--json",
+        "--segmentation",
+        seg.to_str().unwrap(),
+    ]));
     let present = v["segmentation"]["classes_present"].as_array().unwrap();
     assert!(present.len() >= 3);
     assert_eq!(v["class"], present[0]["index"], "the largest class (no background among them)");
     assert_eq!(v["layers"][0], "backbone.16", "the backbone's last stage");
     assert_eq!(image::open(&seg).unwrap().width(), 128);
-    let o = common::camscope(&[
+    let v = json(&common::camscope(&[
         "explain",
         image,
         "-m",
@@ -420,9 +425,7 @@ fn explain_a_segmentation_model() {
         "dog",
         "--region",
         "10,10,200,200",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    ]));
     assert!(v["segmentation"]["region"].as_str().unwrap().starts_with("the box"));
     // Errors: a box outside the image, a class with no predicted pixel, a region for a classifier.
     let o = common::camscope(&["explain", image, "-m", model, "--region", "0,0,5000,20"]);
@@ -453,7 +456,7 @@ fn explain_a_wide_segmentation_model() {
     let (model, image) = (model.to_str().unwrap(), common::image("dogs.png"));
     let image = image.to_str().unwrap();
     let (npy, png, seg) = (dir.path().join("m.npy"), dir.path().join("o.png"), dir.path().join("s.png"));
-    let o = common::camscope(&[
+    let v = json(&common::camscope(&[
         "explain",
         image,
         "-m",
@@ -465,15 +468,13 @@ fn explain_a_wide_segmentation_model() {
         png.to_str().unwrap(),
         "--segmentation",
         seg.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    ]));
     assert_eq!(v["input"], serde_json::json!([1, 3, 96, 160]));
     let map = candle_core::Tensor::read_npy(&npy).unwrap();
     assert_eq!(map.dims(), [96, 160]);
     assert_eq!(image::open(&png).unwrap().to_rgb8().dimensions(), (160, 96));
     assert_eq!(image::open(&seg).unwrap().to_rgb8().dimensions(), (160, 96));
-    let o = common::camscope(&[
+    let v = json(&common::camscope(&[
         "explain",
         image,
         "-m",
@@ -483,16 +484,12 @@ fn explain_a_wide_segmentation_model() {
         "whole",
         "-l",
         "backbone.12",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    ]));
     assert_eq!(v["segmentation"]["target_pixels"], 96 * 160);
     // dogs.png is 347×342: its width binds (160 / 347 < 96 / 342), so it is scaled to 160×158
     // and cropped at top 31. Rows 100..200 of the photo are y′ ∈ [100·158/342 − 31, 200·158/342
     // − 31) = [15.2, 61.4) on the frame: rows 15..=60, all 160 columns.
-    let o = common::camscope(&["explain", image, "-m", model, "--json", "--region", "0,100,347,200"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = json(&common::camscope(&["explain", image, "-m", model, "--json", "--region", "0,100,347,200"]));
     assert_eq!(v["segmentation"]["target_pixels"], 46 * 160);
     let o = common::camscope(&["layers", "-m", model]);
     assert!(o.status.success(), "{}", common::stderr(&o));
