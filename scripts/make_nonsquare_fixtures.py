@@ -9,8 +9,8 @@ this script needs):
 Run from the repository root (about 50 s on 2 cores):
     /tmp/fixenv/bin/python scripts/make_nonsquare_fixtures.py tests/fixtures/nonsquare
 
-Deterministic: re-running rewrites the same arrays (and, with the same installation, the same ONNX
-files). tests/fixtures/nonsquare/README.md describes the layout, the models and the checks. The input
+Deterministic up to float32 rounding: two runs here gave the same bytes (ONNX files too, with the
+same installation); another machine may differ by rounding. tests/fixtures/nonsquare/README.md describes the layout, the models and the checks. The input
 rule, the BatchNorm calibration and the ONNX description are make_seg_fixtures.py's (imported).
 """
 

@@ -14,6 +14,7 @@ tests/fixtures/seg/README.md describes the layout, the models, the targets and t
 """
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -402,6 +403,54 @@ def own_ablationcam(model, layer, x, cls, mask, batch=32):
     return cam / (1e-7 + cam.max())
 
 
+def reference_f64(wrapped64, model64, x64, method, layer, cls, mask, stored):
+    """How well-conditioned a float32 reference is: the same map by pytorch-grad-cam with the model and
+    the input in float64 (model.double()), against the stored float32 map: Pearson r and max |diff|.
+    Grad-CAM++'s alpha = g^2 / (2 g^2 + sum(A) g^3 + 1e-6) ~ 1 / (2 + sum(A) g) amplifies the
+    gradients' float32 rounding where 2 + sum(A) g is near 0 (channels with sum(A) < 0, g > 0)."""
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    with cam_class(method)(model=wrapped64, target_layers=[model64.get_submodule(layer)]) as cam:
+        g64 = np.asarray(cam(input_tensor=x64, targets=[SemanticSegmentationTarget(cls, mask)])[0],
+                         dtype=np.float64)
+    a, b = np.asarray(stored, dtype=np.float64).ravel(), g64.ravel()
+    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+    return {"reference_f64_r": r, "reference_f64_max_abs_diff": float(np.abs(a - b).max())}
+
+
+def annotate_f64(spec, out, entry):
+    """--annotate-f64: adds reference_f64_r / reference_f64_max_abs_diff to the gradient methods' cam
+    entries of an existing manifest entry, against the .npy maps already in the folder; rewrites no
+    array (a re-run on another machine gives float32 arrays that differ by rounding, ~1e-7 .. 6e-5)."""
+    import torch
+
+    folder = out / spec["name"]
+    h, w = spec["size"]
+    torch.manual_seed(spec["seed"])
+    model = nontrivial(build(spec["build"]).eval(), spec["seed"], spec["size"])
+    x = torch.from_numpy(np.load(folder / "input.npy"))
+    seg = np.load(folder / "output.npy")[0].argmax(0)
+    model64 = copy.deepcopy(model).double().eval()
+    wrapped64, x64 = wrapper(model64), x.double()
+    for c in entry["cams"]:
+        if c["method"] not in GRADIENT:
+            continue
+        kind = c["region"]["kind"]
+        if kind == "argmax":
+            mask = np.float32(seg == c["class_index"])
+        elif kind == "box":
+            x0, y0, x1, y1 = c["region"]["box"]
+            mask = np.zeros((h, w), np.float32)
+            mask[y0:y1, x0:x1] = 1.0
+        else:
+            mask = np.ones((h, w), np.float32)
+        assert int(mask.sum()) == c["mask_pixels"], c["file"]
+        c.update(reference_f64(wrapped64, model64, x64, c["method"], c["layer"], c["class_index"], mask,
+                               np.load(folder / c["file"])))
+        print(f"  {c['file']}: r {c['reference_f64_r']}, max |diff| {c['reference_f64_max_abs_diff']:.3g}", flush=True)
+    return entry
+
+
 # ---------------------------------------------------------------- one case
 
 def compute_case(spec, out, no_perturb=False):
@@ -460,6 +509,9 @@ def compute_case(spec, out, no_perturb=False):
         print(f"  {e['file']}: outputs {[o[0] for o in e['outputs']]}, {e['check']}", flush=True)
 
     wrapped = wrapper(model)
+    # The same model and input in float64, for the gradient methods' reference_f64_* (see below).
+    model64 = copy.deepcopy(model).double().eval()
+    wrapped64, x64 = wrapper(model64), x.double()
     box = spec["box"]
     jobs = []
     for layer, methods, n in spec["maps"]:
@@ -499,6 +551,8 @@ def compute_case(spec, out, no_perturb=False):
                              "target_score": float((logits[0, cls].numpy() * mask).sum()),
                              "mask_pixels": int(mask.sum()),
                              "max": float(grayscale.max()), "mean": float(grayscale.mean())})
+        if method in GRADIENT:
+            case["cams"][-1].update(reference_f64(wrapped64, model64, x64, method, layer, cls, mask, grayscale))
         if method == "gradcam":
             d = float(np.abs(own_gradcam(model, layer, x, cls, mask) - grayscale).max())
             case["cams"][-1]["own_gradcam_max_abs_diff"] = d
@@ -521,6 +575,8 @@ def main():
     p.add_argument("--cases", help="comma-separated case names (default: all of the set)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-perturb", action="store_true", help="skip Score-CAM and Ablation-CAM (quick runs)")
+    p.add_argument("--annotate-f64", action="store_true",
+                   help="only add reference_f64_* to the existing manifest's gradient maps (no array rewritten)")
     a = p.parse_args()
 
     import torch
@@ -538,7 +594,13 @@ def main():
         if spec["name"] not in names:
             continue
         print(f"{spec['name']}:", flush=True)
-        case = compute_case(spec, a.out, a.no_perturb)
+        if a.annotate_f64:
+            old = [c for c in manifest if c["name"] == spec["name"]]
+            if not old:
+                raise SystemExit(f"--annotate-f64: {spec['name']} is not in {path}")
+            case = annotate_f64(spec, a.out, old[0])
+        else:
+            case = compute_case(spec, a.out, a.no_perturb)
         manifest = [c for c in manifest if c["name"] != case["name"]] + [case]
     order = [s["name"] for s in specs]
     manifest.sort(key=lambda c: order.index(c["name"]) if c["name"] in order else len(order))
