@@ -37,7 +37,17 @@ struct Cam {
     layer: String,
     class_index: usize,
     region: serde_json::Value,
+    /// pytorch-grad-cam's own map rerun in float64 against this float32 one (gradient methods;
+    /// `make_seg_fixtures.py` records it).
+    #[serde(default)]
+    reference_f64_r: Option<f64>,
 }
+
+/// A reference map that pytorch-grad-cam does not reproduce in float64 to this correlation is
+/// float32 rounding as much as signal, so no port can be held to it: Grad-CAM++ on full-size
+/// DeepLabV3-MobileNetV3, whose α = 1 / (2 + ΣA·g) nearly divides by zero where a channel's ΣA
+/// is negative (tests/fixtures/seg/README.md). Such maps are computed and reported, not judged.
+const REPRODUCIBLE_R: f64 = 0.999;
 
 fn cases(dir: &Path) -> Vec<Case> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
@@ -59,6 +69,7 @@ fn region(v: &serde_json::Value) -> RegionTarget {
 /// classes present as PyTorch's arg-max finds them, every map r ≥ 0.999 and max |Δ| ≤ 0.02.
 fn check_all(dir: &Path, engines: &[EngineKind], full_size: bool) {
     let mut failures = Vec::new();
+    let mut excused = Vec::new();
     let mut compared = 0;
     for case in cases(dir) {
         let folder = dir.join(&case.name);
@@ -114,13 +125,29 @@ fn check_all(dir: &Path, engines: &[EngineKind], full_size: bool) {
                     // have no correlation; they agree when they are equal.
                     let r = if r.is_nan() && d <= 1e-6 { 1.0 } else { r };
                     let (min_r, max_d) = bounds(&cam.method, full_size);
-                    if !(r >= min_r && d <= max_d) {
-                        failures.push(format!("{what} {}: r {r:.5}, max |Δ| {d:.4}", cam.file));
+                    let line = format!("{what} {}: r {r:.5}, max |Δ| {d:.4}", cam.file);
+                    match cam.reference_f64_r {
+                        Some(r64) if r64 < REPRODUCIBLE_R => {
+                            assert!(e.maps[0].iter().all(|v| v.is_finite()), "{line}: not finite");
+                            excused.push(format!(
+                                "{line} (the reference against itself in float64: r {r64:.5})"
+                            ));
+                        }
+                        _ if !(r >= min_r && d <= max_d) => failures.push(line),
+                        _ => {}
                     }
                 }
             }
         }
     }
+    for line in &excused {
+        println!("not judged, the reference is not reproducible: {line}");
+    }
+    assert!(
+        excused.len() * 10 <= compared,
+        "{} of {compared} maps excused: the fixtures are suspect",
+        excused.len()
+    );
     assert!(failures.is_empty(), "{} of {compared} maps differ:\n{}", failures.len(), failures.join("\n"));
 }
 
