@@ -3,6 +3,7 @@
 //! (pytorch-grad-cam's `SemanticSegmentationTarget`), and the maps equal what that target's
 //! gradients give by hand. The frame is wide (10 × 6), so rows and columns cannot be confused.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use camscope::cam::Method;
@@ -24,6 +25,8 @@ struct ToySegmenter {
     w1: Tensor,
     w2: Tensor,
     stages: Vec<StageSpec>,
+    /// Forward passes run, for the test that a region target costs none of its own.
+    forwards: AtomicUsize,
 }
 
 impl ToySegmenter {
@@ -36,6 +39,7 @@ impl ToySegmenter {
             w1: Tensor::from_vec(w1, (CHANNELS, 3), &Device::Cpu).unwrap(),
             w2: Tensor::from_vec(w2, (CLASSES, CHANNELS), &Device::Cpu).unwrap(),
             stages: vec![StageSpec::new("body", Layout::Nchw), StageSpec::new("head", Layout::Nchw)],
+            forwards: AtomicUsize::new(0),
         }
     }
 
@@ -58,6 +62,7 @@ impl ImageClassifier for ToySegmenter {
         &self.stages
     }
     fn forward(&self, x: &Tensor, taps: &mut Taps) -> candle_core::Result<Tensor> {
+        self.forwards.fetch_add(1, Ordering::Relaxed);
         let body = taps.stage("body", self.body(x)?)?;
         taps.stage("head", self.head(&body)?)
     }
@@ -263,4 +268,23 @@ fn json_reports_the_classes_present() {
     let shares: f64 = present.iter().map(|c| c["share"].as_f64().unwrap()).sum();
     assert!((shares - 1.0).abs() < 1e-5);
     assert_eq!(v["segmentation"]["region"], "the pixels predicted as the class");
+}
+
+/// The predicted regions come from the trace's own forward pass: a Grad-CAM of a segmentation
+/// model runs the network once, as a classifier's does (it ran twice when the prediction had a
+/// pass of its own: at 520×520 that pass was half of LR-ASPP's all-stage time).
+#[test]
+fn a_region_target_costs_no_forward_pass_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Arc::new(ToySegmenter::new());
+    let model = Model::new("toy-segmenter", net.clone(), preprocess(), None).unwrap();
+    let input = input(dir.path());
+    for engine in [EngineKind::Fast, EngineKind::Portable] {
+        for region in [RegionTarget::Predicted, RegionTarget::Whole] {
+            let before = net.forwards.load(Ordering::Relaxed);
+            let e = explain(&model, &input, Some("2"), region.clone(), engine).unwrap();
+            assert!(e.segmentation.is_some());
+            assert_eq!(net.forwards.load(Ordering::Relaxed) - before, 1, "{engine:?} {region:?}");
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //! "logits": every method camscope has (the gradient ones, EigenCAM, Score-CAM, Ablation-CAM)
 //! then explains a region exactly as it explains a class, with no method knowing about regions.
 //!
-//! The masks are fixed per image, before the methods run ([`prepare`]): by default the pixels
+//! The masks are fixed per image, before the methods run, by the engine's first forward pass
+//! ([`ImageMasks`]): by default the pixels
 //! the model labels `c` in its own prediction on the unchanged image (the tutorial's choice —
 //! Score-CAM's and Ablation-CAM's perturbed passes keep that mask, they do not recompute it), or
 //! one region for every class: the whole image, or a box / mask the user gives in the original
@@ -17,46 +18,29 @@ mod scores;
 
 pub use crate::contract::VOC_CLASSES;
 pub use prediction::{palette_colour, SegmentPrediction};
-pub use region::{RegionTarget, TargetMasks};
-pub use scores::RegionScores;
+pub use region::{RegionTarget, TargetMasks, TargetRule};
+pub use scores::{FixedMasks, ImageMasks, RegionScores};
 
 use std::sync::Arc;
 
-use crate::contract::{EngineKind, ImageClassifier, Mode, Model, Taps, Task};
+use crate::contract::{EngineKind, ImageClassifier, Model, Task};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::preprocess::ModelInput;
 
-/// A segmentation network made ready for one image: its prediction, and the network whose
-/// "logits" are the region scores of every class.
+/// What a segmentation model's engine knows of its image besides the maps: the prediction, and
+/// the masks each class's score sums over.
 pub struct Prepared {
-    pub network: Arc<dyn ImageClassifier>,
     pub prediction: SegmentPrediction,
     pub masks: TargetMasks,
-}
-
-/// Runs `network` (a segmentation model's, maybe retapped) once on `input` for its prediction,
-/// and wraps it with the masks `target` asks for.
-pub fn prepare(
-    network: &Arc<dyn ImageClassifier>,
-    input: &ModelInput,
-    device: &candle_core::Device,
-    engine: EngineKind,
-    target: &RegionTarget,
-) -> Result<Prepared> {
-    let x = input.tensor.to_device(device)?;
-    let mut taps = Taps::new(network.stages(), engine, Mode::Plain);
-    let out = network.forward(&x, &mut taps)?;
-    let prediction =
-        SegmentPrediction::of(&out).map_err(|e| Error::Model(format!("model {}: {e}", network.name())))?;
-    let masks = TargetMasks::new(target, &prediction, input).map_err(Error::Usage)?;
-    let scores = RegionScores::new(network.clone(), masks.tensor(device)?);
-    Ok(Prepared { network: Arc::new(scores), prediction, masks })
 }
 
 /// The engine of `network` (`model`'s, maybe retapped) on `input`; for a segmentation model,
 /// the engine of its region scores for `target`, with its prediction. What every front end
 /// opens an image with.
+///
+/// The target is checked before the network runs; its masks are fixed by the trace's forward
+/// pass ([`ImageMasks`]), so a segmentation image costs no more passes than a classifier's.
 pub fn engine_for(
     model: &Model,
     network: Arc<dyn ImageClassifier>,
@@ -65,19 +49,31 @@ pub fn engine_for(
     kind: EngineKind,
     target: &RegionTarget,
 ) -> Result<(Engine, Option<Prepared>)> {
-    let segmentation = match model.task {
-        Task::Segmentation => Some(prepare(&network, input, device, kind, target)?),
-        Task::Classification if *target != RegionTarget::Predicted => {
-            return Err(Error::Usage(format!(
-                "--region applies to segmentation models; {} is a classifier",
-                model.name
-            )))
+    let x = input.tensor.to_device(device)?;
+    match model.task {
+        Task::Classification if *target != RegionTarget::Predicted => Err(Error::Usage(format!(
+            "--region applies to segmentation models; {} is a classifier",
+            model.name
+        ))),
+        Task::Classification => Ok((Engine::new(network, x, kind)?, None)),
+        Task::Segmentation => {
+            let rule = TargetRule::new(target, input).map_err(Error::Usage)?;
+            let masks = Arc::new(ImageMasks::new(rule));
+            let name = network.name();
+            let engine = Engine::new(Arc::new(RegionScores::new(network, masks.clone())), x, kind);
+            let unfit = |problem: &str| Error::Model(format!("model {name}: {problem}"));
+            match (masks.fixed(), engine) {
+                (Some(Err(problem)), _) => Err(unfit(problem)),
+                (_, Err(e)) => Err(e),
+                (Some(Ok(fixed)), Ok(engine)) => {
+                    let prepared =
+                        Prepared { prediction: fixed.prediction.clone(), masks: fixed.masks.clone() };
+                    Ok((engine, Some(prepared)))
+                }
+                (None, Ok(_)) => Err(unfit("the engine's trace never ran the network")),
+            }
         }
-        Task::Classification => None,
-    };
-    let network = segmentation.as_ref().map_or(network, |s| s.network.clone());
-    let engine = Engine::new(network, input.tensor.to_device(device)?, kind)?;
-    Ok((engine, segmentation))
+    }
 }
 
 /// One class of the prediction, for reports.

@@ -73,43 +73,58 @@ enum Masks {
     Shared(Vec<bool>),
 }
 
-impl TargetMasks {
-    pub fn new(
-        target: &RegionTarget,
-        prediction: &SegmentPrediction,
-        input: &ModelInput,
-    ) -> Result<Self, String> {
-        let (height, width) = (prediction.height, prediction.width);
-        let shared = |region: Region| -> Result<Masks, String> {
-            if region.is_empty() {
-                return Err(format!(
-                    "--region {}: no pixel of it is in the part of the image the model sees (after resize and crop)",
-                    target.describe()
-                ));
-            }
-            Ok(Masks::Shared(on_output(&region, height, width)))
-        };
+/// A target checked against the image before the network runs (a box inside the image, a mask
+/// that reads, a region the crop keeps); the masks themselves wait for the prediction
+/// ([`TargetRule::masks`]), which the engine's first forward pass gives.
+#[derive(Debug, Clone)]
+pub struct TargetRule {
+    target: RegionTarget,
+    /// The user's region on the input frame; `None` for the prediction's own regions and the
+    /// whole image.
+    region: Option<Region>,
+}
+
+impl TargetRule {
+    pub fn new(target: &RegionTarget, input: &ModelInput) -> Result<Self, String> {
         let g = &input.geometry;
-        let masks = match target {
-            RegionTarget::Predicted => {
-                Masks::PerClass { labels: prediction.labels.clone(), classes: prediction.classes }
-            }
-            RegionTarget::Whole => Masks::Shared(vec![true; height * width]),
+        let region = match target {
+            RegionTarget::Predicted | RegionTarget::Whole => None,
             RegionTarget::Box(b) => {
                 if let Some(problem) = b.problem(g.original.0, g.original.1) {
                     return Err(format!("--region: {problem}"));
                 }
-                shared(Region::from_boxes(&[*b], g))?
+                Some(Region::from_boxes(&[*b], g))
             }
             RegionTarget::Mask(path) => {
                 let mask =
                     image::open(path).map_err(|e| format!("--region {}: {e}", path.display()))?.to_luma8();
-                shared(Region::from_mask(&mask, g).map_err(|e| format!("--region {}: {e}", path.display()))?)?
+                Some(Region::from_mask(&mask, g).map_err(|e| format!("--region {}: {e}", path.display()))?)
             }
         };
-        Ok(TargetMasks { height, width, masks, target: target.clone() })
+        if region.as_ref().is_some_and(Region::is_empty) {
+            return Err(format!(
+                "--region {}: no pixel of it is in the part of the image the model sees (after resize and crop)",
+                target.describe()
+            ));
+        }
+        Ok(TargetRule { target: target.clone(), region })
     }
 
+    /// The masks on the prediction's output frame.
+    pub fn masks(&self, prediction: &SegmentPrediction) -> TargetMasks {
+        let (height, width) = (prediction.height, prediction.width);
+        let masks = match (&self.target, &self.region) {
+            (_, Some(region)) => Masks::Shared(on_output(region, height, width)),
+            (RegionTarget::Predicted, None) => {
+                Masks::PerClass { labels: prediction.labels.clone(), classes: prediction.classes }
+            }
+            (_, None) => Masks::Shared(vec![true; height * width]),
+        };
+        TargetMasks { height, width, masks, target: self.target.clone() }
+    }
+}
+
+impl TargetMasks {
     /// The pixels class `class`'s score is summed over.
     pub fn pixels(&self, class: usize) -> usize {
         match &self.masks {

@@ -1,11 +1,54 @@
 //! A segmentation network seen as a classifier of regions: its "logits" are, per class, the
 //! class's scores summed over that class's mask.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{Result as CResult, Tensor};
 
+use super::prediction::SegmentPrediction;
+use super::region::{TargetMasks, TargetRule};
 use crate::contract::{Capabilities, ImageClassifier, Recording, ReversePass, StageSpec, Taps};
+
+/// One image's target masks, fixed by the first score map its network returns: the prediction
+/// on the unchanged image, which the engine's trace computes as its first forward pass anyway,
+/// so the default (predicted) regions cost no pass of their own. Score-CAM's and Ablation-CAM's
+/// perturbed passes come later and keep these masks.
+pub struct ImageMasks {
+    rule: TargetRule,
+    fixed: OnceLock<Result<FixedMasks, String>>,
+}
+
+/// What the first score map fixed.
+pub struct FixedMasks {
+    pub prediction: SegmentPrediction,
+    pub masks: TargetMasks,
+    /// (1, C, H, W), or (1, 1, H, W) when every class shares one region, on the output's device.
+    tensor: Tensor,
+}
+
+impl ImageMasks {
+    pub fn new(rule: TargetRule) -> Self {
+        Self { rule, fixed: OnceLock::new() }
+    }
+
+    /// The masks, once a forward pass fixed them (or the reason it could not).
+    pub fn fixed(&self) -> Option<&Result<FixedMasks, String>> {
+        self.fixed.get()
+    }
+
+    fn fix(&self, out: &Tensor) -> CResult<&Tensor> {
+        let fixed = self.fixed.get_or_init(|| {
+            let prediction = SegmentPrediction::of(&out.detach())?;
+            let masks = self.rule.masks(&prediction);
+            let tensor = masks.tensor(out.device()).map_err(|e| e.to_string())?;
+            Ok(FixedMasks { prediction, masks, tensor })
+        });
+        match fixed {
+            Ok(f) => Ok(&f.tensor),
+            Err(problem) => Err(candle_core::Error::Msg(problem.clone())),
+        }
+    }
+}
 
 /// `score[n, c] = Σ_{h,w} out[n, c, h, w] · mask[c, h, w]` of the wrapped network's output `out`
 /// (pytorch-grad-cam's `SemanticSegmentationTarget`). The masks are constants, so a gradient
@@ -13,25 +56,38 @@ use crate::contract::{Capabilities, ImageClassifier, Recording, ReversePass, Sta
 /// Ablation-CAM) is scored over the unchanged image's regions.
 pub struct RegionScores {
     inner: Arc<dyn ImageClassifier>,
-    /// (1, C, H, W), or (1, 1, H, W) when every class shares one region.
-    masks: Tensor,
+    masks: Arc<ImageMasks>,
 }
 
 impl RegionScores {
-    pub fn new(inner: Arc<dyn ImageClassifier>, masks: Tensor) -> Self {
+    /// `inner`'s region scores for one image; its first forward pass must be that image's (the
+    /// engine's trace is).
+    pub fn new(inner: Arc<dyn ImageClassifier>, masks: Arc<ImageMasks>) -> Self {
         Self { inner, masks }
     }
 
     fn reduce(&self, out: &Tensor) -> CResult<Tensor> {
+        let masks = self.masks.fix(out)?;
         let (_, c, h, w) = out.dims4()?;
-        let (_, mc, mh, mw) = self.masks.dims4()?;
+        let (_, mc, mh, mw) = masks.dims4()?;
         if (mh, mw) != (h, w) || (mc != c && mc != 1) {
             candle_core::bail!(
                 "the score map is {c}×{h}×{w}, the target masks {mc}×{mh}×{mw}: the model's output changed shape"
             )
         }
-        let masks = self.masks.to_dtype(out.dtype())?;
+        let masks = masks.to_device(out.device())?.to_dtype(out.dtype())?;
         out.broadcast_mul(&masks)?.sum((2, 3))
+    }
+
+    /// The fixed masks tensor, for the reverse pass's seeds.
+    fn mask_tensor(&self) -> CResult<Tensor> {
+        match self.masks.fixed() {
+            Some(Ok(f)) => Ok(f.tensor.clone()),
+            Some(Err(problem)) => Err(candle_core::Error::Msg(problem.clone())),
+            None => {
+                candle_core::bail!("the region masks are fixed by the first forward pass, which has not run")
+            }
+        }
     }
 }
 
@@ -86,7 +142,7 @@ impl ReversePass for RegionScores {
         };
         let inner = pass.record(x)?;
         let logits = self.reduce(&inner.logits())?;
-        Ok(Box::new(RegionRecording { inner, masks: self.masks.clone(), logits }))
+        Ok(Box::new(RegionRecording { inner, masks: self.mask_tensor()?, logits }))
     }
 }
 
