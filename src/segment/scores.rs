@@ -75,19 +75,8 @@ impl RegionScores {
                 "the score map is {c}×{h}×{w}, the target masks {mc}×{mh}×{mw}: the model's output changed shape"
             )
         }
-        let masks = masks.to_device(out.device())?.to_dtype(out.dtype())?;
+        let masks = masks.to_dtype(out.dtype())?;
         out.broadcast_mul(&masks)?.sum((2, 3))
-    }
-
-    /// The fixed masks tensor, for the reverse pass's seeds.
-    fn mask_tensor(&self) -> CResult<Tensor> {
-        match self.masks.fixed() {
-            Some(Ok(f)) => Ok(f.tensor.clone()),
-            Some(Err(problem)) => Err(candle_core::Error::Msg(problem.clone())),
-            None => {
-                candle_core::bail!("the region masks are fixed by the first forward pass, which has not run")
-            }
-        }
     }
 }
 
@@ -141,8 +130,10 @@ impl ReversePass for RegionScores {
             candle_core::bail!("{} has no reverse pass of its own", self.inner.name())
         };
         let inner = pass.record(x)?;
-        let logits = self.reduce(&inner.logits())?;
-        Ok(Box::new(RegionRecording { inner, masks: self.mask_tensor()?, logits }))
+        let out = inner.logits();
+        let logits = self.reduce(&out)?;
+        let masks = self.masks.fix(&out)?.clone();
+        Ok(Box::new(RegionRecording { inner, masks, logits }))
     }
 }
 
