@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_seg_fixtures as seg  # noqa: E402  (load_image, nontrivial, describe_onnx, PREPROCESS)
+import make_seg_fixtures as seg  # noqa: E402  (load_image, nontrivial, forward_as_returned, describe_onnx, PREPROCESS)
 
 SIZE = [96, 128]  # [H, W]
 GRID = [6, 8]  # the ViT's patch grid, [rows, columns] = [H / 16, W / 16]
@@ -187,17 +187,7 @@ def compute_case(spec, out):
     x_np = seg.load_image(spec["image"], SIZE)
     x = torch.from_numpy(x_np)
 
-    # Layer outputs as returned, and whether a later in-place op rewrote them (SPEC §1).
-    seen = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, o, n=n: seen.__setitem__(n, (o, o.clone()))) for n in spec["layers"]]
-    with torch.no_grad():
-        logits = model(x)
-    for hk in hooks:
-        hk.remove()
-    rewritten = [n for n, (o, c) in seen.items() if not torch.equal(o, c)]
-    if rewritten:
-        raise SystemExit(f"{spec['name']}: outputs of {rewritten} are rewritten in place later")
+    logits, shapes = seg.forward_as_returned(model, x, spec["layers"], spec["name"])
     y = logits[0].numpy()
     order = np.argsort(-y, kind="stable")
     top1, lead = int(order[0]), float((y[order[0]] - y[order[1]]) / y.std())
@@ -217,7 +207,7 @@ def compute_case(spec, out):
     case = {"name": spec["name"], "builder": BUILDERS[spec["build"]], "seed": spec["seed"],
             "image": spec["image"], "input_size": SIZE, "preprocess": seg.PREPROCESS,
             "num_classes": int(y.shape[0]), "parameters": sum(p.numel() for p in model.parameters()),
-            "layers": spec["layers"], "layer_shapes": {n: list(seen[n][0].shape) for n in spec["layers"]},
+            "layers": spec["layers"], "layer_shapes": {n: shapes[n] for n in spec["layers"]},
             "layouts": layouts, "top1": top1, "top1_lead_in_std": lead, "logits": [float(v) for v in y]}
     print(f"{spec['name']}: top-1 {top1} (lead {lead:.2f} std), shapes {case['layer_shapes']}", flush=True)
 

@@ -158,6 +158,25 @@ PREPROCESS = (
     "(input.npy is that tensor: compare on it)")
 
 
+def forward_as_returned(model, x, layers, name):
+    """model(x) without gradients, and each layer's output shape; fails when the rest of the
+    forward pass rewrote a layer's output in place (SPEC §1: pytorch-grad-cam on CPU would then
+    read the rewritten values, camscope the returned ones)."""
+    import torch
+
+    seen = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _i, o, n=n: seen.__setitem__(n, (o, o.clone()))) for n in layers]
+    with torch.no_grad():
+        result = model(x)
+    for hk in hooks:
+        hk.remove()
+    rewritten = [n for n, (o, copy) in seen.items() if not torch.equal(o, copy)]
+    if rewritten:
+        raise SystemExit(f"{name}: outputs of {rewritten} are rewritten in place later")
+    return result, {n: list(o.shape) for n, (o, _) in seen.items()}
+
+
 def load_image(name, size):
     """RGB, the largest centred crop of the target aspect ratio (offsets rounded down), PIL bilinear
     resize to W×H, /255, ImageNet mean/std, NCHW f32."""
@@ -467,19 +486,7 @@ def compute_case(spec, out, no_perturb=False):
     x_np = load_image(spec["image"], spec["size"])
     x = torch.from_numpy(x_np)
 
-    # The layers' outputs as returned, and whether the rest of the forward pass rewrote them in
-    # place (SPEC §1: pytorch-grad-cam on CPU would then read the rewritten values).
-    seen = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda _m, _i, o, n=n: seen.__setitem__(n, (o, o.clone()))) for n in spec["layers"]]
-    with torch.no_grad():
-        result = model(x)
-    for hk in hooks:
-        hk.remove()
-    shapes = {n: list(o.shape) for n, (o, _) in seen.items()}
-    rewritten = [n for n, (o, copy) in seen.items() if not torch.equal(o, copy)]
-    if rewritten:
-        raise SystemExit(f"{spec['name']}: outputs of {rewritten} are rewritten in place later")
+    result, shapes = forward_as_returned(model, x, spec["layers"], spec["name"])
     out_keys = list(result.keys())
     logits = result["out"]
     np.save(folder / "input.npy", x_np)
